@@ -1,0 +1,162 @@
+"""`create_app(settings)`: the FastAPI application and the resources it owns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ai_service import migrate
+from ai_service.api import errors as api_errors
+from ai_service.api.routes_jobs import router as jobs_router
+from ai_service.api.routes_ops import probes, stats_router
+from ai_service.config import Settings
+from ai_service.maintenance import Maintenance
+from ai_service.metrics import Metrics
+from ai_service.notifier import JobNotifier
+from ai_service.store import Store
+
+log = logging.getLogger("ai_service.api")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `limit` bytes with 413, declared or streamed."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = api_errors.envelope(
+            413,
+            "payload_too_large",
+            f"request body exceeds {self.limit} bytes",
+            {"limit_bytes": self.limit},
+        )
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > self.limit:
+                    await too_large(scope, receive, send)
+                    return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if not started:
+                await too_large(scope, receive, send)
+
+
+class MetricsMiddleware:
+    """Observe request latency by method, route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            self.metrics.http_latency.labels(scope["method"], path, str(status)).observe(
+                time.perf_counter() - start
+            )
+
+
+def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
+    """Build the API. The lifespan opens the pool (and migrates when configured)."""
+    database_url = settings.require_database_url()
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.migrate_on_start:
+            await asyncio.to_thread(migrate.upgrade, database_url)
+        store = await Store.open(
+            database_url,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+            backoff_base=settings.retry_backoff_base,
+            backoff_max=settings.retry_backoff_max,
+        )
+        notifier = JobNotifier(database_url)
+        notifier.start()
+        maintenance = Maintenance(store, settings)
+        if run_maintenance:
+            maintenance.start()
+        http = httpx.AsyncClient(timeout=settings.provider_probe_timeout, follow_redirects=False)
+        app.state.store = store
+        app.state.notifier = notifier
+        app.state.maintenance = maintenance
+        app.state.http = http
+        try:
+            yield
+        finally:
+            await maintenance.stop()
+            await notifier.stop()
+            await http.aclose()
+            await store.close()
+
+    app = FastAPI(
+        title="AI Service",
+        version="0.1.0",
+        description="Job service for AI workloads (LLM chat, transcription) on PostgreSQL.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.notifier = None
+    api_errors.install(app)
+    app.include_router(probes)
+    app.include_router(jobs_router)
+    app.include_router(stats_router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    return app

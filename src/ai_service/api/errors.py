@@ -1,0 +1,136 @@
+"""The one place where errors become HTTP responses (the error envelope).
+
+Every 4xx/5xx body is `{"error": code, "message": text, "details": {...}}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ai_service import errors
+from ai_service.api.schemas import ErrorOut
+
+log = logging.getLogger("ai_service.api")
+
+STATUS_BY_ERROR: dict[type[errors.AIServiceError], int] = {
+    errors.Unauthorized: 401,
+    errors.JobNotFound: 404,
+    errors.InvalidTransition: 409,
+    errors.LeaseLost: 409,
+    errors.InvalidRequest: 422,
+    errors.DatabaseUnavailable: 503,
+    errors.UpstreamUnavailable: 502,
+}
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def envelope(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON error response in the envelope shape."""
+    body = {"error": code, "message": message, "details": details or {}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def status_for(exc: errors.AIServiceError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[cls]
+    return 500
+
+
+def _field_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path")]
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if part.isdigit() else (f".{part}" if name else part)
+    return name or "body"
+
+
+def validation_details(raw: list[Any]) -> list[dict[str, Any]]:
+    """Pydantic/FastAPI error entries as {field, message, type}, without echoing input."""
+    return [
+        {
+            "field": _field_name(tuple(e.get("loc", ()))),
+            "message": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
+        for e in raw
+    ]
+
+
+def install(app: FastAPI) -> None:
+    """Register the exception handlers on the app."""
+
+    @app.exception_handler(errors.AIServiceError)
+    async def domain_error(_: Request, exc: errors.AIServiceError) -> JSONResponse:
+        status = status_for(exc)
+        if status >= 500:
+            log.warning("request failed: %s: %s", exc.code, exc.message)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return envelope(status, exc.code, exc.message, exc.details, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        entries = validation_details(list(exc.errors()))
+        if any(e["type"] == "json_invalid" for e in entries):
+            return envelope(400, "malformed_json", "the request body is not valid JSON")
+        first = entries[0] if entries else {"field": "body", "message": "invalid"}
+        return envelope(
+            422,
+            "validation_error",
+            f"{first['field']}: {first['message']}",
+            {"errors": entries},
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        return envelope(exc.status_code, code, message, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        # Never echo the exception text: it may carry data or secrets.
+        log.exception("unhandled error: %s", type(exc).__name__)
+        return envelope(500, "internal_error", "internal error")
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": desc}
+    for code, desc in {
+        400: "Malformed JSON",
+        401: "Missing or wrong bearer token",
+        404: "Job not found",
+        409: "Illegal transition or lost lease",
+        413: "Request body too large",
+        422: "Invalid input (the message names the field)",
+        503: "Database unavailable",
+    }.items()
+}
+
+
+def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error codes (plus 401/413/422/503 everywhere)."""
+    wanted = {401, 413, 422, 503, *codes}
+    return {code: ERROR_RESPONSES[code] for code in sorted(wanted)}

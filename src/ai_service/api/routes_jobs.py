@@ -1,0 +1,288 @@
+"""`/api/v1/jobs*`: create, list, get, claim and every job transition."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Depends, Query, Response, status
+from pydantic import AwareDatetime
+
+from ai_service import errors
+from ai_service.api import schemas
+from ai_service.api.deps import (
+    MetricsDep,
+    NotifierDep,
+    SettingsDep,
+    StoreDep,
+    require_token,
+)
+from ai_service.api.errors import responses
+from ai_service.jobs import JobFilter, JobStatus, NewJob, is_retryable
+
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], tags=["jobs"])
+
+_REQUIRED = ("owner_service", "owner_ref", "task_type", "model_profile", "input")
+
+
+def _new_job(body: schemas.JobCreate) -> NewJob:
+    return NewJob(**body.model_dump())
+
+
+def _merge(defaults: schemas.JobPatch, item: schemas.JobPatch, index: int) -> NewJob:
+    merged: dict[str, Any] = defaults.model_dump(exclude_none=True)
+    item_fields = item.model_dump(exclude_none=True)
+    if "input" in merged and "input" in item_fields:
+        item_fields["input"] = {**merged["input"], **item_fields["input"]}
+    merged.update(item_fields)
+    for name in _REQUIRED:
+        if name not in merged:
+            raise errors.InvalidRequest(
+                f"jobs[{index}].{name}", "is required (in the item or in defaults)"
+            )
+    return NewJob(**merged)
+
+
+@router.post(
+    "/jobs",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.CreatedJobOut,
+    responses={
+        200: {"model": schemas.CreatedJobOut, "description": "Idempotency key matched"},
+        **responses(),
+    },
+    summary="Create one job",
+)
+async def create_job(
+    body: schemas.JobCreate, store: StoreDep, metrics: MetricsDep, response: Response
+) -> schemas.CreatedJobOut:
+    [outcome] = await store.create_jobs([_new_job(body)])
+    if outcome.created:
+        metrics.observe_created([outcome.job])
+    else:
+        response.status_code = status.HTTP_200_OK
+    out = schemas.JobOut.of(outcome.job).model_dump()
+    return schemas.CreatedJobOut.model_construct(**out, created=outcome.created)
+
+
+@router.post(
+    "/jobs/batch",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.BatchOut,
+    responses=responses(),
+    summary="Create up to 1000 jobs with shared defaults (all or nothing)",
+)
+async def create_batch(
+    body: schemas.JobBatchCreate, store: StoreDep, metrics: MetricsDep
+) -> schemas.BatchOut:
+    new_jobs = [_merge(body.defaults, item, i) for i, item in enumerate(body.jobs)]
+    outcomes = await store.create_jobs(new_jobs)
+    metrics.observe_created(o.job for o in outcomes if o.created)
+    items = [
+        schemas.BatchItemOut(
+            id=o.job.id,
+            owner_service=o.job.owner_service,
+            owner_ref=o.job.owner_ref,
+            status=o.job.status,
+            idempotency_key=o.job.idempotency_key,
+            created=o.created,
+        )
+        for o in outcomes
+    ]
+    created = sum(1 for o in outcomes if o.created)
+    return schemas.BatchOut(created=created, existing=len(outcomes) - created, jobs=items)
+
+
+@router.get(
+    "/jobs",
+    response_model=schemas.JobListOut,
+    responses=responses(),
+    summary="List jobs, newest first, with filters and keyset pagination",
+)
+async def list_jobs(
+    store: StoreDep,
+    status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
+    owner_service: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    owner_ref: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
+    task_type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    model_profile: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    worker_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    error_category: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
+    created_after: Annotated[AwareDatetime | None, Query()] = None,
+    created_before: Annotated[AwareDatetime | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+) -> schemas.JobListOut:
+    job_filter = JobFilter(
+        statuses=tuple(status_ or ()),
+        owner_service=owner_service,
+        owner_ref=owner_ref,
+        task_type=task_type,
+        model_profile=model_profile,
+        worker_id=worker_id,
+        error_category=error_category,
+        created_after=created_after,
+        created_before=created_before,
+    )
+    _reject_nul(job_filter)
+    jobs, next_cursor = await store.list_jobs(job_filter, limit=limit, cursor=cursor)
+    return schemas.JobListOut(jobs=[schemas.JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+
+
+def _reject_nul(job_filter: JobFilter) -> None:
+    for name in (
+        "owner_service",
+        "owner_ref",
+        "task_type",
+        "model_profile",
+        "worker_id",
+        "error_category",
+    ):
+        value = getattr(job_filter, name)
+        if value is not None and "\x00" in value:
+            raise errors.InvalidRequest(name, "must not contain NUL characters")
+
+
+def _bulk_filter(body: schemas.BulkRequest) -> JobFilter:
+    job_filter = body.to_filter()
+    if job_filter.is_empty and not body.all:
+        raise errors.InvalidRequest(
+            "all", 'an empty filter selects every job: pass "all": true to confirm'
+        )
+    return job_filter
+
+
+@router.post(
+    "/jobs/retry",
+    response_model=schemas.BulkOut,
+    responses=responses(),
+    summary="Retry failed/running jobs matching a filter",
+)
+async def retry_by_filter(body: schemas.BulkRequest, store: StoreDep) -> schemas.BulkOut:
+    ids = await store.retry_by_filter(_bulk_filter(body))
+    return schemas.BulkOut(count=len(ids), ids=ids)
+
+
+@router.post(
+    "/jobs/cancel",
+    response_model=schemas.BulkOut,
+    responses=responses(),
+    summary="Cancel pending/running jobs matching a filter",
+)
+async def cancel_by_filter(body: schemas.BulkRequest, store: StoreDep) -> schemas.BulkOut:
+    ids = await store.cancel_by_filter(_bulk_filter(body))
+    return schemas.BulkOut(count=len(ids), ids=ids)
+
+
+@router.post(
+    "/jobs/claim",
+    response_model=schemas.ClaimOut,
+    responses=responses(),
+    summary="Atomically claim pending jobs (optionally waiting for them)",
+)
+async def claim_jobs(
+    body: schemas.ClaimRequest,
+    store: StoreDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    notifier: NotifierDep,
+) -> schemas.ClaimOut:
+    lease = body.lease_seconds or settings.worker_lease_timeout
+    deadline = time.monotonic() + body.wait_seconds
+    while True:
+        waiter = notifier.waiter() if notifier is not None else None
+        jobs = await store.claim(
+            body.worker_id,
+            limit=body.limit,
+            lease_seconds=lease,
+            task_types=body.task_types,
+            model_profiles=body.model_profiles,
+        )
+        remaining = deadline - time.monotonic()
+        if jobs or remaining <= 0 or notifier is None:
+            break
+        # Re-check at least every second: jobs whose run_after comes due send no NOTIFY.
+        await notifier.wait(min(remaining, 1.0), waiter)
+    metrics.observe_claimed(jobs)
+    return schemas.ClaimOut(jobs=[schemas.ClaimedJobOut.of(j) for j in jobs])
+
+
+@router.get(
+    "/jobs/{job_id}",
+    response_model=schemas.JobOut,
+    responses=responses(404),
+    summary="Technical state and result of one job",
+)
+async def get_job(job_id: UUID, store: StoreDep) -> schemas.JobOut:
+    return schemas.JobOut.of(await store.get_job(job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/complete",
+    response_model=schemas.JobOut,
+    responses=responses(404, 409),
+    summary="Store a successful result",
+)
+async def complete_job(
+    job_id: UUID, body: schemas.CompleteRequest, store: StoreDep, metrics: MetricsDep
+) -> schemas.JobOut:
+    job = await store.complete(job_id, body.result, body.lease_token)
+    metrics.observe_finished(job, "completed")
+    return schemas.JobOut.of(job)
+
+
+@router.post(
+    "/jobs/{job_id}/fail",
+    response_model=schemas.JobOut,
+    responses=responses(404, 409),
+    summary="Record a failed attempt (retried with backoff when retryable and attempts remain)",
+)
+async def fail_job(
+    job_id: UUID, body: schemas.FailRequest, store: StoreDep, metrics: MetricsDep
+) -> schemas.JobOut:
+    job = await store.fail(
+        job_id,
+        category=body.category,
+        message=body.message,
+        details=body.details,
+        lease_token=body.lease_token,
+        retryable=is_retryable(body.category, body.retryable),
+    )
+    metrics.observe_finished(job, "failed", body.category)
+    return schemas.JobOut.of(job)
+
+
+@router.post(
+    "/jobs/{job_id}/heartbeat",
+    response_model=schemas.HeartbeatOut,
+    responses=responses(404, 409),
+    summary="Extend the lease of a running job (409: stop, the job is no longer yours)",
+)
+async def heartbeat_job(
+    job_id: UUID, body: schemas.HeartbeatRequest, store: StoreDep, settings: SettingsDep
+) -> schemas.HeartbeatOut:
+    extend = body.extend_seconds or settings.worker_lease_timeout
+    job = await store.heartbeat(job_id, body.lease_token, extend)
+    assert job.lease_expires_at is not None  # a running job always has a lease
+    return schemas.HeartbeatOut(id=job.id, status=job.status, lease_expires_at=job.lease_expires_at)
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    response_model=schemas.JobOut,
+    responses=responses(404, 409),
+    summary="Reset a failed or running job to pending (one more attempt granted)",
+)
+async def retry_job(job_id: UUID, store: StoreDep) -> schemas.JobOut:
+    return schemas.JobOut.of(await store.retry(job_id))
+
+
+@router.post(
+    "/jobs/{job_id}/cancel",
+    response_model=schemas.JobOut,
+    responses=responses(404, 409),
+    summary="Cancel a pending or running job",
+)
+async def cancel_job(job_id: UUID, store: StoreDep) -> schemas.JobOut:
+    return schemas.JobOut.of(await store.cancel(job_id))

@@ -1,0 +1,116 @@
+"""Probes, Prometheus metrics and `/api/v1/stats`."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+
+from ai_service import errors
+from ai_service.api import schemas
+from ai_service.api.deps import MetricsDep, StoreDep, require_token
+from ai_service.api.errors import envelope, responses
+from ai_service.jobs import JobStatus
+
+READY_TIMEOUT = 2.0
+
+probes = APIRouter(tags=["probes"])
+stats_router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], tags=["stats"])
+
+
+@probes.get("/healthz", response_model=schemas.HealthOut, summary="Process health")
+async def healthz() -> schemas.HealthOut:
+    return schemas.HealthOut(status="ok")
+
+
+@probes.get(
+    "/readyz",
+    response_model=schemas.HealthOut,
+    responses={503: {"model": schemas.ErrorOut, "description": "Database unavailable"}},
+    summary="PostgreSQL answers within 2 s",
+)
+async def readyz(store: StoreDep) -> Any:
+    try:
+        await asyncio.wait_for(store.ping(), READY_TIMEOUT)
+    except (errors.DatabaseUnavailable, TimeoutError):
+        return envelope(503, "database_unavailable", "PostgreSQL did not answer within 2 s")
+    return schemas.HealthOut(status="ready")
+
+
+@probes.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    summary="Prometheus metrics",
+)
+async def metrics_endpoint(store: StoreDep, metrics: MetricsDep) -> Response:
+    try:
+        counts = await store.stats_counts()
+        metrics.set_queue_gauges(counts)
+    except errors.DatabaseUnavailable:
+        pass  # still serve the process counters
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+@stats_router.get(
+    "/stats",
+    response_model=schemas.StatsOut,
+    responses=responses(),
+    summary="Queue and error counters",
+)
+async def stats(store: StoreDep) -> schemas.StatsOut:
+    raw = await store.stats()
+    return build_stats(raw)
+
+
+def build_stats(raw: dict[str, Any]) -> schemas.StatsOut:
+    """Shape the store's raw rows into the stats response."""
+    by_status: dict[str, int] = {s.value: 0 for s in JobStatus}
+    by_task: dict[str, dict[str, int]] = {}
+    by_profile: dict[str, dict[str, int]] = {}
+    failed_by_category: dict[str, int] = {}
+    for row in raw["counts"]:
+        n = int(row["n"])
+        by_status[row["status"]] = by_status.get(row["status"], 0) + n
+        task = by_task.setdefault(row["task_type"], {})
+        task[row["status"]] = task.get(row["status"], 0) + n
+        profile = by_profile.setdefault(row["model_profile"], {})
+        profile[row["status"]] = profile.get(row["status"], 0) + n
+        if row["status"] == JobStatus.FAILED:
+            category = row["error_category"] or "unknown"
+            failed_by_category[category] = failed_by_category.get(category, 0) + n
+    oldest = raw["oldest"]
+    age = (
+        max((oldest["now"] - oldest["oldest_pending"]).total_seconds(), 0.0)
+        if oldest["oldest_pending"] is not None
+        else None
+    )
+    recent = {"completed_1h": 0, "failed_1h": 0, "completed_24h": 0, "failed_24h": 0}
+    durations: dict[str, schemas.RunDuration] = {}
+    for row in raw["recent"]:
+        for key in recent:
+            recent[key] += int(row[key])
+        if row["completed_24h"]:
+            durations[row["task_type"]] = schemas.RunDuration(
+                completed_24h=int(row["completed_24h"]),
+                p50_seconds=_round(row["p50_seconds"]),
+                p95_seconds=_round(row["p95_seconds"]),
+            )
+    return schemas.StatsOut(
+        total=sum(by_status.values()),
+        by_status=schemas.StatusCounts(**by_status),
+        by_task_type={k: schemas.StatusCounts(**v) for k, v in sorted(by_task.items())},
+        by_model_profile={k: schemas.StatusCounts(**v) for k, v in sorted(by_profile.items())},
+        failed_by_category=dict(sorted(failed_by_category.items())),
+        oldest_pending_age_seconds=_round(age),
+        recent=schemas.RecentCounts(**recent),
+        run_duration_24h=dict(sorted(durations.items())),
+        generated_at=datetime.now(UTC),
+    )
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 3)

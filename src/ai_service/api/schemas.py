@@ -1,0 +1,270 @@
+"""Request and response models of the HTTP API (they make /openapi.json complete)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+from ai_service.jobs import DEFAULT_MAX_ATTEMPTS, Job, JobFilter, JobStatus
+
+# Non-empty, at least one visible character, no NUL (PostgreSQL text cannot hold it).
+_TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=_TEXT)]
+RefText = Annotated[str, StringConstraints(min_length=1, max_length=500, pattern=_TEXT)]
+KeyText = Annotated[str, StringConstraints(min_length=1, max_length=255, pattern=_TEXT)]
+WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=_TEXT)]
+Category = Annotated[
+    str, StringConstraints(min_length=1, max_length=100, pattern=r"^[a-z0-9_.-]+$")
+]
+Priority = Annotated[int, Field(ge=-1000, le=1000, description="Higher runs first.")]
+MaxAttempts = Annotated[int, Field(ge=1, le=100)]
+LeaseSeconds = Annotated[float, Field(ge=1, le=86400)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class JobCreate(_Strict):
+    """A new job."""
+
+    owner_service: ShortText = Field(description="Calling service, e.g. `telephony`.")
+    owner_ref: RefText = Field(description="Caller's stable object reference.")
+    task_type: ShortText = Field(description="Technical task class, e.g. `llm_chat`.")
+    model_profile: ShortText = Field(description="Runtime profile, e.g. `qwen2.5-14b`.")
+    input: dict[str, Any] = Field(description="JSON object owned by the caller and worker.")
+    priority: Priority = 0
+    max_attempts: MaxAttempts = DEFAULT_MAX_ATTEMPTS
+    run_after: AwareDatetime | None = Field(
+        default=None, description="Do not run before this time (with timezone)."
+    )
+    idempotency_key: KeyText | None = Field(
+        default=None, description="Unique per owner_service; a repeat returns the existing job."
+    )
+
+
+class JobPatch(_Strict):
+    """Job fields for batch defaults and items; every field optional."""
+
+    owner_service: ShortText | None = None
+    owner_ref: RefText | None = None
+    task_type: ShortText | None = None
+    model_profile: ShortText | None = None
+    input: dict[str, Any] | None = None
+    priority: Priority | None = None
+    max_attempts: MaxAttempts | None = None
+    run_after: AwareDatetime | None = None
+    idempotency_key: KeyText | None = None
+
+
+class JobBatchCreate(_Strict):
+    """Many jobs sharing defaults. Item fields override defaults; `input` objects merge
+    shallowly (item keys win)."""
+
+    defaults: JobPatch = Field(default_factory=JobPatch)
+    jobs: list[JobPatch] = Field(min_length=1, max_length=1000)
+
+
+class ErrorEntry(BaseModel):
+    attempt: int
+    category: str
+    message: str | None = None
+    worker: str | None = None
+    at: datetime
+
+
+class JobOut(BaseModel):
+    """The technical state of a job (the lease token is only shown to its claimer)."""
+
+    id: UUID
+    owner_service: str
+    owner_ref: str
+    task_type: str
+    model_profile: str
+    status: JobStatus
+    priority: int
+    input: dict[str, Any]
+    result: dict[str, Any] | None
+    error_category: str | None
+    error_message: str | None
+    error_details: dict[str, Any] | None
+    errors: list[dict[str, Any]] = Field(description="One entry per failed attempt.")
+    attempt: int
+    max_attempts: int
+    run_after: datetime
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls.model_construct(**{name: getattr(job, name) for name in cls.model_fields})
+
+
+class CreatedJobOut(JobOut):
+    created: bool = Field(description="False when an existing job matched the idempotency key.")
+
+
+class ClaimedJobOut(JobOut):
+    lease_token: UUID = Field(description="Present with complete, fail and heartbeat.")
+
+    @classmethod
+    def of(cls, job: Job) -> ClaimedJobOut:
+        return cls.model_construct(**{name: getattr(job, name) for name in cls.model_fields})
+
+
+class BatchItemOut(BaseModel):
+    id: UUID
+    owner_service: str
+    owner_ref: str
+    status: JobStatus
+    idempotency_key: str | None
+    created: bool
+
+
+class BatchOut(BaseModel):
+    created: int = Field(description="How many jobs were inserted.")
+    existing: int = Field(description="How many items matched an existing idempotency key.")
+    jobs: list[BatchItemOut]
+
+
+class JobListOut(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+
+
+class ClaimRequest(_Strict):
+    worker_id: WorkerId
+    task_types: list[ShortText] | None = Field(default=None, max_length=100)
+    model_profiles: list[ShortText] | None = Field(default=None, max_length=100)
+    limit: int = Field(default=1, ge=1, le=100)
+    lease_seconds: LeaseSeconds | None = Field(
+        default=None, description="Lease length; default WORKER_LEASE_TIMEOUT."
+    )
+    wait_seconds: float = Field(
+        default=0, ge=0, le=30, description="Long poll: wait up to this long for a job."
+    )
+
+
+class ClaimOut(BaseModel):
+    jobs: list[ClaimedJobOut]
+
+
+class CompleteRequest(_Strict):
+    result: dict[str, Any]
+    lease_token: UUID | None = Field(
+        default=None, description="Required for running jobs; omit to complete a pending job."
+    )
+
+
+class FailRequest(_Strict):
+    category: Category
+    message: str = Field(max_length=10_000)
+    details: dict[str, Any] | None = None
+    lease_token: UUID | None = None
+    retryable: bool | None = Field(
+        default=None,
+        description="Retry when attempts are left; default: only transient categories "
+        "(provider_unavailable, rate_limited, timeout).",
+    )
+
+
+class HeartbeatRequest(_Strict):
+    lease_token: UUID
+    extend_seconds: LeaseSeconds | None = Field(
+        default=None, description="New lease length from now; default WORKER_LEASE_TIMEOUT."
+    )
+
+
+class HeartbeatOut(BaseModel):
+    id: UUID
+    status: JobStatus
+    lease_expires_at: datetime
+
+
+class FilterFields(_Strict):
+    """The list filters, for bulk retry and cancel."""
+
+    status: list[JobStatus] | None = None
+    owner_service: ShortText | None = None
+    owner_ref: RefText | None = None
+    task_type: ShortText | None = None
+    model_profile: ShortText | None = None
+    worker_id: WorkerId | None = None
+    error_category: Category | None = None
+    created_after: AwareDatetime | None = None
+    created_before: AwareDatetime | None = None
+
+    def to_filter(self) -> JobFilter:
+        return JobFilter(
+            statuses=tuple(self.status or ()),
+            owner_service=self.owner_service,
+            owner_ref=self.owner_ref,
+            task_type=self.task_type,
+            model_profile=self.model_profile,
+            worker_id=self.worker_id,
+            error_category=self.error_category,
+            created_after=self.created_after,
+            created_before=self.created_before,
+        )
+
+
+class BulkRequest(FilterFields):
+    all: bool = Field(default=False, description="Required to act on every job (empty filter).")
+
+
+class BulkOut(BaseModel):
+    count: int
+    ids: list[UUID]
+
+
+class StatusCounts(BaseModel):
+    pending: int = 0
+    running: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class RecentCounts(BaseModel):
+    completed_1h: int
+    failed_1h: int
+    completed_24h: int
+    failed_24h: int
+
+
+class RunDuration(BaseModel):
+    completed_24h: int
+    p50_seconds: float | None
+    p95_seconds: float | None
+
+
+class StatsOut(BaseModel):
+    total: int
+    by_status: StatusCounts
+    by_task_type: dict[str, StatusCounts]
+    by_model_profile: dict[str, StatusCounts]
+    failed_by_category: dict[str, int]
+    oldest_pending_age_seconds: float | None
+    recent: RecentCounts
+    run_duration_24h: dict[str, RunDuration] = Field(description="Completed jobs, by task type.")
+    generated_at: datetime
+
+
+class HealthOut(BaseModel):
+    status: str
+
+
+class ErrorOut(BaseModel):
+    """The envelope of every 4xx/5xx answer."""
+
+    error: str = Field(description="Stable machine-readable code, e.g. `job_not_found`.")
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)

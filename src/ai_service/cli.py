@@ -1,0 +1,145 @@
+"""`ai-service` command line: api, worker, migrate, sidecar, dev."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from ai_service import errors
+from ai_service.config import Settings, load_settings
+
+DEV_DATA_DIR = Path(".data/pg")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings(os.environ)
+    except errors.ConfigError as exc:
+        print(f"ai-service: configuration error: {exc.message}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_api(settings: Settings) -> None:
+    import uvicorn
+
+    from ai_service import logs
+    from ai_service.api.app import create_app
+
+    logs.configure(settings)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+    )
+
+
+def cmd_migrate(settings: Settings) -> None:
+    from ai_service import migrate
+
+    migrate.upgrade(settings.require_database_url())
+    print("migrations applied", file=sys.stderr)
+
+
+def cmd_worker(settings: Settings) -> None:
+    from ai_service import logs
+    from ai_service.worker import main as worker_main
+
+    logs.configure(settings)
+    worker_main.run(settings)
+
+
+def cmd_sidecar(settings: Settings) -> None:
+    from ai_service import logs
+    from ai_service.sidecar import main as sidecar_main
+
+    logs.configure(settings)
+    sidecar_main.run(settings)
+
+
+def cmd_dev(settings: Settings) -> None:
+    """Embedded PostgreSQL (when DATABASE_URL is unset) + API + worker in one terminal."""
+    from ai_service import embedded_db, migrate
+
+    env = dict(os.environ)
+    server = None
+    if not settings.database_url:
+        print(f"starting embedded PostgreSQL in {DEV_DATA_DIR}/ ...", file=sys.stderr)
+        server = embedded_db.ensure_running(DEV_DATA_DIR)
+        env["DATABASE_URL"] = server.url
+        print(f"embedded PostgreSQL ready at {server.url}", file=sys.stderr)
+    migrate.upgrade(env["DATABASE_URL"])
+    env["MIGRATE_ON_START"] = "false"
+    children = [
+        subprocess.Popen([sys.executable, "-m", "ai_service", "api"], env=env),
+        subprocess.Popen([sys.executable, "-m", "ai_service", "worker"], env=env),
+    ]
+    print(
+        f"API on http://127.0.0.1:{settings.http_port}, worker status on "
+        f"http://127.0.0.1:{settings.worker_http_port}/worker/status (Ctrl-C stops all)",
+        file=sys.stderr,
+    )
+
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        while not stopping and all(child.poll() is None for child in children):
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + settings.worker_shutdown_timeout + 5
+        for child in children:
+            try:
+                child.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if server is not None:
+            server.stop()
+            print("embedded PostgreSQL stopped", file=sys.stderr)
+    failed = [c.returncode for c in children if c.returncode not in (0, -signal.SIGTERM)]
+    if failed and not stopping:
+        raise SystemExit(1)
+
+
+COMMANDS = {
+    "api": (cmd_api, "run the HTTP API"),
+    "worker": (cmd_worker, "run the built-in workers"),
+    "migrate": (cmd_migrate, "apply database migrations and exit"),
+    "sidecar": (cmd_sidecar, "run the AI-server telemetry sidecar"),
+    "dev": (cmd_dev, "embedded PostgreSQL + API + worker in one terminal"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="ai-service", description="Job service for AI workloads. Configured by environment."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text)
+    args = parser.parse_args(argv)
+    settings = _settings()
+    if args.command in ("api", "worker", "migrate"):
+        try:
+            settings.require_database_url()
+        except errors.ConfigError as exc:
+            print(f"ai-service: configuration error: {exc.message}", file=sys.stderr)
+            raise SystemExit(2) from None
+    COMMANDS[args.command][0](settings)

@@ -1,0 +1,316 @@
+"""Settings read from the environment.
+
+`load_settings(environ)` builds a frozen `Settings` from a mapping (normally
+`os.environ`). Variable names are exactly the ones of the specification. Every
+value is validated at start; a bad value raises `ConfigError` naming the
+variable, so the process stops with a clear message instead of failing later.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+from ai_service.errors import ConfigError
+
+T = TypeVar("T")
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+TRANSCRIPTION_PROVIDER_NAMES = ("whisperx", "qwen2-audio", "voxtral-small")
+TRANSCRIPTION_MODES = ("compare", "fallback")
+
+
+def parse_duration(text: str) -> float:
+    """Parse a Go-style duration (`2s`, `5m`, `1h30m`, `250ms`) or plain seconds.
+
+    Returns seconds as a float. Raises `ValueError` for anything else,
+    including negative values.
+    """
+    value = text.strip()
+    if not value:
+        raise ValueError("empty duration")
+    try:
+        seconds = float(value)
+    except ValueError:
+        pos = 0
+        seconds = 0.0
+        for match in _DURATION_PART.finditer(value):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+            pos = match.end()
+        if pos != len(value) or pos == 0:
+            raise ValueError(
+                f"invalid duration {text!r}: use seconds (30) or Go-style units (2s, 5m, 1h30m)"
+            ) from None
+    if seconds < 0 or seconds != seconds:  # negative or NaN
+        raise ValueError(f"invalid duration {text!r}: must not be negative")
+    return seconds
+
+
+def _parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"invalid boolean {text!r}: use true or false")
+
+
+def _parse_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"invalid integer {text!r}") from None
+
+
+def _parse_list(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _parse_optional(text: str) -> str | None:
+    return text.strip() or None
+
+
+def _parse_str(text: str) -> str:
+    return text.strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Validated process configuration. Field names mirror the variables."""
+
+    # HTTP API
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    database_url: str | None = None
+    migrate_on_start: bool = True
+    ai_service_token: str | None = None
+    max_body_bytes: int = 10 * 1024 * 1024
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    log_level: str = "info"
+    # LLM worker
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str = "qwen2.5-14b"
+    llm_timeout: float = 300.0
+    # Transcription
+    transcription_providers: tuple[str, ...] = ("whisperx",)
+    transcription_mode: str = "compare"
+    whisperx_url: tuple[str, ...] = ()
+    qwen_audio_base_url: str | None = None
+    qwen_audio_model: str = "Qwen/Qwen2-Audio-7B-Instruct"
+    qwen_audio_api_key: str | None = None
+    voxtral_base_url: str | None = None
+    voxtral_model: str = "mistralai/Voxtral-Small-24B-2507"
+    voxtral_api_key: str | None = None
+    audio_llm_api_key: str | None = None
+    audio_llm_prompt: str = (
+        "Transcribe the audio verbatim. Return only the transcript text, without comments."
+    )
+    audio_llm_max_tokens: int = 4096
+    audio_max_bytes: int = 200 * 1024 * 1024
+    audio_download_timeout: float = 60.0
+    transcription_timeout: float = 1800.0
+    # Worker
+    worker_id: str = field(default_factory=socket.gethostname)
+    worker_http_host: str = "0.0.0.0"
+    worker_http_port: int = 8081
+    worker_poll_interval: float = 2.0
+    worker_claim_limit: int = 4
+    worker_concurrency: int = 0  # 0 means "same as worker_claim_limit"
+    worker_lease_timeout: float = 900.0
+    worker_shutdown_timeout: float = 30.0
+    # Queue maintenance
+    retry_backoff_base: float = 10.0
+    retry_backoff_max: float = 600.0
+    rescue_interval: float = 30.0
+    retention_completed: float = 7 * 86400.0
+    retention_failed: float = 30 * 86400.0
+    retention_interval: float = 300.0
+    # Infra telemetry
+    infra_status_url: str | None = None
+    infra_status_token: str | None = None
+    provider_probe_timeout: float = 3.0
+    provider_status_cache: float = 5.0
+    # Sidecar (runs on the AI server)
+    sidecar_http_host: str = "0.0.0.0"
+    sidecar_http_port: int = 9100
+    sidecar_token: str | None = None
+    vllm_metrics_urls: tuple[str, ...] = ()
+    docker_socket: str = "/var/run/docker.sock"
+
+    @property
+    def effective_worker_concurrency(self) -> int:
+        """Jobs a worker keeps in flight: `WORKER_CONCURRENCY` or the claim limit."""
+        return self.worker_concurrency or self.worker_claim_limit
+
+    @property
+    def qwen_audio_effective_key(self) -> str | None:
+        """`QWEN_AUDIO_API_KEY`, else `AUDIO_LLM_API_KEY`, else `LLM_API_KEY`."""
+        return self.qwen_audio_api_key or self.audio_llm_api_key or self.llm_api_key
+
+    @property
+    def voxtral_effective_key(self) -> str | None:
+        """`VOXTRAL_API_KEY`, else `AUDIO_LLM_API_KEY`, else `LLM_API_KEY`."""
+        return self.voxtral_api_key or self.audio_llm_api_key or self.llm_api_key
+
+    def require_database_url(self) -> str:
+        """Return `DATABASE_URL` or stop with a message naming it."""
+        if not self.database_url:
+            raise ConfigError("DATABASE_URL", "is required (for example postgresql://host/db)")
+        return self.database_url
+
+
+# variable name -> (field name, parser)
+_VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
+    "HTTP_HOST": ("http_host", _parse_str),
+    "HTTP_PORT": ("http_port", _parse_int),
+    "DATABASE_URL": ("database_url", _parse_optional),
+    "MIGRATE_ON_START": ("migrate_on_start", _parse_bool),
+    "AI_SERVICE_TOKEN": ("ai_service_token", _parse_optional),
+    "MAX_BODY_BYTES": ("max_body_bytes", _parse_int),
+    "DB_POOL_MIN": ("db_pool_min", _parse_int),
+    "DB_POOL_MAX": ("db_pool_max", _parse_int),
+    "LOG_LEVEL": ("log_level", _parse_str),
+    "LLM_BASE_URL": ("llm_base_url", _parse_optional),
+    "LLM_API_KEY": ("llm_api_key", _parse_optional),
+    "LLM_MODEL": ("llm_model", _parse_str),
+    "LLM_TIMEOUT": ("llm_timeout", parse_duration),
+    "TRANSCRIPTION_PROVIDERS": ("transcription_providers", _parse_list),
+    "TRANSCRIPTION_MODE": ("transcription_mode", _parse_str),
+    "WHISPERX_URL": ("whisperx_url", _parse_list),
+    "QWEN_AUDIO_BASE_URL": ("qwen_audio_base_url", _parse_optional),
+    "QWEN_AUDIO_MODEL": ("qwen_audio_model", _parse_str),
+    "QWEN_AUDIO_API_KEY": ("qwen_audio_api_key", _parse_optional),
+    "VOXTRAL_BASE_URL": ("voxtral_base_url", _parse_optional),
+    "VOXTRAL_MODEL": ("voxtral_model", _parse_str),
+    "VOXTRAL_API_KEY": ("voxtral_api_key", _parse_optional),
+    "AUDIO_LLM_API_KEY": ("audio_llm_api_key", _parse_optional),
+    "AUDIO_LLM_PROMPT": ("audio_llm_prompt", _parse_str),
+    "AUDIO_LLM_MAX_TOKENS": ("audio_llm_max_tokens", _parse_int),
+    "AUDIO_MAX_BYTES": ("audio_max_bytes", _parse_int),
+    "AUDIO_DOWNLOAD_TIMEOUT": ("audio_download_timeout", parse_duration),
+    "TRANSCRIPTION_TIMEOUT": ("transcription_timeout", parse_duration),
+    "WORKER_ID": ("worker_id", _parse_str),
+    "WORKER_HTTP_HOST": ("worker_http_host", _parse_str),
+    "WORKER_HTTP_PORT": ("worker_http_port", _parse_int),
+    "WORKER_POLL_INTERVAL": ("worker_poll_interval", parse_duration),
+    "WORKER_CLAIM_LIMIT": ("worker_claim_limit", _parse_int),
+    "WORKER_CONCURRENCY": ("worker_concurrency", _parse_int),
+    "WORKER_LEASE_TIMEOUT": ("worker_lease_timeout", parse_duration),
+    "WORKER_SHUTDOWN_TIMEOUT": ("worker_shutdown_timeout", parse_duration),
+    "RETRY_BACKOFF_BASE": ("retry_backoff_base", parse_duration),
+    "RETRY_BACKOFF_MAX": ("retry_backoff_max", parse_duration),
+    "RESCUE_INTERVAL": ("rescue_interval", parse_duration),
+    "RETENTION_COMPLETED": ("retention_completed", parse_duration),
+    "RETENTION_FAILED": ("retention_failed", parse_duration),
+    "RETENTION_INTERVAL": ("retention_interval", parse_duration),
+    "INFRA_STATUS_URL": ("infra_status_url", _parse_optional),
+    "INFRA_STATUS_TOKEN": ("infra_status_token", _parse_optional),
+    "PROVIDER_PROBE_TIMEOUT": ("provider_probe_timeout", parse_duration),
+    "PROVIDER_STATUS_CACHE": ("provider_status_cache", parse_duration),
+    "SIDECAR_HTTP_HOST": ("sidecar_http_host", _parse_str),
+    "SIDECAR_HTTP_PORT": ("sidecar_http_port", _parse_int),
+    "SIDECAR_TOKEN": ("sidecar_token", _parse_optional),
+    "VLLM_METRICS_URLS": ("vllm_metrics_urls", _parse_list),
+    "DOCKER_SOCKET": ("docker_socket", _parse_str),
+}
+
+ENV_NAMES: dict[str, str] = {field_name: env for env, (field_name, _) in _VARIABLES.items()}
+
+
+def load_settings(environ: Mapping[str, str]) -> Settings:
+    """Build validated `Settings` from an environment mapping.
+
+    Unset or empty variables keep their defaults (empty optional values mean
+    "not configured"). Raises `ConfigError` naming the first bad variable.
+    """
+    values: dict[str, Any] = {}
+    for env, (name, parse) in _VARIABLES.items():
+        raw = environ.get(env)
+        if raw is None or (raw.strip() == "" and parse is not _parse_optional):
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            raise ConfigError(env, str(exc)) from None
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _validate(s: Settings) -> None:
+    def check(ok: bool, name: str, message: str) -> None:
+        if not ok:
+            raise ConfigError(ENV_NAMES[name], message)
+
+    for name in ("http_port", "worker_http_port", "sidecar_http_port"):
+        port = getattr(s, name)
+        check(0 < port < 65536, name, f"must be a TCP port (1-65535), got {port}")
+    check(s.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
+    check(1 <= s.db_pool_min <= s.db_pool_max, "db_pool_min", "must be >= 1 and <= DB_POOL_MAX")
+    check(s.llm_timeout > 0, "llm_timeout", "must be positive")
+    check(bool(s.llm_model), "llm_model", "must not be empty")
+    unknown = [p for p in s.transcription_providers if p not in TRANSCRIPTION_PROVIDER_NAMES]
+    check(
+        not unknown,
+        "transcription_providers",
+        f"unknown provider(s) {', '.join(unknown)}; "
+        f"known: {', '.join(TRANSCRIPTION_PROVIDER_NAMES)}",
+    )
+    check(
+        s.transcription_mode in TRANSCRIPTION_MODES,
+        "transcription_mode",
+        f"must be one of {', '.join(TRANSCRIPTION_MODES)}",
+    )
+    check(s.audio_llm_max_tokens >= 1, "audio_llm_max_tokens", "must be >= 1")
+    check(s.audio_max_bytes >= 1, "audio_max_bytes", "must be >= 1")
+    check(bool(s.worker_id), "worker_id", "must not be empty")
+    check(s.worker_poll_interval > 0, "worker_poll_interval", "must be positive")
+    check(1 <= s.worker_claim_limit <= 100, "worker_claim_limit", "must be between 1 and 100")
+    check(0 <= s.worker_concurrency <= 1000, "worker_concurrency", "must be between 0 and 1000")
+    check(s.worker_lease_timeout >= 1, "worker_lease_timeout", "must be at least 1s")
+    check(s.rescue_interval > 0, "rescue_interval", "must be positive")
+    check(s.retention_interval > 0, "retention_interval", "must be positive")
+    check(
+        s.retry_backoff_max >= s.retry_backoff_base,
+        "retry_backoff_max",
+        "must be >= RETRY_BACKOFF_BASE",
+    )
+    for name in ("llm_base_url", "qwen_audio_base_url", "voxtral_base_url", "infra_status_url"):
+        url = getattr(s, name)
+        check(url is None or _is_http_url(url), name, "must be an http:// or https:// URL")
+    for name in ("whisperx_url", "vllm_metrics_urls"):
+        for url in getattr(s, name):
+            check(_is_http_url(url), name, f"every entry must be an http(s) URL, got {url!r}")
+    if s.database_url is not None:
+        check(
+            s.database_url.startswith(("postgresql://", "postgres://")),
+            "database_url",
+            "must start with postgresql:// or postgres://",
+        )
+
+
+def _is_http_url(url: str) -> bool:
+    return url.startswith(("http://", "https://")) and len(url) > len("https://")
+
+
+def describe_defaults() -> dict[str, Any]:
+    """Variable name -> default value, for documentation and tests."""
+    defaults = Settings()
+    return {ENV_NAMES[f.name]: getattr(defaults, f.name) for f in fields(Settings)}

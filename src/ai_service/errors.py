@@ -1,0 +1,131 @@
+"""Domain errors. They carry data and know nothing of HTTP.
+
+    AIServiceError
+    ├── ConfigError            a variable has a bad value (names the variable)
+    ├── JobNotFound            no job with that id
+    ├── InvalidTransition      the job's status does not allow the action
+    ├── LeaseLost              the lease token is stale (job rescued, retried, cancelled)
+    ├── Unauthorized           missing or wrong service token
+    ├── InvalidRequest         a request is well-formed but not acceptable (names the field)
+    ├── DatabaseUnavailable    PostgreSQL cannot be reached
+    ├── UpstreamUnavailable    a remote service the API depends on (sidecar) failed
+    └── JobFailure             a handler's attempt failed (category, retryable, details)
+
+`ai_service.api.errors` is the only place that maps these to status codes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+
+class AIServiceError(Exception):
+    """Base of every error raised on purpose by the service."""
+
+    code = "internal_error"
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or {}
+
+
+class ConfigError(AIServiceError):
+    """An environment variable has an invalid value."""
+
+    code = "config_error"
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable} {problem}", {"variable": variable})
+        self.variable = variable
+
+
+class JobNotFound(AIServiceError):
+    """No job has the given id."""
+
+    code = "job_not_found"
+
+    def __init__(self, job_id: UUID) -> None:
+        super().__init__(f"job {job_id} not found", {"job_id": str(job_id)})
+        self.job_id = job_id
+
+
+class InvalidTransition(AIServiceError):
+    """The job's current status does not allow the requested action."""
+
+    code = "invalid_transition"
+
+    def __init__(self, job_id: UUID, status: str, action: str) -> None:
+        super().__init__(
+            f"cannot {action} job {job_id}: it is {status}",
+            {"job_id": str(job_id), "status": status, "action": action},
+        )
+        self.job_id = job_id
+        self.status = status
+        self.action = action
+
+
+class LeaseLost(AIServiceError):
+    """The caller's lease token no longer owns the job."""
+
+    code = "lease_lost"
+
+    def __init__(self, job_id: UUID, status: str, action: str) -> None:
+        super().__init__(
+            f"cannot {action} job {job_id}: the lease token does not hold the job (it is {status})",
+            {"job_id": str(job_id), "status": status, "action": action},
+        )
+        self.job_id = job_id
+        self.status = status
+        self.action = action
+
+
+class InvalidRequest(AIServiceError):
+    """A syntactically valid request that cannot be accepted."""
+
+    code = "invalid_request"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}", {"field": field})
+        self.field = field
+
+
+class Unauthorized(AIServiceError):
+    """The caller did not present the configured service token."""
+
+    code = "unauthorized"
+
+
+class DatabaseUnavailable(AIServiceError):
+    """PostgreSQL did not answer (down, restarting, pool exhausted)."""
+
+    code = "database_unavailable"
+
+
+class UpstreamUnavailable(AIServiceError):
+    """A remote dependency of an endpoint (for example the sidecar) failed."""
+
+    code = "upstream_unavailable"
+
+
+class JobFailure(AIServiceError):
+    """Raised by a job handler: the attempt failed with a category.
+
+    `retryable=None` lets the category decide (transient categories retry);
+    `details` is stored in the job's `error_details`.
+    """
+
+    code = "job_failed"
+
+    def __init__(
+        self,
+        category: str,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message, details)
+        self.category = category
+        self.retryable = retryable

@@ -1,0 +1,175 @@
+"""The job domain: statuses, error categories, the `Job` record and pure rules.
+
+Transitions (each one is a single guarded SQL statement in `sql/queries.sql`):
+
+    pending --claim--> running --complete--> completed
+       |                 |  \\--fail (retryable, attempts left)--> pending (backoff)
+       |                 |  \\--fail (permanent or attempts used)--> failed
+       |                 |  \\--lease expired (rescuer)--> pending | failed(lease_expired)
+       |--complete/fail (mirror path)--> completed | failed
+       |--cancel--> cancelled        running --cancel--> cancelled
+    failed|running --retry (manual)--> pending
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import time
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+
+class JobStatus(enum.StrEnum):
+    """Lifecycle state of a job."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+# Statuses from which each action is allowed (mirrors the guards in queries.sql).
+ALLOWED_FROM: dict[str, frozenset[JobStatus]] = {
+    "claim": frozenset({JobStatus.PENDING}),
+    "complete": frozenset({JobStatus.PENDING, JobStatus.RUNNING}),
+    "fail": frozenset({JobStatus.PENDING, JobStatus.RUNNING}),
+    "heartbeat": frozenset({JobStatus.RUNNING}),
+    "cancel": frozenset({JobStatus.PENDING, JobStatus.RUNNING}),
+    "retry": frozenset({JobStatus.FAILED, JobStatus.RUNNING}),
+}
+
+
+class ErrorCategory(enum.StrEnum):
+    """Why a job attempt failed."""
+
+    INVALID_INPUT = "invalid_input"
+    PROVIDER_UNAVAILABLE = "provider_unavailable"
+    PROVIDER_ERROR = "provider_error"
+    PROVIDER_AUTH = "provider_auth"
+    RATE_LIMITED = "rate_limited"
+    TIMEOUT = "timeout"
+    LEASE_EXPIRED = "lease_expired"
+    CANCELLED = "cancelled"
+    INTERNAL = "internal"
+
+
+# Categories that are retried automatically when attempts are left.
+TRANSIENT_CATEGORIES = frozenset(
+    {ErrorCategory.PROVIDER_UNAVAILABLE, ErrorCategory.RATE_LIMITED, ErrorCategory.TIMEOUT}
+)
+
+
+def is_retryable(category: str, retryable: bool | None) -> bool:
+    """Whether a failure should return the job to `pending` (attempts permitting).
+
+    An explicit `retryable` flag wins; otherwise transient categories retry.
+    """
+    if retryable is not None:
+        return retryable
+    return category in TRANSIENT_CATEGORIES
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One row of the `jobs` table."""
+
+    id: UUID
+    owner_service: str
+    owner_ref: str
+    task_type: str
+    model_profile: str
+    status: JobStatus
+    priority: int
+    input: dict[str, Any]
+    result: dict[str, Any] | None
+    error_category: str | None
+    error_message: str | None
+    error_details: dict[str, Any] | None
+    errors: list[dict[str, Any]]
+    attempt: int
+    max_attempts: int
+    run_after: datetime
+    worker_id: str | None
+    lease_token: UUID | None
+    lease_expires_at: datetime | None
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Job:
+        """Build a job from a database row (a dict of column values)."""
+        values = {name: row[name] for name in JOB_COLUMNS}
+        values["status"] = JobStatus(values["status"])
+        return cls(**values)
+
+
+JOB_COLUMNS = tuple(f.name for f in fields(Job))
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What a caller supplies to create a job."""
+
+    owner_service: str
+    owner_ref: str
+    task_type: str
+    model_profile: str
+    input: dict[str, Any]
+    priority: int = 0
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    run_after: datetime | None = None
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Selection of jobs shared by list, bulk retry and bulk cancel."""
+
+    statuses: tuple[JobStatus, ...] = ()
+    owner_service: str | None = None
+    owner_ref: str | None = None
+    task_type: str | None = None
+    model_profile: str | None = None
+    worker_id: str | None = None
+    error_category: str | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        """True when nothing narrows the selection."""
+        return not any(getattr(self, f.name) for f in fields(self))
+
+
+def new_job_id() -> UUID:
+    """A UUIDv7: time-ordered, so new rows land at the right edge of the primary key index."""
+    millis = time.time_ns() // 1_000_000
+    value = (millis & ((1 << 48) - 1)) << 80
+    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
+    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
+    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    return UUID(int=value)
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
+    """Delay before retry number `attempt` (1-based): exponential, capped, jittered.
+
+    `jitter` in [0, 1) picks a point in the upper half of the window. The same
+    formula runs inside `job_fail` and `job_rescue_expired` in queries.sql.
+    """
+    return float(min(cap, base * 2.0 ** max(attempt - 1, 0)) * (0.5 + jitter * 0.5))

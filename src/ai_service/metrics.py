@@ -1,0 +1,95 @@
+"""Prometheus metrics of a process (API or worker), in its own registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ai_service.jobs import Job
+
+_DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+_HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class Metrics:
+    """Counters and histograms of job transitions seen by this process."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("task_type", "model_profile")
+        self.created = Counter("ai_jobs_created", "Jobs created.", labels, registry=self.registry)
+        self.claimed = Counter("ai_jobs_claimed", "Jobs claimed.", labels, registry=self.registry)
+        self.completed = Counter(
+            "ai_jobs_completed", "Jobs completed.", labels, registry=self.registry
+        )
+        self.failed = Counter(
+            "ai_jobs_failed",
+            "Failed attempts (retried or final).",
+            (*labels, "category"),
+            registry=self.registry,
+        )
+        self.queue_wait = Histogram(
+            "ai_job_queue_wait_seconds",
+            "From the time a job became runnable to its claim.",
+            ("task_type",),
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.run_duration = Histogram(
+            "ai_job_run_duration_seconds",
+            "From claim to completion or failure.",
+            ("task_type", "outcome"),
+            buckets=_DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self.jobs_by_status = Gauge(
+            "ai_jobs",
+            "Jobs in the table by status and task type (pending and running).",
+            ("status", "task_type"),
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "ai_http_request_duration_seconds",
+            "HTTP request latency.",
+            ("method", "route", "status"),
+            buckets=_HTTP_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_created(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            self.created.labels(job.task_type, job.model_profile).inc()
+
+    def observe_claimed(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            self.claimed.labels(job.task_type, job.model_profile).inc()
+            if job.started_at is not None:
+                wait = (job.started_at - max(job.run_after, job.created_at)).total_seconds()
+                self.queue_wait.labels(job.task_type).observe(max(wait, 0.0))
+
+    def observe_finished(self, job: Job, outcome: str, category: str | None = None) -> None:
+        """Record a completion (`outcome="completed"`) or a failed attempt."""
+        if outcome == "completed":
+            self.completed.labels(job.task_type, job.model_profile).inc()
+        else:
+            self.failed.labels(job.task_type, job.model_profile, category or "unknown").inc()
+        if job.started_at is not None:
+            end = job.finished_at or job.updated_at
+            seconds = (end - job.started_at).total_seconds()
+            self.run_duration.labels(job.task_type, outcome).observe(max(seconds, 0.0))
+
+    def set_queue_gauges(self, counts: Iterable[dict[str, Any]]) -> None:
+        """Set pending/running gauges from `stats_counts` rows."""
+        totals: dict[tuple[str, str], int] = {}
+        for row in counts:
+            if row["status"] in ("pending", "running"):
+                key = (row["status"], row["task_type"])
+                totals[key] = totals.get(key, 0) + int(row["n"])
+        self.jobs_by_status.clear()
+        for (status, task_type), n in totals.items():
+            self.jobs_by_status.labels(status, task_type).set(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

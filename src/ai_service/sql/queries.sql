@@ -1,0 +1,345 @@
+-- Every runtime query of the service. `store.py` is the only module that runs them.
+-- Each state change is one guarded statement: it changes the row only when the
+-- job is in an allowed status (and, for running jobs, holds the caller's lease).
+-- Placeholders are psycopg named parameters: %(name)s.
+
+-- name: job_create_many
+-- Insert jobs given as parallel arrays; idempotency conflicts insert nothing.
+INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
+                  input, max_attempts, run_after, idempotency_key)
+SELECT id, owner_service, owner_ref, task_type, model_profile, priority,
+       input, max_attempts, coalesce(run_after, now()), idempotency_key
+  FROM unnest(%(ids)s::uuid[], %(owner_services)s::text[], %(owner_refs)s::text[],
+              %(task_types)s::text[], %(model_profiles)s::text[], %(priorities)s::int[],
+              %(inputs)s::jsonb[], %(max_attempts)s::int[], %(run_afters)s::timestamptz[],
+              %(idempotency_keys)s::text[])
+       AS t(id, owner_service, owner_ref, task_type, model_profile, priority,
+            input, max_attempts, run_after, idempotency_key)
+    ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING *;
+
+-- name: job_get_by_idempotency_keys
+-- Existing jobs for (owner_service, idempotency_key) pairs.
+SELECT j.*
+  FROM jobs j
+  JOIN unnest(%(owner_services)s::text[], %(idempotency_keys)s::text[]) AS k(owner_service, idempotency_key)
+    ON j.owner_service = k.owner_service AND j.idempotency_key = k.idempotency_key;
+
+-- name: job_get
+-- One job by id.
+SELECT * FROM jobs WHERE id = %(id)s;
+
+-- name: job_list
+-- Jobs matching optional filters, newest first, after a keyset cursor.
+SELECT *
+  FROM jobs
+ WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
+   AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
+   AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
+   AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
+   AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
+   AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
+   AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
+   AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+   AND (%(cursor_created_at)s::timestamptz IS NULL
+        OR (created_at, id) < (%(cursor_created_at)s::timestamptz, %(cursor_id)s::uuid))
+ ORDER BY created_at DESC, id DESC
+ LIMIT %(limit)s;
+
+-- name: job_claim
+-- Atomically take up to `limit` runnable pending jobs for a worker, with fresh leases.
+WITH picked AS (
+    SELECT id
+      FROM jobs
+     WHERE status = 'pending'
+       AND run_after <= now()
+       AND (%(task_types)s::text[] IS NULL OR task_type = ANY(%(task_types)s::text[]))
+       AND (%(model_profiles)s::text[] IS NULL OR model_profile = ANY(%(model_profiles)s::text[]))
+     ORDER BY priority DESC, run_after, created_at
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j
+   SET status = 'running',
+       attempt = j.attempt + 1,
+       worker_id = %(worker_id)s,
+       lease_token = gen_random_uuid(),
+       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+       started_at = now(),
+       updated_at = now()
+  FROM picked
+ WHERE j.id = picked.id
+RETURNING j.*;
+
+-- name: job_complete
+-- Store a result: a running job whose lease matches, or a pending job (mirror path, no token).
+UPDATE jobs
+   SET status = 'completed',
+       result = %(result)s,
+       error_category = NULL,
+       error_message = NULL,
+       error_details = NULL,
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       finished_at = now(),
+       updated_at = now()
+ WHERE id = %(id)s
+   AND ((status = 'running' AND lease_token = %(lease_token)s::uuid)
+        OR (status = 'pending' AND %(lease_token)s::uuid IS NULL))
+RETURNING *;
+
+-- name: job_complete_many
+-- Complete many running jobs, each fenced by its own lease token; returns the ids done.
+UPDATE jobs j
+   SET status = 'completed',
+       result = u.result,
+       error_category = NULL,
+       error_message = NULL,
+       error_details = NULL,
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       finished_at = now(),
+       updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(results)s::jsonb[])
+       AS u(id, lease_token, result)
+ WHERE j.id = u.id
+   AND j.status = 'running'
+   AND j.lease_token = u.lease_token
+RETURNING j.id;
+
+-- name: job_fail
+-- Record a failed attempt. Running jobs with attempts left and a retryable error go back
+-- to pending after an exponential backoff with jitter; otherwise the job is failed.
+UPDATE jobs
+   SET status = CASE WHEN status = 'running' AND %(retryable)s AND attempt < max_attempts
+                     THEN 'pending' ELSE 'failed' END,
+       run_after = CASE WHEN status = 'running' AND %(retryable)s AND attempt < max_attempts
+                        THEN now() + make_interval(secs => least(%(backoff_max)s::float8,
+                                 %(backoff_base)s::float8 * power(2, greatest(attempt - 1, 0)))
+                                 * (0.5 + random() * 0.5))
+                        ELSE run_after END,
+       finished_at = CASE WHEN status = 'running' AND %(retryable)s AND attempt < max_attempts
+                          THEN NULL ELSE now() END,
+       error_category = %(category)s,
+       error_message = %(message)s,
+       error_details = %(details)s,
+       errors = errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', attempt, 'category', %(category)s::text,
+                    'message', %(message)s::text, 'worker', worker_id, 'at', now())),
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       updated_at = now()
+ WHERE id = %(id)s
+   AND ((status = 'running' AND lease_token = %(lease_token)s::uuid)
+        OR (status = 'pending' AND %(lease_token)s::uuid IS NULL))
+RETURNING *;
+
+-- name: job_heartbeat
+-- Extend the lease of a running job held by the caller's token.
+UPDATE jobs
+   SET lease_expires_at = now() + make_interval(secs => %(extend_seconds)s),
+       updated_at = now()
+ WHERE id = %(id)s
+   AND status = 'running'
+   AND lease_token = %(lease_token)s::uuid
+RETURNING *;
+
+-- name: job_heartbeat_many
+-- Extend the leases of many running jobs; returns the ids still held.
+UPDATE jobs j
+   SET lease_expires_at = now() + make_interval(secs => %(extend_seconds)s),
+       updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[]) AS u(id, lease_token)
+ WHERE j.id = u.id
+   AND j.status = 'running'
+   AND j.lease_token = u.lease_token
+RETURNING j.id;
+
+-- name: job_release_many
+-- Give running jobs back to pending without counting the attempt (graceful shutdown).
+UPDATE jobs j
+   SET status = 'pending',
+       attempt = greatest(j.attempt - 1, 0),
+       run_after = now(),
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       started_at = NULL,
+       updated_at = now()
+  FROM unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[]) AS u(id, lease_token)
+ WHERE j.id = u.id
+   AND j.status = 'running'
+   AND j.lease_token = u.lease_token
+RETURNING j.id;
+
+-- name: job_retry
+-- Manual retry of a failed or running job: back to pending, one more attempt granted.
+UPDATE jobs
+   SET status = 'pending',
+       max_attempts = greatest(max_attempts, attempt + 1),
+       run_after = now(),
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       finished_at = NULL,
+       updated_at = now()
+ WHERE id = %(id)s
+   AND status IN ('failed', 'running')
+RETURNING *;
+
+-- name: job_retry_by_filter
+-- Manual retry of a batch of failed/running jobs matching the filter; returns their ids.
+UPDATE jobs
+   SET status = 'pending',
+       max_attempts = greatest(max_attempts, attempt + 1),
+       run_after = now(),
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       finished_at = NULL,
+       updated_at = now()
+ WHERE id IN (SELECT id FROM jobs
+               WHERE status = ANY(%(statuses)s::text[])
+                 AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
+                 AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
+                 AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
+                 AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
+                 AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
+                 AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
+                 AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+                 AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+               ORDER BY id
+               LIMIT %(batch)s
+                 FOR UPDATE)
+   AND status IN ('failed', 'running')
+RETURNING id;
+
+-- name: job_cancel
+-- Cancel one pending or running job.
+UPDATE jobs
+   SET status = 'cancelled',
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       finished_at = now(),
+       updated_at = now()
+ WHERE id = %(id)s
+   AND status IN ('pending', 'running')
+RETURNING *;
+
+-- name: job_cancel_by_filter
+-- Cancel a batch of pending/running jobs matching the filter; returns their ids.
+UPDATE jobs
+   SET status = 'cancelled',
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       finished_at = now(),
+       updated_at = now()
+ WHERE id IN (SELECT id FROM jobs
+               WHERE status = ANY(%(statuses)s::text[])
+                 AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
+                 AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
+                 AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
+                 AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
+                 AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
+                 AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
+                 AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+                 AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+               ORDER BY id
+               LIMIT %(batch)s
+                 FOR UPDATE)
+   AND status IN ('pending', 'running')
+RETURNING id;
+
+-- name: job_rescue_expired
+-- Return running jobs whose lease expired to pending (attempts left, with backoff) or fail
+-- them as lease_expired; each rescue is appended to the error history.
+UPDATE jobs j
+   SET status = CASE WHEN j.attempt < j.max_attempts THEN 'pending' ELSE 'failed' END,
+       run_after = CASE WHEN j.attempt < j.max_attempts
+                        THEN now() + make_interval(secs => least(%(backoff_max)s::float8,
+                                 %(backoff_base)s::float8 * power(2, greatest(j.attempt - 1, 0)))
+                                 * (0.5 + random() * 0.5))
+                        ELSE j.run_after END,
+       finished_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END,
+       error_category = 'lease_expired',
+       error_message = 'lease expired on worker ' || j.worker_id,
+       error_details = NULL,
+       errors = j.errors || jsonb_build_array(jsonb_build_object(
+                    'attempt', j.attempt, 'category', 'lease_expired',
+                    'message', 'lease expired on worker ' || j.worker_id,
+                    'worker', j.worker_id, 'at', now())),
+       lease_token = NULL,
+       lease_expires_at = NULL,
+       updated_at = now()
+ WHERE j.id IN (SELECT id FROM jobs
+                 WHERE status = 'running' AND lease_expires_at < now()
+                 ORDER BY lease_expires_at
+                 LIMIT %(batch)s
+                   FOR UPDATE SKIP LOCKED)
+   AND j.status = 'running'
+   AND j.lease_expires_at < now()
+RETURNING j.id, j.status;
+
+-- name: job_prune_finished
+-- Delete a batch of finished jobs older than their retention; never pending or running.
+DELETE FROM jobs
+ WHERE id IN (SELECT id FROM jobs
+               WHERE finished_at < greatest(%(completed_before)s::timestamptz,
+                                            %(failed_before)s::timestamptz)
+                 AND ((status IN ('completed', 'cancelled')
+                       AND finished_at < %(completed_before)s::timestamptz)
+                      OR (status = 'failed' AND finished_at < %(failed_before)s::timestamptz))
+               LIMIT %(batch)s)
+   AND status IN ('completed', 'cancelled', 'failed');
+
+-- name: job_counts_compact
+-- Fold the counter deltas written by the triggers into job_counts (one replica at a time).
+WITH gate AS (
+    SELECT pg_try_advisory_xact_lock(1095324502) AS ok
+), moved AS (
+    DELETE FROM job_count_deltas WHERE (SELECT ok FROM gate) RETURNING *
+)
+INSERT INTO job_counts (status, task_type, model_profile, error_category, n)
+SELECT status, task_type, model_profile, error_category, sum(n)
+  FROM moved
+ GROUP BY 1, 2, 3, 4
+ ORDER BY 1, 2, 3, 4
+    ON CONFLICT (status, task_type, model_profile, error_category)
+    DO UPDATE SET n = job_counts.n + excluded.n;
+
+-- name: job_counts_drop_zero
+-- Remove counter rows that reached zero.
+DELETE FROM job_counts WHERE n = 0;
+
+-- name: stats_counts
+-- Exact job counts by status, task type, model profile and (failed) error category.
+SELECT status, task_type, model_profile, error_category, sum(n)::bigint AS n
+  FROM (SELECT status, task_type, model_profile, error_category, n FROM job_counts
+        UNION ALL
+        SELECT status, task_type, model_profile, error_category, n FROM job_count_deltas) AS c
+ GROUP BY 1, 2, 3, 4
+HAVING sum(n) <> 0;
+
+-- name: stats_oldest_pending
+-- Creation time of the oldest pending job and the database clock.
+SELECT (SELECT min(created_at) FROM jobs WHERE status = 'pending') AS oldest_pending,
+       now() AS now;
+
+-- name: stats_recent
+-- Finished jobs in the last hour and day, and run-duration percentiles, by task type.
+SELECT task_type,
+       count(*) FILTER (WHERE status = 'completed' AND finished_at >= now() - interval '1 hour')
+           AS completed_1h,
+       count(*) FILTER (WHERE status = 'failed' AND finished_at >= now() - interval '1 hour')
+           AS failed_1h,
+       count(*) FILTER (WHERE status = 'completed') AS completed_24h,
+       count(*) FILTER (WHERE status = 'failed') AS failed_24h,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
+           FILTER (WHERE status = 'completed' AND started_at IS NOT NULL) AS p50_seconds,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
+           FILTER (WHERE status = 'completed' AND started_at IS NOT NULL) AS p95_seconds
+  FROM jobs
+ WHERE finished_at >= now() - interval '24 hours'
+ GROUP BY task_type;
+
+-- name: db_ping
+-- Readiness probe.
+SELECT 1 AS ok;

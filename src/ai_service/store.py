@@ -1,0 +1,465 @@
+"""The only module that talks to PostgreSQL.
+
+It runs the named queries of `sql/queries.sql` on an async connection pool and
+turns "no row returned" and database exceptions into domain errors
+(`errors.JobNotFound`, `errors.InvalidTransition`, `errors.LeaseLost`,
+`errors.DatabaseUnavailable`, `errors.InvalidRequest`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import orjson
+import psycopg
+import psycopg.errors
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb, set_json_loads
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ai_service import errors
+from ai_service.jobs import ALLOWED_FROM, Job, JobFilter, JobStatus, NewJob, new_job_id
+from ai_service.sql import queries
+
+FILTER_BATCH = 5000
+
+
+def _dumps(value: Any) -> bytes | str:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        # orjson refuses integers beyond 64 bits; PostgreSQL's jsonb takes them.
+        return json.dumps(value)
+
+
+def jsonb(value: Any) -> Jsonb | None:
+    """Adapt a Python value for a jsonb parameter (None stays SQL NULL)."""
+    return None if value is None else Jsonb(value, dumps=_dumps)
+
+
+@dataclass(frozen=True)
+class Created:
+    """Outcome of one create: the job, and False when an idempotency key matched."""
+
+    job: Job
+    created: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One fenced completion for `Store.complete_many`."""
+
+    job_id: UUID
+    lease_token: UUID
+    result: dict[str, Any]
+
+
+def encode_cursor(job: Job) -> str:
+    """Opaque keyset cursor pointing just after `job` in newest-first order."""
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """Inverse of `encode_cursor`; raises `InvalidRequest` naming `cursor`."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, job_id = raw.split("|")
+        parsed = datetime.fromisoformat(created)
+        if parsed.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return parsed, UUID(job_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise errors.InvalidRequest("cursor", "is not a cursor returned by this API") from None
+
+
+class Store:
+    """Job persistence on a psycopg connection pool (autocommit, dict rows)."""
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        *,
+        backoff_base: float = 10.0,
+        backoff_max: float = 600.0,
+    ) -> None:
+        self.pool = pool
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self._q = queries()
+
+    @classmethod
+    async def open(
+        cls,
+        database_url: str,
+        *,
+        min_size: int = 2,
+        max_size: int = 10,
+        timeout: float = 5.0,
+        backoff_base: float = 10.0,
+        backoff_max: float = 600.0,
+        wait: bool = False,
+    ) -> Store:
+        """Open a pool; with `wait=False` the database may still be down (readyz says so)."""
+
+        async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
+            set_json_loads(orjson.loads, conn)
+
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            database_url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=configure,
+            reconnect_timeout=0,  # keep retrying forever; the database may come back
+            open=False,
+            name="ai-service",
+        )
+        await pool.open(wait=wait, timeout=timeout)
+        return cls(pool, backoff_base=backoff_base, backoff_max=backoff_max)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # -- plumbing -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            async with self.pool.connection() as conn:
+                yield conn
+        except PoolTimeout:
+            raise errors.DatabaseUnavailable("no database connection available") from None
+        except psycopg.errors.CheckViolation as exc:
+            constraint = exc.diag.constraint_name or "constraint"
+            raise errors.InvalidRequest(constraint, "violates a job invariant") from None
+        except (psycopg.errors.DataException, psycopg.errors.UntranslatableCharacter) as exc:
+            raise errors.InvalidRequest(
+                "input", f"rejected by the database: {exc.diag.message_primary}"
+            ) from None
+        except psycopg.OperationalError as exc:
+            raise errors.DatabaseUnavailable(
+                f"database unavailable: {type(exc).__name__}"
+            ) from None
+
+    async def _fetch(
+        self, name: str, params: dict[str, Any], *, prepare: bool | None = None
+    ) -> list[dict[str, Any]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(self._q[name], params, prepare=prepare)
+            return await cur.fetchall() if cur.description else []
+
+    async def _one_job(self, name: str, params: dict[str, Any]) -> Job | None:
+        rows = await self._fetch(name, params)
+        return Job.from_row(rows[0]) if rows else None
+
+    async def _explain_miss(self, job_id: UUID, action: str, lease_token: UUID | None) -> Exception:
+        """Why a guarded statement changed nothing: unknown job, lost lease or bad status."""
+        job = await self._one_job("job_get", {"id": job_id})
+        if job is None:
+            return errors.JobNotFound(job_id)
+        if lease_token is not None and job.status in (JobStatus.RUNNING, JobStatus.PENDING):
+            return errors.LeaseLost(job_id, job.status.value, action)
+        if job.status is JobStatus.RUNNING and action in ("complete", "fail", "heartbeat"):
+            return errors.LeaseLost(job_id, job.status.value, action)
+        return errors.InvalidTransition(job_id, job.status.value, action)
+
+    # -- queries --------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """Raise `DatabaseUnavailable` unless PostgreSQL answers."""
+        await self._fetch("db_ping", {})
+
+    async def create_jobs(self, new_jobs: Sequence[NewJob]) -> list[Created]:
+        """Insert jobs in one statement; an existing idempotency key returns that job.
+
+        Results are in input order. Items repeating a key within the batch resolve
+        to the same job.
+        """
+        ids = [new_job_id() for _ in new_jobs]
+        params = {
+            "ids": ids,
+            "owner_services": [j.owner_service for j in new_jobs],
+            "owner_refs": [j.owner_ref for j in new_jobs],
+            "task_types": [j.task_type for j in new_jobs],
+            "model_profiles": [j.model_profile for j in new_jobs],
+            "priorities": [j.priority for j in new_jobs],
+            "inputs": [jsonb(j.input) for j in new_jobs],
+            "max_attempts": [j.max_attempts for j in new_jobs],
+            "run_afters": [j.run_after for j in new_jobs],
+            "idempotency_keys": [j.idempotency_key for j in new_jobs],
+        }
+        rows = await self._fetch("job_create_many", params)
+        inserted = {row["id"]: Job.from_row(row) for row in rows}
+        by_key: dict[tuple[str, str], Job] = {
+            (job.owner_service, job.idempotency_key): job
+            for job in inserted.values()
+            if job.idempotency_key is not None
+        }
+        missing = [
+            (j.owner_service, j.idempotency_key)
+            for job_id, j in zip(ids, new_jobs, strict=True)
+            if job_id not in inserted and j.idempotency_key is not None
+        ]
+        if missing:
+            existing = await self._fetch(
+                "job_get_by_idempotency_keys",
+                {
+                    "owner_services": [m[0] for m in missing],
+                    "idempotency_keys": [m[1] for m in missing],
+                },
+            )
+            for row in existing:
+                job = Job.from_row(row)
+                by_key.setdefault((job.owner_service, job.idempotency_key or ""), job)
+        results: list[Created] = []
+        for job_id, new in zip(ids, new_jobs, strict=True):
+            if job_id in inserted:
+                results.append(Created(inserted[job_id], True))
+                continue
+            found = by_key.get((new.owner_service, new.idempotency_key or ""))
+            if found is None:  # deleted between the two statements: very unlikely
+                raise errors.DatabaseUnavailable("idempotent create raced with a delete; retry")
+            results.append(Created(found, False))
+        return results
+
+    async def get_job(self, job_id: UUID) -> Job:
+        job = await self._one_job("job_get", {"id": job_id})
+        if job is None:
+            raise errors.JobNotFound(job_id)
+        return job
+
+    async def list_jobs(
+        self, job_filter: JobFilter, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[Job], str | None]:
+        """Newest first; returns the page and the cursor of the next page (or None)."""
+        cursor_created, cursor_id = decode_cursor(cursor) if cursor else (None, None)
+        params = _filter_params(job_filter) | {
+            "statuses": [s.value for s in job_filter.statuses] or None,
+            "cursor_created_at": cursor_created,
+            "cursor_id": cursor_id,
+            "limit": limit + 1,
+        }
+        # Not prepared: each call is planned with its own values, so unused filters
+        # ("x IS NULL OR ...") fold away and the right index is chosen.
+        rows = await self._fetch("job_list", params, prepare=False)
+        jobs = [Job.from_row(row) for row in rows[:limit]]
+        next_cursor = encode_cursor(jobs[-1]) if len(rows) > limit else None
+        return jobs, next_cursor
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_seconds: float,
+        task_types: Iterable[str] | None = None,
+        model_profiles: Iterable[str] | None = None,
+    ) -> list[Job]:
+        """Atomically move up to `limit` runnable jobs to running for `worker_id`."""
+        rows = await self._fetch(
+            "job_claim",
+            {
+                "worker_id": worker_id,
+                "limit": limit,
+                "lease_seconds": lease_seconds,
+                "task_types": list(task_types) if task_types is not None else None,
+                "model_profiles": list(model_profiles) if model_profiles is not None else None,
+            },
+        )
+        jobs = [Job.from_row(row) for row in rows]
+        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.created_at))
+        return jobs
+
+    async def complete(
+        self, job_id: UUID, result: dict[str, Any], lease_token: UUID | None = None
+    ) -> Job:
+        job = await self._one_job(
+            "job_complete", {"id": job_id, "result": jsonb(result), "lease_token": lease_token}
+        )
+        if job is None:
+            raise await self._explain_miss(job_id, "complete", lease_token)
+        return job
+
+    async def complete_many(self, completions: Sequence[Completion]) -> set[UUID]:
+        """Complete many running jobs in one statement; returns the ids whose lease held."""
+        if not completions:
+            return set()
+        rows = await self._fetch(
+            "job_complete_many",
+            {
+                "ids": [c.job_id for c in completions],
+                "lease_tokens": [c.lease_token for c in completions],
+                "results": [jsonb(c.result) for c in completions],
+            },
+        )
+        return {row["id"] for row in rows}
+
+    async def fail(
+        self,
+        job_id: UUID,
+        *,
+        category: str,
+        message: str,
+        details: dict[str, Any] | None = None,
+        lease_token: UUID | None = None,
+        retryable: bool = False,
+    ) -> Job:
+        """Record a failed attempt; retryable failures with attempts left go back to pending."""
+        job = await self._one_job(
+            "job_fail",
+            {
+                "id": job_id,
+                "category": category,
+                "message": message,
+                "details": jsonb(details),
+                "lease_token": lease_token,
+                "retryable": retryable,
+                "backoff_base": self.backoff_base,
+                "backoff_max": self.backoff_max,
+            },
+        )
+        if job is None:
+            raise await self._explain_miss(job_id, "fail", lease_token)
+        return job
+
+    async def heartbeat(self, job_id: UUID, lease_token: UUID, extend_seconds: float) -> Job:
+        job = await self._one_job(
+            "job_heartbeat",
+            {"id": job_id, "lease_token": lease_token, "extend_seconds": extend_seconds},
+        )
+        if job is None:
+            raise await self._explain_miss(job_id, "heartbeat", lease_token)
+        return job
+
+    async def heartbeat_many(
+        self, leases: Sequence[tuple[UUID, UUID]], extend_seconds: float
+    ) -> set[UUID]:
+        """Extend many leases at once; returns the ids still held (the rest were lost)."""
+        if not leases:
+            return set()
+        rows = await self._fetch(
+            "job_heartbeat_many",
+            {
+                "ids": [job_id for job_id, _ in leases],
+                "lease_tokens": [token for _, token in leases],
+                "extend_seconds": extend_seconds,
+            },
+        )
+        return {row["id"] for row in rows}
+
+    async def release_many(self, leases: Sequence[tuple[UUID, UUID]]) -> set[UUID]:
+        """Return held jobs to pending without counting the attempt (graceful stop)."""
+        if not leases:
+            return set()
+        rows = await self._fetch(
+            "job_release_many",
+            {"ids": [job_id for job_id, _ in leases], "lease_tokens": [t for _, t in leases]},
+        )
+        return {row["id"] for row in rows}
+
+    async def retry(self, job_id: UUID) -> Job:
+        job = await self._one_job("job_retry", {"id": job_id})
+        if job is None:
+            raise await self._explain_miss(job_id, "retry", None)
+        return job
+
+    async def cancel(self, job_id: UUID) -> Job:
+        job = await self._one_job("job_cancel", {"id": job_id})
+        if job is None:
+            raise await self._explain_miss(job_id, "cancel", None)
+        return job
+
+    async def retry_by_filter(self, job_filter: JobFilter) -> list[UUID]:
+        """Retry every failed/running job matching the filter; returns their ids."""
+        return await self._by_filter("job_retry_by_filter", "retry", job_filter)
+
+    async def cancel_by_filter(self, job_filter: JobFilter) -> list[UUID]:
+        """Cancel every pending/running job matching the filter; returns their ids."""
+        return await self._by_filter("job_cancel_by_filter", "cancel", job_filter)
+
+    async def _by_filter(self, name: str, action: str, job_filter: JobFilter) -> list[UUID]:
+        allowed = ALLOWED_FROM[action]
+        statuses = [s.value for s in (job_filter.statuses or tuple(allowed)) if s in allowed]
+        if not statuses:
+            return []
+        params = _filter_params(job_filter) | {"statuses": statuses, "batch": FILTER_BATCH}
+        changed: list[UUID] = []
+        while True:
+            rows = await self._fetch(name, params, prepare=False)
+            changed.extend(row["id"] for row in rows)
+            if len(rows) < FILTER_BATCH:
+                return changed
+
+    # -- maintenance ----------------------------------------------------------------
+
+    async def rescue_expired(self, batch: int = 1000) -> list[tuple[UUID, JobStatus]]:
+        """Return expired running jobs to pending or fail them; returns (id, new status)."""
+        rows = await self._fetch(
+            "job_rescue_expired",
+            {"batch": batch, "backoff_base": self.backoff_base, "backoff_max": self.backoff_max},
+        )
+        return [(row["id"], JobStatus(row["status"])) for row in rows]
+
+    async def prune_finished(
+        self, *, completed_before: datetime, failed_before: datetime, batch: int = 5000
+    ) -> int:
+        """Delete finished jobs past retention in batches; returns how many were deleted."""
+        total = 0
+        while True:
+            async with self._conn() as conn:
+                cur = await conn.execute(
+                    self._q["job_prune_finished"],
+                    {
+                        "completed_before": completed_before,
+                        "failed_before": failed_before,
+                        "batch": batch,
+                    },
+                )
+                deleted = cur.rowcount
+            total += deleted
+            if deleted < batch:
+                return total
+
+    async def compact_counts(self) -> None:
+        """Fold trigger-written counter deltas into `job_counts`."""
+        await self._fetch("job_counts_compact", {})
+        await self._fetch("job_counts_drop_zero", {})
+
+    async def stats_counts(self) -> list[dict[str, Any]]:
+        """Exact counts by status, task type, model profile and error category."""
+        return await self._fetch("stats_counts", {})
+
+    async def stats(self) -> dict[str, Any]:
+        """Raw statistics rows; the API shapes them for the response."""
+        counts = await self.stats_counts()
+        oldest = (await self._fetch("stats_oldest_pending", {}))[0]
+        recent = await self._fetch("stats_recent", {})
+        return {"counts": counts, "oldest": oldest, "recent": recent}
+
+
+def _filter_params(job_filter: JobFilter) -> dict[str, Any]:
+    return {
+        "owner_service": job_filter.owner_service,
+        "owner_ref": job_filter.owner_ref,
+        "task_type": job_filter.task_type,
+        "model_profile": job_filter.model_profile,
+        "worker_id": job_filter.worker_id,
+        "error_category": job_filter.error_category,
+        "created_after": job_filter.created_after,
+        "created_before": job_filter.created_before,
+    }
+
+
+def retention_cutoffs(now: datetime, completed: float, failed: float) -> tuple[datetime, datetime]:
+    """Finished-before timestamps for completed/cancelled and for failed jobs."""
+    return now - timedelta(seconds=completed), now - timedelta(seconds=failed)

@@ -1,0 +1,48 @@
+"""What the runner needs to know of a job handler.
+
+Each handler module (`llm.py`, `transcription.py`) exposes
+`spec(settings) -> HandlerSpec`. A handler never touches SQL: it turns a job's
+input into a result dict, or raises `errors.JobFailure` with a category.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ai_service.config import Settings
+from ai_service.jobs import Job
+
+
+@dataclass(frozen=True)
+class HandlerContext:
+    """Per-process resources handed to every handler call."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("ai_service.worker"))
+
+
+HandleFn = Callable[[Job, HandlerContext], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class HandlerSpec:
+    """A handler, the jobs it takes, and whether it is usable with this configuration.
+
+    `model_profiles=None` means any model profile. A disabled handler claims
+    nothing; `disabled_reason` says why (shown in `/worker/status`).
+    """
+
+    name: str
+    task_types: frozenset[str]
+    model_profiles: frozenset[str] | None
+    handle: HandleFn
+    enabled: bool = True
+    disabled_reason: str | None = None
+    # Provider base URLs with credentials removed, for /worker/status.
+    providers: dict[str, Any] = field(default_factory=dict)
