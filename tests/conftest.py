@@ -9,6 +9,7 @@ A template database is migrated once per session and cloned for each test.
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -24,19 +25,39 @@ from ai_service.store import Store
 from tests.helpers import make_settings, serve, url_for_database
 
 TEMPLATE = f"ai_service_template_{os.getpid()}"
-TEST_DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "test-pg"
+DATA_ROOT = Path(__file__).resolve().parent.parent / ".data"
 FAST_OPTIONS = ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+
+
+def _remove_stale_servers() -> None:
+    """Data dirs of earlier test runs whose process is gone (killed runs)."""
+    for path in DATA_ROOT.glob("test-pg-*"):
+        pid = int(path.name.rsplit("-", 1)[1])
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            embedded_db.EmbeddedPostgres(path, 0).stop("immediate")
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 @pytest.fixture(scope="session")
 def pg_admin_url() -> Iterator[str]:
+    """One private embedded server per test session (or TEST_DATABASE_URL)."""
     url = os.environ.get("TEST_DATABASE_URL")
     if url:
         yield url
         return
-    server = embedded_db.ensure_running(TEST_DATA_DIR, FAST_OPTIONS)
-    yield server.url
-    server.stop()
+    DATA_ROOT.mkdir(exist_ok=True)
+    _remove_stale_servers()
+    data_dir = DATA_ROOT / f"test-pg-{os.getpid()}"
+    server = embedded_db.ensure_running(data_dir, FAST_OPTIONS)
+    try:
+        yield server.url
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -82,9 +103,10 @@ def api_factory(database_url: str) -> ApiFactory:
     async def start(**env: str) -> AsyncIterator[httpx.AsyncClient]:
         env.setdefault("RESCUE_INTERVAL", "3600")
         app = create_app(make_settings(database_url, **env))
-        async with serve(app) as base_url, httpx.AsyncClient(
-            base_url=base_url, timeout=30
-        ) as client:
+        async with (
+            serve(app) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=30) as client,
+        ):
             yield client
 
     return start

@@ -51,16 +51,16 @@ def cmd_migrate(settings: Settings) -> None:
 
 
 def cmd_worker(settings: Settings) -> None:
+    import ai_service.worker.main as worker_main
     from ai_service import logs
-    from ai_service.worker import main as worker_main
 
     logs.configure(settings)
     worker_main.run(settings)
 
 
 def cmd_sidecar(settings: Settings) -> None:
+    import ai_service.sidecar.main as sidecar_main
     from ai_service import logs
-    from ai_service.sidecar import main as sidecar_main
 
     logs.configure(settings)
     sidecar_main.run(settings)

@@ -8,6 +8,7 @@ variable, so the process stops with a clear message instead of failing later.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 from collections.abc import Callable, Mapping
@@ -56,8 +57,8 @@ def parse_duration(text: str) -> float:
             raise ValueError(
                 f"invalid duration {text!r}: use seconds (30) or Go-style units (2s, 5m, 1h30m)"
             ) from None
-    if seconds < 0 or seconds != seconds:  # negative or NaN
-        raise ValueError(f"invalid duration {text!r}: must not be negative")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"invalid duration {text!r}: must be a finite, non-negative value")
     return seconds
 
 

@@ -12,6 +12,7 @@ import base64
 import binascii
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -38,6 +39,17 @@ def _dumps(value: Any) -> bytes | str:
     except (TypeError, orjson.JSONEncodeError):
         # orjson refuses integers beyond 64 bits; PostgreSQL's jsonb takes them.
         return json.dumps(value)
+
+
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
+def _loads(data: bytes | bytearray | memoryview | str) -> Any:
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if _LONG_NUMBER.search(raw):
+        # orjson reads integers beyond 64 bits as floats; the stdlib keeps them exact.
+        return json.loads(raw)
+    return orjson.loads(raw)
 
 
 def jsonb(value: Any) -> Jsonb | None:
@@ -111,7 +123,7 @@ class Store:
         """Open a pool; with `wait=False` the database may still be down (readyz says so)."""
 
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
-            set_json_loads(orjson.loads, conn)
+            set_json_loads(_loads, conn)
 
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             database_url,
@@ -266,13 +278,14 @@ class Store:
         model_profiles: Iterable[str] | None = None,
     ) -> list[Job]:
         """Atomically move up to `limit` runnable jobs to running for `worker_id`."""
+        types = sorted(set(task_types)) if task_types is not None else None
         rows = await self._fetch(
-            "job_claim",
+            "job_claim" if types is None else "job_claim_typed",
             {
                 "worker_id": worker_id,
                 "limit": limit,
                 "lease_seconds": lease_seconds,
-                "task_types": list(task_types) if task_types is not None else None,
+                "task_types": types,
                 "model_profiles": list(model_profiles) if model_profiles is not None else None,
             },
         )

@@ -48,17 +48,49 @@ SELECT *
  LIMIT %(limit)s;
 
 -- name: job_claim
--- Atomically take up to `limit` runnable pending jobs for a worker, with fresh leases.
+-- Atomically take up to `limit` runnable pending jobs of any task type, with fresh leases.
 WITH picked AS (
     SELECT id
       FROM jobs
      WHERE status = 'pending'
        AND run_after <= now()
-       AND (%(task_types)s::text[] IS NULL OR task_type = ANY(%(task_types)s::text[]))
        AND (%(model_profiles)s::text[] IS NULL OR model_profile = ANY(%(model_profiles)s::text[]))
      ORDER BY priority DESC, run_after, created_at
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j
+   SET status = 'running',
+       attempt = j.attempt + 1,
+       worker_id = %(worker_id)s,
+       lease_token = gen_random_uuid(),
+       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+       started_at = now(),
+       updated_at = now()
+  FROM picked
+ WHERE j.id = picked.id
+RETURNING j.*;
+
+-- name: job_claim_typed
+-- Like job_claim for the given task types: each type is read from its own index range, so
+-- a large backlog of other types is never scanned.
+WITH picked AS (
+    SELECT c.id
+      FROM unnest(%(task_types)s::text[]) AS t(task_type)
+     CROSS JOIN LATERAL (
+        SELECT id, priority, run_after, created_at
+          FROM jobs
+         WHERE status = 'pending'
+           AND task_type = t.task_type
+           AND run_after <= now()
+           AND (%(model_profiles)s::text[] IS NULL
+                OR model_profile = ANY(%(model_profiles)s::text[]))
+         ORDER BY priority DESC, run_after, created_at
+         LIMIT %(limit)s
+           FOR UPDATE SKIP LOCKED
+     ) AS c
+     ORDER BY c.priority DESC, c.run_after, c.created_at
+     LIMIT %(limit)s
 )
 UPDATE jobs j
    SET status = 'running',

@@ -46,3 +46,5 @@ class HandlerSpec:
     disabled_reason: str | None = None
     # Provider base URLs with credentials removed, for /worker/status.
     providers: dict[str, Any] = field(default_factory=dict)
+    # Releases the handler's own clients (called once at shutdown).
+    close: Callable[[], Awaitable[None]] | None = None

@@ -30,7 +30,8 @@ CREATE TABLE jobs (
                      CHECK (error_details IS NULL OR jsonb_typeof(error_details) = 'object'),
     errors           jsonb       NOT NULL DEFAULT '[]' CHECK (jsonb_typeof(errors) = 'array'),
     attempt          integer     NOT NULL DEFAULT 0 CHECK (attempt >= 0),
-    max_attempts     integer     NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 100),
+    -- callers set at most 100; each manual retry may add one attempt beyond that
+    max_attempts     integer     NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 1000),
     run_after        timestamptz NOT NULL DEFAULT now(),
     worker_id        text        CHECK (length(worker_id) BETWEEN 1 AND 200),
     lease_token      uuid,
@@ -56,8 +57,16 @@ CREATE TABLE jobs (
     CONSTRAINT jobs_failed_has_category CHECK (status <> 'failed' OR error_category IS NOT NULL)
 );
 
--- claim: pending jobs in priority order
+-- A queue table churns: vacuum it early so that dead row versions left by claims and
+-- completions do not pile up at the head of the claim indexes.
+ALTER TABLE jobs SET (autovacuum_vacuum_scale_factor = 0.01,
+                      autovacuum_analyze_scale_factor = 0.02,
+                      autovacuum_vacuum_insert_scale_factor = 0.05);
+
+-- claim: pending jobs in priority order (any task type, and per task type)
 CREATE INDEX jobs_claim_idx ON jobs (priority DESC, run_after, created_at) WHERE status = 'pending';
+CREATE INDEX jobs_claim_type_idx ON jobs (task_type, priority DESC, run_after, created_at)
+    WHERE status = 'pending';
 -- rescuer: expired leases
 CREATE INDEX jobs_lease_idx ON jobs (lease_expires_at) WHERE status = 'running';
 -- list: newest first, keyset (created_at, id); with status / owner filters

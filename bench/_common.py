@@ -1,0 +1,76 @@
+"""Shared bench plumbing: a PostgreSQL to measure on, an API to talk to, figures.
+
+By default an embedded PostgreSQL runs from `.data/bench-pg` with its normal
+durability settings (fsync on), so figures are honest for a single server.
+`BENCH_DATABASE_URL` points at another server instead (needs CREATEDB).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import psycopg
+
+from ai_service import embedded_db, migrate
+from ai_service.api.app import create_app
+from tests.helpers import make_settings, serve, url_for_database
+
+DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "bench-pg"
+
+
+def admin_url() -> str:
+    url = os.environ.get("BENCH_DATABASE_URL")
+    if url:
+        return url
+    return embedded_db.ensure_running(DATA_DIR).url
+
+
+@contextmanager
+def fresh_database(prefix: str = "bench") -> Iterator[str]:
+    """A new migrated database, dropped afterwards."""
+    admin = admin_url()
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = url_for_database(admin, name)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@asynccontextmanager
+async def running_api(database_url: str, **env: str) -> AsyncIterator[str]:
+    """The real API app served by uvicorn on loopback; yields its base URL."""
+    env.setdefault("RESCUE_INTERVAL", "3600")
+    async with serve(create_app(make_settings(database_url, **env))) as base_url:
+        yield base_url
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def summary_ms(values: Sequence[float]) -> str:
+    """p50/p95/p99/max of durations given in seconds, printed in ms."""
+    ms = [v * 1000 for v in values]
+    return (
+        f"p50 {percentile(ms, 50):7.2f} ms  p95 {percentile(ms, 95):7.2f} ms  "
+        f"p99 {percentile(ms, 99):7.2f} ms  max {max(ms):7.2f} ms  (n={len(ms)}, "
+        f"mean {statistics.fmean(ms):.2f})"
+    )
+
+
+def header(title: str) -> None:
+    print(f"\n== {title} " + "=" * max(0, 70 - len(title)), flush=True)

@@ -1,0 +1,198 @@
+"""Transcription through an OpenAI-compatible chat endpoint with `input_audio`.
+
+Qwen2-Audio and Voxtral (served by vLLM) share this client:
+
+    POST {base}/v1/chat/completions
+    {"model": ..., "temperature": 0, "max_tokens": AUDIO_LLM_MAX_TOKENS,
+     "messages": [{"role": "user", "content": [
+        {"type": "text", "text": <instruction>},
+        {"type": "input_audio", "input_audio": {"data": <base64>, "format": "wav"}}]}]}
+
+`max_chunk_seconds` splits long audio into requests of at most that many
+seconds (Qwen2-Audio: 30 s, longer clips have crashed vLLM); each chunk
+becomes one segment with its real start and end. With `max_chunk_seconds=None`
+(Voxtral) the whole file is sent, as is for wav/mp3, else re-encoded to wav.
+
+Chunks are sent one after another: it keeps the load one job puts on a shared
+GPU server predictable, and a failed chunk stops the attempt early.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from ai_service.providers import http_errors
+from ai_service.providers.audio import AudioClip, Transcript
+
+
+def chat_completions_url(base_url: str) -> str:
+    """`{base}/v1/chat/completions`, whether or not `base_url` ends with `/v1`."""
+    base = base_url.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    if not base.endswith("/v1"):
+        base += "/v1"
+    return base + "/chat/completions"
+
+
+def instruction(prompt: str, *, language: str | None, context: str | None) -> str:
+    """The text part sent with the audio: the operator's prompt, language, job prompt."""
+    parts = [prompt.strip()]
+    if language:
+        parts.append(f"The audio language is {language}.")
+    if context:
+        parts.append(context.strip())
+    return "\n".join(part for part in parts if part)
+
+
+class AudioChatClient:
+    """Transcribes audio with one OpenAI-compatible audio chat model.
+
+    `provider` names it in results and error messages; `api_key`, when set,
+    goes only into the `Authorization` header (and is masked in messages);
+    `timeout` bounds each request.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        provider: str,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        prompt: str,
+        max_tokens: int,
+        timeout: float,
+        max_chunk_seconds: float | None,
+        secrets: Sequence[str | None] = (),
+    ) -> None:
+        self._http = http
+        self.provider = provider
+        self.model = model
+        self._url = chat_completions_url(base_url)
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._prompt = prompt
+        self._max_tokens = max_tokens
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._max_chunk_seconds = max_chunk_seconds
+        self._secrets = (api_key, *secrets)
+
+    async def transcribe(
+        self,
+        clip: AudioClip,
+        *,
+        language: str | None = None,
+        prompt: str | None = None,
+    ) -> Transcript:
+        """Transcribe `clip`; raises `JobFailure` on the first failed request.
+
+        The result has one segment per request (chunk) and, when the audio
+        was split, `chunks` with each chunk's `start`, `end`, `duration_ms`.
+        """
+        text_part = instruction(self._prompt, language=language, context=prompt)
+        segments: list[dict[str, Any]] = []
+        chunks: list[dict[str, Any]] | None = None
+        model = self.model
+        if self._max_chunk_seconds is None:
+            data, audio_format = _whole_file(clip)
+            content, model = await self._complete(text_part, data, audio_format)
+            segments.append({"start": 0.0, "end": round(clip.duration, 3), "text": content})
+        else:
+            chunks = []
+            for piece in clip.chunks(self._max_chunk_seconds):
+                started = time.monotonic()
+                content, model = await self._complete(text_part, piece.to_wav(), "wav")
+                start = round(piece.offset, 3)
+                end = round(piece.offset + piece.duration, 3)
+                chunks.append(
+                    {
+                        "start": start,
+                        "end": end,
+                        "duration_ms": round((time.monotonic() - started) * 1000),
+                    }
+                )
+                segments.append({"start": start, "end": end, "text": content})
+        text = " ".join(s["text"] for s in segments if s["text"])
+        return Transcript(
+            text=text, segments=segments, model=model, language=language, chunks=chunks
+        )
+
+    async def _complete(self, text: str, audio: bytes, audio_format: str) -> tuple[str, str]:
+        payload = {
+            "model": self.model,
+            "temperature": 0,
+            "max_tokens": self._max_tokens,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": text},
+                        {
+                            "type": "input_audio",
+                            "input_audio": {
+                                "data": base64.b64encode(audio).decode("ascii"),
+                                "format": audio_format,
+                            },
+                        },
+                    ],
+                }
+            ],
+        }
+        try:
+            response = await self._http.post(
+                self._url, json=payload, headers=self._headers, timeout=self._timeout
+            )
+        except httpx.HTTPError as exc:
+            raise http_errors.failure_from_exception(
+                self.provider, exc, secrets=self._secrets
+            ) from None
+        if not response.is_success:
+            raise http_errors.failure_from_response(self.provider, response, secrets=self._secrets)
+        return self._content(response)
+
+    def _content(self, response: httpx.Response) -> tuple[str, str]:
+        try:
+            body: Any = response.json()
+        except (ValueError, UnicodeDecodeError):
+            raise http_errors.malformed_response(
+                self.provider, "the body is not JSON", response, secrets=self._secrets
+            ) from None
+        try:
+            message = body["choices"][0]["message"]
+            content = message.get("content")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise http_errors.malformed_response(
+                self.provider,
+                "no choices[0].message in the answer",
+                response,
+                secrets=self._secrets,
+            ) from None
+        if isinstance(content, list):
+            # Some servers answer content parts: keep their text.
+            content = "".join(
+                str(part.get("text", "")) for part in content if isinstance(part, dict)
+            )
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise http_errors.malformed_response(
+                self.provider,
+                "choices[0].message.content is not text",
+                response,
+                secrets=self._secrets,
+            )
+        model = body.get("model") if isinstance(body.get("model"), str) else None
+        return content.strip(), model or self.model
+
+
+def _whole_file(clip: AudioClip) -> tuple[bytes, str]:
+    passthrough = clip.passthrough_format
+    if passthrough is not None and clip.source:
+        return clip.source, passthrough
+    return clip.to_wav(), "wav"

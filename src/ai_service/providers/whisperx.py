@@ -1,0 +1,216 @@
+"""WhisperX over HTTP (whisper-asr-webservice with `ASR_ENGINE=whisperx`).
+
+`POST {url}/asr?output=json&task=transcribe&encode=true&...` with the file in
+the multipart field `audio_file`. The JSON answer is served as `text/plain`,
+so the body text is parsed, never `response.json()` on the content type.
+
+Reading is liberal: whisperx-asr-service answers the same endpoint but with
+`text` as a list of strings; words may lack `start`/`end`/`score` when
+alignment failed; `speaker` appears only with diarization.
+
+Several instances can serve the same jobs: the caller picks the first one
+(`start`, a round-robin cursor) and an instance that cannot be reached or
+answers 5xx hands the request to the next one before the call fails.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from ai_service.errors import JobFailure
+from ai_service.jobs import ErrorCategory
+from ai_service.providers import http_errors
+from ai_service.providers.audio import AudioClip, Transcript
+from ai_service.redact import redact_url
+
+PROVIDER = "whisperx"
+
+# Content types for the multipart part, by PyAV demuxer name.
+_MIME_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "ogg": "audio/ogg", "flac": "audio/flac"}
+
+
+class WhisperXClient:
+    """Client for one or more WhisperX `/asr` instances.
+
+    `http` is the process-wide client; `timeout` bounds each request (the
+    connect phase is capped at 10 s so a dead instance fails over quickly);
+    `secrets` are masked in error messages (passwords of the URLs).
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        urls: Sequence[str],
+        *,
+        timeout: float,
+        secrets: Sequence[str | None] = (),
+    ) -> None:
+        if not urls:
+            raise ValueError("at least one WhisperX URL is required")
+        self._http = http
+        self._urls = tuple(urls)
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._secrets = tuple(secrets)
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """The configured instance URLs (not redacted)."""
+        return self._urls
+
+    async def transcribe(
+        self,
+        clip: AudioClip,
+        *,
+        start: int = 0,
+        language: str | None = None,
+        prompt: str | None = None,
+        diarize: bool | None = None,
+        min_speakers: int | None = None,
+        max_speakers: int | None = None,
+    ) -> Transcript:
+        """Transcribe `clip.source`, trying instances from index `start` on.
+
+        Raises `JobFailure`: the failure of the last instance tried when every
+        instance was unavailable, or the first failure that is not about
+        availability (4xx, timeout, malformed body) without trying further.
+        """
+        params: dict[str, str] = {"output": "json", "task": "transcribe", "encode": "true"}
+        if language:
+            params["language"] = language
+        if prompt:
+            params["initial_prompt"] = prompt
+        if diarize is not None:
+            params["diarize"] = "true" if diarize else "false"
+        if min_speakers is not None:
+            params["min_speakers"] = str(min_speakers)
+        if max_speakers is not None:
+            params["max_speakers"] = str(max_speakers)
+        extension = clip.source_format.split(",")[0] or "bin"
+        mime = _MIME_TYPES.get(extension, "application/octet-stream")
+        files = {"audio_file": (f"audio.{extension}", clip.source, mime)}
+
+        failure: JobFailure | None = None
+        count = len(self._urls)
+        for step in range(count):
+            url = self._urls[(start + step) % count]
+            try:
+                response = await self._http.post(
+                    _asr_endpoint(url), params=params, files=files, timeout=self._timeout
+                )
+            except httpx.HTTPError as exc:
+                failure = http_errors.failure_from_exception(PROVIDER, exc, secrets=self._secrets)
+            else:
+                if response.is_success:
+                    return _parse(response, instance=redact_url(url), secrets=self._secrets)
+                failure = http_errors.failure_from_response(
+                    PROVIDER, response, secrets=self._secrets
+                )
+            if failure.category != ErrorCategory.PROVIDER_UNAVAILABLE:
+                break
+        assert failure is not None  # the loop ran at least once
+        raise failure
+
+
+def _asr_endpoint(url: str) -> str:
+    base = url.rstrip("/")
+    return base if base.endswith("/asr") else base + "/asr"
+
+
+def _parse(response: httpx.Response, *, instance: str, secrets: Sequence[str | None]) -> Transcript:
+    try:
+        body: Any = json.loads(response.text)
+    except (ValueError, UnicodeDecodeError):
+        raise http_errors.malformed_response(
+            PROVIDER, "the body is not JSON (was output=json honoured?)", response, secrets=secrets
+        ) from None
+    if not isinstance(body, dict):
+        raise http_errors.malformed_response(
+            PROVIDER, "the JSON body is not an object", response, secrets=secrets
+        )
+    raw_segments = body.get("segments")
+    if raw_segments is None:
+        raw_segments = []
+    if not isinstance(raw_segments, list):
+        raise http_errors.malformed_response(
+            PROVIDER, "`segments` is not a list", response, secrets=secrets
+        )
+    segments: list[dict[str, Any]] = []
+    for index, raw in enumerate(raw_segments):
+        segment = _segment(raw)
+        if segment is None:
+            raise http_errors.malformed_response(
+                PROVIDER,
+                f"segment {index} lacks a numeric start/end or text",
+                response,
+                secrets=secrets,
+            )
+        segments.append(segment)
+    if "text" in body:
+        text = _text(body["text"])
+    else:
+        text = " ".join(s["text"] for s in segments if s["text"])
+    if not segments and "text" not in body:
+        raise http_errors.malformed_response(
+            PROVIDER, "neither `segments` nor `text` in the answer", response, secrets=secrets
+        )
+    language = body.get("language")
+    engine = response.headers.get("asr-engine") or PROVIDER
+    return Transcript(
+        text=text,
+        segments=segments,
+        model=engine,
+        language=language if isinstance(language, str) and language else None,
+        instance=instance,
+    )
+
+
+def _text(value: Any) -> str:
+    # whisper-asr-webservice: a string; whisperx-asr-service: a list of strings.
+    if isinstance(value, list):
+        return " ".join(str(part).strip() for part in value if str(part).strip())
+    if value is None:
+        return ""
+    return str(value).strip()
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _segment(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, dict):
+        return None
+    start, end = _number(raw.get("start")), _number(raw.get("end"))
+    if start is None or end is None or "text" not in raw:
+        return None
+    segment: dict[str, Any] = {"start": start, "end": end, "text": _text(raw["text"])}
+    speaker = raw.get("speaker")
+    if isinstance(speaker, str) and speaker:
+        segment["speaker"] = speaker
+    words = raw.get("words")
+    if isinstance(words, list) and words:
+        segment["words"] = [w for w in (_word(item) for item in words) if w is not None]
+    return segment
+
+
+def _word(raw: Any) -> dict[str, Any] | None:
+    if not isinstance(raw, dict) or not isinstance(raw.get("word"), str):
+        return None
+    word: dict[str, Any] = {"word": raw["word"]}
+    # start/end/score are missing for words alignment could not place.
+    for key in ("start", "end", "score"):
+        number = _number(raw.get(key))
+        if number is not None:
+            word[key] = number
+    speaker = raw.get("speaker")
+    if isinstance(speaker, str) and speaker:
+        word["speaker"] = speaker
+    return word

@@ -1,0 +1,137 @@
+"""Live figures of vLLM servers from their Prometheus `/metrics`.
+
+Samples carry the labels `model_name` and `engine` (one per data-parallel
+engine); the figures of one server are summed over them, except the
+KV-cache usage, which is averaged. vLLM renamed `vllm:gpu_cache_usage_perc`
+to `vllm:kv_cache_usage_perc`; both are read. Mean latencies come from the
+histograms' `_sum / _count` (null while no request has finished).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from ai_service.provider_status import clean_text, describe_error, request_target, url_secrets
+from ai_service.redact import redact_url
+from ai_service.sidecar.schemas import VllmInstance, VllmSection
+
+_KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
+_TTFT = "vllm:time_to_first_token_seconds"
+_E2E = "vllm:e2e_request_latency_seconds"
+_SUMMED = {
+    "vllm:num_requests_running": "requests_running",
+    "vllm:num_requests_waiting": "requests_waiting",
+    "vllm:prompt_tokens_total": "prompt_tokens_total",
+    "vllm:generation_tokens_total": "generation_tokens_total",
+    "vllm:request_success_total": "requests_finished_total",
+    f"{_TTFT}_sum": "ttft_sum",
+    f"{_TTFT}_count": "ttft_count",
+    f"{_E2E}_sum": "e2e_sum",
+    f"{_E2E}_count": "e2e_count",
+}
+
+
+class MetricsFormatError(ValueError):
+    """The text is not Prometheus exposition format, or holds no vLLM metrics."""
+
+
+def parse_vllm_metrics(text: str, url: str) -> VllmInstance:
+    """Turn one `/metrics` text into a `VllmInstance` (`url` is shown as given).
+
+    Raises `MetricsFormatError` when the text cannot be parsed or has no
+    `vllm:` samples at all (a URL pointing at some other exporter).
+    """
+    sums: dict[str, float] = defaultdict(float)
+    seen: set[str] = set()
+    kv_values: dict[str, list[float]] = {name: [] for name in _KV_CACHE}
+    models: dict[str, None] = {}
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if not sample.name.startswith("vllm:"):
+                    continue
+                model = sample.labels.get("model_name")
+                if model:
+                    models.setdefault(model, None)
+                if sample.name in _KV_CACHE:
+                    kv_values[sample.name].append(float(sample.value))
+                key = _SUMMED.get(sample.name)
+                if key is not None:
+                    sums[key] += float(sample.value)
+                    seen.add(key)
+    except Exception as exc:  # the parser raises assorted errors on bad input
+        raise MetricsFormatError(f"not Prometheus text format: {type(exc).__name__}") from None
+    if not models and not seen and not any(kv_values.values()):
+        raise MetricsFormatError("no vllm:* metrics in the answer")
+
+    def total(key: str) -> float | None:
+        return sums[key] if key in seen else None
+
+    kv = kv_values[_KV_CACHE[0]] or kv_values[_KV_CACHE[1]]
+    return VllmInstance(
+        url=url,
+        ok=True,
+        models=list(models),
+        requests_running=total("requests_running"),
+        requests_waiting=total("requests_waiting"),
+        kv_cache_usage=sum(kv) / len(kv) if kv else None,
+        prompt_tokens_total=total("prompt_tokens_total"),
+        generation_tokens_total=total("generation_tokens_total"),
+        requests_finished_total=total("requests_finished_total"),
+        time_to_first_token_mean_seconds=_mean(total("ttft_sum"), total("ttft_count")),
+        e2e_request_latency_mean_seconds=_mean(total("e2e_sum"), total("e2e_count")),
+    )
+
+
+def _mean(total: float | None, count: float | None) -> float | None:
+    if total is None or not count:
+        return None
+    return total / count
+
+
+def metrics_url(url: str) -> tuple[httpx.URL, dict[str, str]]:
+    """The URL to fetch: `url` itself when it ends with `/metrics`, else `url` + `/metrics`."""
+    path = httpx.URL(url).path.rstrip("/")
+    return request_target(url, "" if path.endswith("/metrics") else "/metrics")
+
+
+async def read_vllm(client: httpx.AsyncClient, url: str, timeout: float) -> VllmInstance:
+    """Fetch and parse one server's metrics; failures become `ok=False` with the reason."""
+    shown = redact_url(url)
+    secrets: list[str | None] = [*url_secrets(url)]
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            target, headers = metrics_url(url)
+            response = await client.get(target, headers=headers, timeout=timeout)
+        if response.status_code != 200:
+            raise MetricsFormatError(f"GET /metrics answered HTTP {response.status_code}")
+        instance = parse_vllm_metrics(response.text, shown)
+    except MetricsFormatError as exc:
+        return VllmInstance(url=shown, ok=False, error=clean_text(str(exc), secrets))
+    except Exception as exc:  # one unreadable server must not hide the others
+        return VllmInstance(url=shown, ok=False, error=describe_error(exc, secrets, timeout))
+    instance.latency_ms = round((time.perf_counter() - start) * 1000, 1)
+    return instance
+
+
+async def collect_vllm(
+    client: httpx.AsyncClient, urls: Sequence[str], timeout: float
+) -> VllmSection:
+    """The `vllm` section: every `VLLM_METRICS_URLS` entry, read concurrently."""
+    if not urls:
+        return VllmSection(available=False, reason="VLLM_METRICS_URLS is not set")
+    instances = await asyncio.gather(*(read_vllm(client, url, timeout) for url in urls))
+    if not any(instance.ok for instance in instances):
+        return VllmSection(
+            available=False,
+            reason="no vLLM metrics endpoint could be read",
+            instances=list(instances),
+        )
+    return VllmSection(available=True, instances=list(instances))

@@ -1,0 +1,44 @@
+"""Reachability of the WhisperX instances (`WHISPERX_URL`).
+
+whisper-asr-webservice has no health endpoint, so the probe is the one the
+API's provider status uses (`/docs` 200, else `/health` 200).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+import httpx
+
+from ai_service.provider_status import describe_error, probe_whisperx, url_secrets
+from ai_service.redact import redact_url
+from ai_service.sidecar.schemas import WhisperxInstance, WhisperxSection
+
+
+async def check_whisperx(client: httpx.AsyncClient, url: str, timeout: float) -> WhisperxInstance:
+    """Probe one instance; failures become `reachable=False` with the reason."""
+    secrets: list[str | None] = [*url_secrets(url)]
+    start = time.perf_counter()
+    try:
+        async with asyncio.timeout(timeout):
+            reachable, detail = await probe_whisperx(client, url, timeout, secrets)
+    except Exception as exc:  # one unreachable instance must not hide the others
+        reachable, detail = False, describe_error(exc, secrets, timeout)
+    return WhisperxInstance(
+        url=redact_url(url),
+        reachable=reachable,
+        latency_ms=round((time.perf_counter() - start) * 1000, 1),
+        detail=detail,
+    )
+
+
+async def collect_whisperx(
+    client: httpx.AsyncClient, urls: Sequence[str], timeout: float
+) -> WhisperxSection:
+    """The `whisperx` section: every instance, probed concurrently."""
+    if not urls:
+        return WhisperxSection(available=False, reason="WHISPERX_URL is not set")
+    instances = await asyncio.gather(*(check_whisperx(client, url, timeout) for url in urls))
+    return WhisperxSection(available=True, instances=list(instances))

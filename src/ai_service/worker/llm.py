@@ -1,0 +1,236 @@
+"""The built-in LLM handler: `llm_chat`, `chat_completion`, `call_analysis`.
+
+Jobs whose `model_profile` equals `LLM_MODEL` are sent to the OpenAI-compatible
+`LLM_BASE_URL` (official `openai` SDK, no SDK retries: the queue retries).
+Input is either `messages` or compact `system` / `user`; of the rest only
+`max_tokens`, `response_format`, `temperature`, `top_p` and `stop` are read, so
+callers may add domain metadata freely.
+
+Provider answers map to categories (see `providers.http_errors` for the table);
+for chat a 400 means the caller's request does not fit the model (too long,
+bad `response_format`), so it is `invalid_input` here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import openai
+
+from ai_service.config import Settings
+from ai_service.errors import JobFailure
+from ai_service.jobs import ErrorCategory, Job
+from ai_service.providers import http_errors
+from ai_service.redact import redact_text, redact_url
+from ai_service.worker.handler import HandlerContext, HandlerSpec
+
+TASK_TYPES = frozenset({"llm_chat", "chat_completion", "call_analysis"})
+PROVIDER = "llm"
+_ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
+_PASSTHROUGH = ("max_tokens", "response_format", "temperature", "top_p", "stop")
+
+
+def openai_base_url(url: str) -> str:
+    """OpenAI SDK base URL: accept `http://host:8000` and `http://host:8000/v1`."""
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else f"{url}/v1"
+
+
+def chat_request(job_input: dict[str, Any]) -> dict[str, Any]:
+    """Build the chat-completions arguments from a job's input (no model).
+
+    Raises `JobFailure(invalid_input)` when there are no usable messages or a
+    read field has the wrong type.
+    """
+    messages: list[dict[str, Any]]
+    raw = job_input.get("messages")
+    if raw is not None:
+        if not isinstance(raw, list) or not raw:
+            raise _invalid("input.messages must be a non-empty list of chat messages")
+        messages = []
+        for index, message in enumerate(raw):
+            if (
+                not isinstance(message, dict)
+                or message.get("role") not in _ROLES
+                or "content" not in message
+                or not isinstance(message["content"], str | list)
+            ):
+                raise _invalid(
+                    f"input.messages[{index}] must be an object with a role "
+                    f"({', '.join(sorted(_ROLES))}) and a content"
+                )
+            messages.append(message)
+    else:
+        messages = []
+        for role in ("system", "user"):
+            value = job_input.get(role)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value.strip():
+                raise _invalid(f"input.{role} must be a non-empty string")
+            messages.append({"role": role, "content": value})
+        if not any(m["role"] == "user" for m in messages):
+            raise _invalid("input needs `messages` or a non-empty `user` text")
+    request: dict[str, Any] = {"messages": messages}
+    for name in _PASSTHROUGH:
+        if job_input.get(name) is not None:
+            request[name] = job_input[name]
+    _check_types(request)
+    return request
+
+
+def _check_types(request: dict[str, Any]) -> None:
+    max_tokens = request.get("max_tokens")
+    if max_tokens is not None and (
+        not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1
+    ):
+        raise _invalid("input.max_tokens must be a positive integer")
+    for name in ("temperature", "top_p"):
+        value = request.get(name)
+        if value is not None and (not isinstance(value, int | float) or isinstance(value, bool)):
+            raise _invalid(f"input.{name} must be a number")
+    fmt = request.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str)):
+        raise _invalid('input.response_format must be an object like {"type": "json_object"}')
+    stop = request.get("stop")
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
+        raise _invalid("input.stop must be a string or a list of strings")
+
+
+def _invalid(message: str) -> JobFailure:
+    return JobFailure(ErrorCategory.INVALID_INPUT, message, retryable=False)
+
+
+class LLMHandler:
+    """Holds the process's OpenAI client; `handle` runs one job."""
+
+    def __init__(self, settings: Settings) -> None:
+        assert settings.llm_base_url is not None
+        self.model = settings.llm_model
+        self.base_url = openai_base_url(settings.llm_base_url)
+        self._secrets = [settings.llm_api_key]
+        self.client = openai.AsyncOpenAI(
+            base_url=self.base_url,
+            # The SDK insists on a key; vLLM without --api-key ignores it.
+            api_key=settings.llm_api_key or "not-needed",
+            timeout=settings.llm_timeout,
+            max_retries=0,
+        )
+
+    async def handle(self, job: Job, ctx: HandlerContext) -> dict[str, Any]:
+        request = chat_request(job.input)
+        started = time.perf_counter()
+        try:
+            completion = await self.client.chat.completions.create(model=self.model, **request)
+        except openai.APIStatusError as exc:
+            raise self._status_failure(exc) from None
+        except openai.APITimeoutError:
+            raise JobFailure(
+                ErrorCategory.TIMEOUT, f"llm: no answer within {ctx.settings.llm_timeout:g}s"
+            ) from None
+        except openai.APIConnectionError as exc:
+            raise JobFailure(
+                ErrorCategory.PROVIDER_UNAVAILABLE,
+                f"llm: cannot reach {redact_url(self.base_url)}: "
+                f"{redact_text(str(exc.__cause__ or exc), self._secrets)[:200]}",
+            ) from None
+        except openai.APIError as exc:  # e.g. a 2xx body that is not JSON
+            raise JobFailure(
+                ErrorCategory.PROVIDER_ERROR,
+                f"llm: malformed response: {redact_text(str(exc), self._secrets)[:200]}",
+                retryable=False,
+            ) from None
+        duration_ms = round((time.perf_counter() - started) * 1000, 1)
+        return self._result(completion, duration_ms)
+
+    def _status_failure(self, exc: openai.APIStatusError) -> JobFailure:
+        status = exc.status_code
+        category = (
+            ErrorCategory.INVALID_INPUT
+            if status == 400
+            else http_errors.category_for_status(status)
+        )
+        said = _error_message(exc.body) or exc.response.text[:200]
+        message = f"llm: HTTP {status}: {said}".strip()
+        return JobFailure(
+            category,
+            redact_text(message, self._secrets),
+            details={"provider": PROVIDER, "status_code": status},
+        )
+
+    def _result(self, completion: Any, duration_ms: float) -> dict[str, Any]:
+        try:
+            choice = completion.choices[0]
+            content = choice.message.content
+            finish_reason = choice.finish_reason
+        except (AttributeError, IndexError, TypeError):
+            raise JobFailure(
+                ErrorCategory.PROVIDER_ERROR,
+                "llm: malformed response: no choices[0].message",
+                retryable=False,
+            ) from None
+        if content is not None and not isinstance(content, str):
+            raise JobFailure(
+                ErrorCategory.PROVIDER_ERROR,
+                "llm: malformed response: message content is not text",
+                retryable=False,
+            )
+        usage = getattr(completion, "usage", None)
+        return {
+            "content": content,
+            "model": getattr(completion, "model", None) or self.model,
+            "usage": _usage(usage),
+            "finish_reason": finish_reason,
+            "duration_ms": duration_ms,
+        }
+
+
+def _usage(usage: Any) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    return {
+        "prompt_tokens": getattr(usage, "prompt_tokens", None),
+        "completion_tokens": getattr(usage, "completion_tokens", None),
+        "total_tokens": getattr(usage, "total_tokens", None),
+    }
+
+
+def _error_message(body: object) -> str | None:
+    # The SDK passes the inner `error` object (current vLLM/OpenAI) or the whole
+    # flat body (older vLLM: {"object": "error", "message": ...}); both carry message.
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message[:300]
+    if isinstance(body, str) and body:
+        return body[:300]
+    return None
+
+
+def spec(settings: Settings) -> HandlerSpec:
+    """The LLM handler, disabled (with the reason) when `LLM_BASE_URL` is unset."""
+    if not settings.llm_base_url:
+        return HandlerSpec(
+            name="llm",
+            task_types=TASK_TYPES,
+            model_profiles=frozenset({settings.llm_model}),
+            handle=_disabled,
+            enabled=False,
+            disabled_reason="LLM_BASE_URL is not set",
+        )
+    handler = LLMHandler(settings)
+    return HandlerSpec(
+        name="llm",
+        task_types=TASK_TYPES,
+        model_profiles=frozenset({settings.llm_model}),
+        handle=handler.handle,
+        close=handler.client.close,
+        providers={"llm": redact_url(handler.base_url), "model": settings.llm_model},
+    )
+
+
+async def _disabled(job: Job, ctx: HandlerContext) -> dict[str, Any]:
+    raise JobFailure(ErrorCategory.INTERNAL, "the LLM handler is disabled", retryable=True)

@@ -1,0 +1,97 @@
+"""`ai-service worker`: the runner, its status server and maintenance in one process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import httpx
+import uvicorn
+
+from ai_service.config import Settings
+from ai_service.maintenance import Maintenance
+from ai_service.metrics import Metrics
+from ai_service.notifier import JobNotifier
+from ai_service.store import Store
+from ai_service.worker import llm, transcription
+from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.runner import Runner
+from ai_service.worker.status import create_status_app
+
+log = logging.getLogger("ai_service.worker")
+
+
+class _StatusServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the worker decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def handler_specs(settings: Settings) -> list[HandlerSpec]:
+    """Every built-in handler, enabled or not (shown in /worker/status)."""
+    return [llm.spec(settings), transcription.spec(settings)]
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run until `stop` is set, then shut down gracefully."""
+    if settings.migrate_on_start:
+        from ai_service import migrate
+
+        await asyncio.to_thread(migrate.upgrade, settings.require_database_url())
+    database_url = settings.require_database_url()
+    concurrency = settings.effective_worker_concurrency
+    store = await Store.open(
+        database_url,
+        min_size=1,
+        max_size=max(4, min(concurrency // 4 + 2, 20)),
+        backoff_base=settings.retry_backoff_base,
+        backoff_max=settings.retry_backoff_max,
+    )
+    notifier = JobNotifier(database_url)
+    notifier.start()
+    maintenance = Maintenance(store, settings)
+    maintenance.start()
+    limits = httpx.Limits(max_connections=concurrency + 16, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+        ctx = HandlerContext(settings=settings, http=http)
+        runner = Runner(store, ctx, handler_specs(settings), notifier=notifier, metrics=Metrics())
+        runner.start()
+        server = _StatusServer(
+            uvicorn.Config(
+                create_status_app(runner, store),
+                host=settings.worker_http_host,
+                port=settings.worker_http_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+        server_task = asyncio.create_task(server.serve(), name="status-server")
+        log.info("worker %s started (concurrency %d)", settings.worker_id, concurrency)
+        await stop.wait()
+        log.info("worker %s stopping", settings.worker_id)
+        await runner.shutdown()
+        server.should_exit = True
+        await server_task
+    await maintenance.stop()
+    await notifier.stop()
+    await store.close()
+    log.info("worker %s stopped", settings.worker_id)
+
+
+def run(settings: Settings) -> None:
+    """Entry point of `ai-service worker`: SIGTERM/SIGINT start a graceful stop."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(settings, stop)
+
+    asyncio.run(main())

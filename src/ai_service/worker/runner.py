@@ -1,0 +1,388 @@
+"""The generic worker runner: claim -> handle -> complete/fail, for every handler.
+
+- Claims through `Store.claim` (the same statement as `POST /jobs/claim`), as
+  soon as a NOTIFY arrives or a slot frees up, polling only as a fallback.
+- Keeps up to `concurrency` jobs in flight and refills a slot the moment a
+  job finishes.
+- Completions go through a group-commit `Completer`: whatever finished while
+  the previous batch was being written goes out in the next single statement,
+  each row still fenced by its own lease token.
+- One heartbeat statement extends every held lease; a job whose lease is gone
+  (cancelled, retried, rescued) has its work stopped and its result discarded.
+- `shutdown()` stops claiming, lets in-flight jobs finish within the grace
+  period, then returns the rest to pending without counting the attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from ai_service import errors, logs
+from ai_service.jobs import ErrorCategory, Job, is_retryable
+from ai_service.metrics import Metrics
+from ai_service.notifier import JobNotifier
+from ai_service.redact import redact_text
+from ai_service.store import Completion, Store
+from ai_service.worker.handler import HandlerContext, HandlerSpec
+
+log = logging.getLogger("ai_service.worker")
+
+COMPLETE_BATCH = 500
+RECORD_RETRY_DELAY = 1.0
+
+
+class Completer:
+    """Group commit of completions: one `complete_many` per batch of finished jobs."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: list[tuple[Completion, asyncio.Future[bool]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, completion: Completion) -> bool:
+        """Store a result; True when the lease still held (the job is now completed)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((completion, future))
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._flush(), name="completer")
+        return await asyncio.shield(future)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:COMPLETE_BATCH], self._queue[COMPLETE_BATCH:]
+            while True:
+                try:
+                    held = await self.store.complete_many([c for c, _ in batch])
+                    break
+                except errors.DatabaseUnavailable:
+                    # Keep the results: the database may come back before the leases end.
+                    await asyncio.sleep(RECORD_RETRY_DELAY)
+            for completion, future in batch:
+                if not future.done():
+                    future.set_result(completion.job_id in held)
+
+    async def drain(self) -> None:
+        if self._task is not None:
+            await self._task
+
+
+@dataclass
+class InFlight:
+    """A job being handled by this process."""
+
+    job: Job
+    spec: HandlerSpec
+    started: datetime
+    task: asyncio.Task[None] | None = None
+    lost: bool = False  # lease gone: stop the work, discard the result
+
+
+@dataclass
+class Counters:
+    processed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    discarded: int = 0
+    failed_by_category: dict[str, int] = field(default_factory=dict)
+
+
+class Runner:
+    """Runs the enabled handlers' jobs until `shutdown()`."""
+
+    def __init__(
+        self,
+        store: Store,
+        ctx: HandlerContext,
+        specs: list[HandlerSpec],
+        *,
+        notifier: JobNotifier | None = None,
+        metrics: Metrics | None = None,
+        heartbeat_interval: float | None = None,
+    ) -> None:
+        settings = ctx.settings
+        self.store = store
+        self.ctx = ctx
+        self.specs = specs
+        self.enabled = [s for s in specs if s.enabled]
+        self.notifier = notifier
+        self.metrics = metrics or Metrics()
+        self.worker_id = settings.worker_id
+        self.concurrency = settings.effective_worker_concurrency
+        self.claim_limit = settings.worker_claim_limit
+        self.lease_seconds = settings.worker_lease_timeout
+        self.poll_interval = settings.worker_poll_interval
+        self.shutdown_timeout = settings.worker_shutdown_timeout
+        self.heartbeat_interval = heartbeat_interval or min(self.lease_seconds / 3, 10.0)
+        self.completer = Completer(store)
+        self.in_flight: dict[UUID, InFlight] = {}
+        self.counters = Counters()
+        self.started_at = datetime.now(UTC)
+        self.last_claim_at: datetime | None = None
+        self.stopping = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._secrets = logs.secrets_of(settings)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    def start(self) -> None:
+        for spec in self.specs:
+            if spec.enabled:
+                log.info("handler %s enabled for task types %s", spec.name, sorted(spec.task_types))
+            else:
+                log.warning("handler %s disabled: %s", spec.name, spec.disabled_reason)
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="claim-loop"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat-loop"),
+        ]
+
+    async def shutdown(self) -> None:
+        """Stop claiming, wait for in-flight jobs, release the rest to pending."""
+        if self.stopping:
+            return
+        self.stopping = True
+        self._wake.set()
+        claim_loop, heartbeat_loop = self._tasks or (None, None)
+        if claim_loop is not None:
+            await claim_loop
+        running = [f.task for f in self.in_flight.values() if f.task is not None]
+        if running:
+            log.info("waiting up to %.0fs for %d jobs", self.shutdown_timeout, len(running))
+            await asyncio.wait(running, timeout=self.shutdown_timeout)
+        leftovers = list(self.in_flight.values())
+        for flight in leftovers:
+            if flight.task is not None:
+                flight.task.cancel()
+        for flight in leftovers:
+            if flight.task is not None:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await flight.task
+        await self.completer.drain()
+        if leftovers:
+            leases = [(f.job.id, f.job.lease_token) for f in leftovers if f.job.lease_token]
+            try:
+                released = await self.store.release_many(leases)
+                log.info("returned %d unfinished jobs to pending", len(released))
+            except errors.DatabaseUnavailable:
+                log.warning("could not release %d jobs; the rescuer will", len(leases))
+        if heartbeat_loop is not None:
+            heartbeat_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat_loop
+        for spec in self.specs:
+            if spec.close is not None:
+                await spec.close()
+
+    # -- claiming -------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        if not self.enabled:
+            return
+        while not self.stopping:
+            waiter = self.notifier.waiter() if self.notifier is not None else None
+            self._wake.clear()
+            more = False
+            for spec in self.enabled:
+                free = self.concurrency - len(self.in_flight)
+                if free <= 0 or self.stopping:
+                    break
+                limit = min(free, self.claim_limit)
+                try:
+                    jobs = await self.store.claim(
+                        self.worker_id,
+                        limit=limit,
+                        lease_seconds=self.lease_seconds,
+                        task_types=sorted(spec.task_types),
+                        model_profiles=sorted(spec.model_profiles)
+                        if spec.model_profiles is not None
+                        else None,
+                    )
+                except errors.DatabaseUnavailable as exc:
+                    log.warning("claim failed: %s", exc.message)
+                    break
+                self.last_claim_at = datetime.now(UTC)
+                if jobs:
+                    self.metrics.observe_claimed(jobs)
+                for job in jobs:
+                    self._start_job(job, spec)
+                more = more or len(jobs) == limit
+            if more and len(self.in_flight) < self.concurrency:
+                continue
+            await self._sleep(waiter)
+
+    async def _sleep(self, waiter: asyncio.Event | None) -> None:
+        """Until a notification, a freed slot, shutdown, or the poll interval."""
+        waits = [asyncio.ensure_future(self._wake.wait())]
+        if waiter is not None and len(self.in_flight) < self.concurrency:
+            waits.append(asyncio.ensure_future(waiter.wait()))
+        try:
+            await asyncio.wait(waits, timeout=self.poll_interval, return_when="FIRST_COMPLETED")
+        finally:
+            for w in waits:
+                w.cancel()
+
+    def _start_job(self, job: Job, spec: HandlerSpec) -> None:
+        flight = InFlight(job=job, spec=spec, started=datetime.now(UTC))
+        self.in_flight[job.id] = flight
+        flight.task = asyncio.create_task(self._execute(flight), name=f"job-{job.id}")
+
+    # -- running a job --------------------------------------------------------------
+
+    async def _execute(self, flight: InFlight) -> None:
+        job = flight.job
+        try:
+            try:
+                result = await flight.spec.handle(job, self.ctx)
+            except asyncio.CancelledError:
+                if flight.lost:
+                    self._discard(job, "its lease was lost while running")
+                    return
+                raise
+            except errors.JobFailure as failure:
+                await self._record_failure(flight, failure)
+                return
+            except Exception as exc:
+                detail = redact_text(str(exc), self._secrets)[:300]
+                log.exception("handler %s crashed on job %s", flight.spec.name, job.id)
+                crash = errors.JobFailure(
+                    ErrorCategory.INTERNAL,
+                    f"{flight.spec.name} handler error: {type(exc).__name__}: {detail}",
+                    retryable=False,
+                )
+                await self._record_failure(flight, crash)
+                return
+            if flight.lost:
+                self._discard(job, "its lease was lost while running")
+                return
+            assert job.lease_token is not None
+            held = await self.completer.submit(Completion(job.id, job.lease_token, result))
+            if held:
+                self.counters.processed += 1
+                self.counters.completed += 1
+                self.metrics.observe_finished(_finished(job), "completed")
+            else:
+                self._discard(job, "it was cancelled, retried or rescued meanwhile")
+        finally:
+            self.in_flight.pop(job.id, None)
+            self._wake.set()
+
+    async def _record_failure(self, flight: InFlight, failure: errors.JobFailure) -> None:
+        job = flight.job
+        if flight.lost:
+            self._discard(job, "its lease was lost while running")
+            return
+        retryable = is_retryable(failure.category, failure.retryable)
+        while True:
+            try:
+                updated = await self.store.fail(
+                    job.id,
+                    category=failure.category,
+                    message=redact_text(failure.message, self._secrets),
+                    details=failure.details or None,
+                    lease_token=job.lease_token,
+                    retryable=retryable,
+                )
+                break
+            except (errors.LeaseLost, errors.InvalidTransition, errors.JobNotFound):
+                self._discard(job, "it was cancelled, retried or rescued meanwhile")
+                return
+            except errors.DatabaseUnavailable:
+                await asyncio.sleep(RECORD_RETRY_DELAY)
+        self.counters.processed += 1
+        by_category = self.counters.failed_by_category
+        by_category[failure.category] = by_category.get(failure.category, 0) + 1
+        if updated.status == "pending":
+            self.counters.retried += 1
+        else:
+            self.counters.failed += 1
+        self.metrics.observe_finished(updated, "failed", failure.category)
+        log.info(
+            "job %s attempt %d failed (%s)%s: %s",
+            job.id,
+            job.attempt,
+            failure.category,
+            ", will retry" if updated.status == "pending" else "",
+            failure.message,
+        )
+
+    def _discard(self, job: Job, why: str) -> None:
+        self.counters.discarded += 1
+        log.info("discarded the work on job %s: %s", job.id, why)
+
+    # -- leases ---------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            await self.heartbeat()
+
+    async def heartbeat(self) -> None:
+        """Extend every held lease; stop the jobs whose lease is gone."""
+        flights = [f for f in self.in_flight.values() if not f.lost and f.job.lease_token]
+        if not flights:
+            return
+        leases = [(f.job.id, f.job.lease_token) for f in flights if f.job.lease_token]
+        try:
+            held = await self.store.heartbeat_many(leases, self.lease_seconds)
+        except errors.DatabaseUnavailable:
+            return  # try again next beat; leases are long compared to the interval
+        for flight in flights:
+            if flight.job.id not in held and flight.task is not None and not flight.task.done():
+                flight.lost = True
+                flight.task.cancel()
+
+    # -- status ---------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The `/worker/status` document."""
+        return {
+            "worker_id": self.worker_id,
+            "started_at": self.started_at.isoformat(),
+            "shutting_down": self.stopping,
+            "concurrency": self.concurrency,
+            "claim_limit": self.claim_limit,
+            "lease_seconds": self.lease_seconds,
+            "handlers": [
+                {
+                    "name": s.name,
+                    "task_types": sorted(s.task_types),
+                    "model_profiles": sorted(s.model_profiles)
+                    if s.model_profiles is not None
+                    else None,
+                    "enabled": s.enabled,
+                    "disabled_reason": s.disabled_reason,
+                    "providers": s.providers,
+                }
+                for s in self.specs
+            ],
+            "in_flight": [
+                {
+                    "job_id": str(f.job.id),
+                    "task_type": f.job.task_type,
+                    "handler": f.spec.name,
+                    "started_at": f.started.isoformat(),
+                }
+                for f in self.in_flight.values()
+            ],
+            "counters": {
+                "processed": self.counters.processed,
+                "completed": self.counters.completed,
+                "failed": self.counters.failed,
+                "retried": self.counters.retried,
+                "discarded": self.counters.discarded,
+                "failed_by_category": dict(self.counters.failed_by_category),
+            },
+            "last_claim_at": self.last_claim_at.isoformat() if self.last_claim_at else None,
+        }
+
+
+def _finished(job: Job) -> Job:
+    """The job as completed now (for the run-duration histogram)."""
+    return replace(job, finished_at=datetime.now(UTC))

@@ -1,0 +1,506 @@
+"""The `transcription` handler: audio in, segments out, providers compared.
+
+Input (`job.input`):
+
+    audio_url | audio_base64 (+ audio_format)   exactly one of them
+    language, prompt, diarize, min_speakers, max_speakers   optional
+    providers                                   optional order override
+
+Providers run in the order of `input.providers`, else `TRANSCRIPTION_PROVIDERS`.
+`TRANSCRIPTION_MODE=compare` runs all of them (an A/B comparison);
+`fallback` stops at the first success. The result's `segments`, `text`,
+`language`, `provider`, `model` come from the first provider that succeeded;
+`attempts` has one entry per provider (`ok`, `error` or `skipped`).
+
+Failures: bad input or audio is `invalid_input` (never retried); when no
+provider succeeds the job fails with the first provider error's category and
+message, and every attempt in `details["attempts"]`.
+
+`TRANSCRIPTION_TIMEOUT` bounds each provider attempt (all its requests
+together); `AUDIO_DOWNLOAD_TIMEOUT` and `AUDIO_MAX_BYTES` bound the download.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from ai_service.config import TRANSCRIPTION_PROVIDER_NAMES, Settings
+from ai_service.errors import JobFailure
+from ai_service.jobs import ErrorCategory, Job
+from ai_service.providers import http_errors
+from ai_service.providers.audio import AudioClip, AudioDecodeError, Transcript
+from ai_service.providers.audio_llm import AudioChatClient
+from ai_service.providers.whisperx import WhisperXClient
+from ai_service.redact import redact_text, redact_url
+from ai_service.worker.handler import HandlerContext, HandlerSpec
+
+TASK_TYPES = frozenset({"transcription", "transcribe"})
+QWEN_MAX_CHUNK_SECONDS = 30.0
+FALLBACK_SKIP_REASON = "fallback mode: an earlier provider succeeded"
+
+_AUDIO_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,15}$")
+_SEGMENT_KEYS = ("start", "end", "text", "speaker")
+
+# Round-robin cursor over the WhisperX instances, per URL list. In-process
+# only: with several worker processes each one rotates on its own, which is
+# enough to spread the load.
+_whisperx_cursors: dict[tuple[str, ...], itertools.count[int]] = {}
+
+
+@dataclass(frozen=True)
+class TranscriptionInput:
+    """A validated transcription job input."""
+
+    audio_url: str | None
+    audio_base64: str | None
+    audio_format: str | None
+    language: str | None
+    prompt: str | None
+    diarize: bool | None
+    min_speakers: int | None
+    max_speakers: int | None
+    providers: tuple[str, ...]
+
+
+def _invalid(message: str) -> JobFailure:
+    return JobFailure(ErrorCategory.INVALID_INPUT, message, retryable=False)
+
+
+def _optional_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _invalid(f"input.{name} must be a string")
+    return value.strip() or None
+
+
+def _optional_speakers(data: dict[str, Any], name: str) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise _invalid(f"input.{name} must be a positive integer")
+    return value
+
+
+def parse_input(data: Any, settings: Settings) -> TranscriptionInput:
+    """Validate a job's input; raises `JobFailure` (`invalid_input`) naming the field."""
+    if not isinstance(data, dict):
+        raise _invalid("input must be a JSON object")
+    audio_url = _optional_str(data, "audio_url")
+    audio_base64 = _optional_str(data, "audio_base64")
+    if audio_url and audio_base64:
+        raise _invalid("give either input.audio_url or input.audio_base64, not both")
+    if not audio_url and not audio_base64:
+        raise _invalid("input.audio_url or input.audio_base64 is required")
+    if audio_url is not None:
+        parts = urlsplit(audio_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise _invalid(f"input.audio_url must be an http(s) URL, got {redact_url(audio_url)}")
+    audio_format = _optional_str(data, "audio_format")
+    if audio_format is not None and not _AUDIO_FORMAT.match(audio_format):
+        raise _invalid("input.audio_format must be a short format name such as wav or mp3")
+    diarize = data.get("diarize")
+    if diarize is not None and not isinstance(diarize, bool):
+        raise _invalid("input.diarize must be true or false")
+    min_speakers = _optional_speakers(data, "min_speakers")
+    max_speakers = _optional_speakers(data, "max_speakers")
+    if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
+        raise _invalid("input.min_speakers must not exceed input.max_speakers")
+    return TranscriptionInput(
+        audio_url=audio_url,
+        audio_base64=audio_base64,
+        audio_format=audio_format.lower() if audio_format else None,
+        language=_optional_str(data, "language"),
+        prompt=_optional_str(data, "prompt"),
+        diarize=diarize,
+        min_speakers=min_speakers,
+        max_speakers=max_speakers,
+        providers=_providers(data.get("providers"), settings),
+    )
+
+
+def _providers(value: Any, settings: Settings) -> tuple[str, ...]:
+    if value is None:
+        return settings.transcription_providers
+    known = ", ".join(TRANSCRIPTION_PROVIDER_NAMES)
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise _invalid(f"input.providers must be a non-empty list of provider names ({known})")
+    unknown = [v for v in value if v not in TRANSCRIPTION_PROVIDER_NAMES]
+    if unknown:
+        raise _invalid(f"input.providers: unknown provider(s) {', '.join(unknown)}; known: {known}")
+    return tuple(dict.fromkeys(value))  # drop repeats, keep the order
+
+
+def missing_configuration(provider: str, settings: Settings) -> str | None:
+    """Why `provider` cannot run with `settings` (the unset variable), or None."""
+    if provider == "whisperx" and not settings.whisperx_url:
+        return "WHISPERX_URL is not set"
+    if provider == "qwen2-audio" and not settings.qwen_audio_base_url:
+        return "QWEN_AUDIO_BASE_URL is not set"
+    if provider == "voxtral-small" and not settings.voxtral_base_url:
+        return "VOXTRAL_BASE_URL is not set"
+    return None
+
+
+def _model_name(provider: str, settings: Settings) -> str:
+    if provider == "qwen2-audio":
+        return settings.qwen_audio_model
+    if provider == "voxtral-small":
+        return settings.voxtral_model
+    return provider
+
+
+def _secrets(settings: Settings, *urls: str | None) -> list[str | None]:
+    """Every value that must never appear in a result, message or log line."""
+    found: list[str | None] = [
+        settings.qwen_audio_effective_key,
+        settings.voxtral_effective_key,
+        settings.audio_llm_api_key,
+        settings.llm_api_key,
+    ]
+    for url in (
+        *settings.whisperx_url,
+        settings.qwen_audio_base_url,
+        settings.voxtral_base_url,
+        *urls,
+    ):
+        if url:
+            try:
+                parts = urlsplit(url)
+                found.append(parts.password)
+            except ValueError:
+                continue
+    return found
+
+
+async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
+    """Transcribe the job's audio with the configured providers; see the module doc."""
+    settings = ctx.settings
+    request = parse_input(job.input, settings)
+    secrets = _secrets(settings, request.audio_url)
+
+    if all(missing_configuration(p, settings) for p in request.providers):
+        skipped = [
+            _skipped(p, settings, missing_configuration(p, settings)) for p in request.providers
+        ]
+        reasons = "; ".join(str(a["reason"]) for a in skipped)
+        raise JobFailure(
+            ErrorCategory.PROVIDER_ERROR,
+            f"no requested transcription provider is configured: {reasons}",
+            retryable=False,
+            details={"attempts": skipped},
+        )
+
+    data = await _load_audio(request, ctx)
+    try:
+        clip = await asyncio.to_thread(AudioClip.from_bytes, data)
+    except AudioDecodeError as exc:
+        declared = f" (declared format {request.audio_format})" if request.audio_format else ""
+        raise _invalid(f"audio{declared}: {exc}") from None
+
+    attempts: list[dict[str, Any]] = []
+    winner: tuple[str, Transcript] | None = None
+    for provider in request.providers:
+        missing = missing_configuration(provider, settings)
+        if missing is not None:
+            attempts.append(_skipped(provider, settings, missing))
+            continue
+        if winner is not None and settings.transcription_mode == "fallback":
+            attempts.append(_skipped(provider, settings, FALLBACK_SKIP_REASON))
+            continue
+        attempt, transcript = await _attempt(provider, clip, request, ctx, secrets, job)
+        attempts.append(attempt)
+        if transcript is not None and winner is None:
+            winner = (provider, transcript)
+
+    if winner is None:
+        first = next(a["error"] for a in attempts if a["status"] == "error")
+        raise JobFailure(first["category"], first["message"], details={"attempts": attempts})
+
+    provider, transcript = winner
+    return {
+        "segments": [
+            {key: s[key] for key in _SEGMENT_KEYS if key in s}
+            for s in _segments(transcript, clip.duration)
+        ],
+        "text": transcript.text,
+        "language": transcript.language or request.language,
+        "provider": provider,
+        "model": transcript.model,
+        "audio_duration": round(clip.duration, 3),
+        "attempts": attempts,
+    }
+
+
+def spec(settings: Settings) -> HandlerSpec:
+    """The transcription handler; disabled when no listed provider is configured."""
+    missing = [missing_configuration(p, settings) for p in settings.transcription_providers]
+    enabled = not all(missing)
+    reason = None
+    if not enabled:
+        listed = ",".join(settings.transcription_providers)
+        unset = "; ".join(m for m in missing if m)
+        reason = f"no provider of TRANSCRIPTION_PROVIDERS ({listed}) is configured: {unset}"
+    return HandlerSpec(
+        name="transcription",
+        task_types=TASK_TYPES,
+        model_profiles=None,
+        handle=handle,
+        enabled=enabled,
+        disabled_reason=reason,
+        providers={
+            "whisperx": [redact_url(url) for url in settings.whisperx_url] or None,
+            "qwen2-audio": _redacted(settings.qwen_audio_base_url),
+            "voxtral-small": _redacted(settings.voxtral_base_url),
+        },
+    )
+
+
+def _redacted(url: str | None) -> str | None:
+    return redact_url(url) if url else None
+
+
+# -- audio input ------------------------------------------------------------
+
+
+async def _load_audio(request: TranscriptionInput, ctx: HandlerContext) -> bytes:
+    limit = ctx.settings.audio_max_bytes
+    if request.audio_url is not None:
+        return await _download(request.audio_url, ctx)
+    assert request.audio_base64 is not None  # parse_input guarantees one of them
+    text = request.audio_base64
+    if text.startswith("data:"):  # a data URL: keep what follows the comma
+        text = text.partition(",")[2]
+    text = "".join(text.split()).replace("-", "+").replace("_", "/")
+    if len(text) // 4 * 3 > limit + 3:
+        raise _too_large(limit, "input.audio_base64")
+    try:
+        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise _invalid("input.audio_base64 is not valid base64") from None
+    if not data:
+        raise _invalid("input.audio_base64 is empty")
+    if len(data) > limit:
+        raise _too_large(limit, "input.audio_base64")
+    return data
+
+
+def _too_large(limit: int, what: str) -> JobFailure:
+    return _invalid(f"{what}: the audio is larger than AUDIO_MAX_BYTES ({limit} bytes)")
+
+
+async def _download(url: str, ctx: HandlerContext) -> bytes:
+    settings = ctx.settings
+    shown = f"input.audio_url {redact_url(url)}"
+    limit = settings.audio_max_bytes
+    deadline = settings.audio_download_timeout
+    buffer = bytearray()
+    try:
+        # The total deadline also stops a server that drips bytes just fast
+        # enough to never trip httpx's per-read timeout.
+        async with (
+            asyncio.timeout(deadline),
+            ctx.http.stream(
+                "GET", url, timeout=httpx.Timeout(deadline), follow_redirects=True
+            ) as response,
+        ):
+            status = response.status_code
+            if status >= 500:
+                raise JobFailure(
+                    ErrorCategory.PROVIDER_UNAVAILABLE,
+                    f"{shown} answered HTTP {status} {response.reason_phrase}",
+                )
+            if not response.is_success:
+                raise _invalid(f"{shown} answered HTTP {status} {response.reason_phrase}")
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise _too_large(limit, shown)
+            async for piece in response.aiter_bytes():
+                buffer += piece
+                if len(buffer) > limit:
+                    raise _too_large(limit, shown)
+    except TimeoutError:
+        raise JobFailure(
+            ErrorCategory.TIMEOUT, f"{shown}: the download did not finish within {deadline:g} s"
+        ) from None
+    except httpx.TooManyRedirects:
+        raise _invalid(f"{shown}: too many redirects") from None
+    except httpx.HTTPError as exc:
+        failure = http_errors.failure_from_exception(
+            "input.audio_url", exc, secrets=_secrets(settings, url)
+        )
+        if failure.category == ErrorCategory.PROVIDER_ERROR:  # a URL httpx cannot use
+            raise _invalid(failure.message) from None
+        raise failure from None
+    if not buffer:
+        raise _invalid(f"{shown} answered an empty body")
+    return bytes(buffer)
+
+
+# -- providers ----------------------------------------------------------------
+
+
+async def _attempt(
+    provider: str,
+    clip: AudioClip,
+    request: TranscriptionInput,
+    ctx: HandlerContext,
+    secrets: list[str | None],
+    job: Job,
+) -> tuple[dict[str, Any], Transcript | None]:
+    """Run one provider; never raises for a provider failure (it is recorded)."""
+    settings = ctx.settings
+    started = time.monotonic()
+    transcript: Transcript | None = None
+    error: dict[str, str] | None = None
+    try:
+        async with asyncio.timeout(settings.transcription_timeout):
+            transcript = await _run(provider, clip, request, ctx, secrets)
+    except JobFailure as failure:
+        error = {"category": str(failure.category), "message": failure.message}
+    except TimeoutError:
+        error = {
+            "category": ErrorCategory.TIMEOUT.value,
+            "message": f"{provider}: no result within TRANSCRIPTION_TIMEOUT "
+            f"({settings.transcription_timeout:g} s)",
+        }
+    except Exception as exc:
+        # A bug or an unexpected library error must not hide the other
+        # providers' results: record it, log the traceback.
+        ctx.log.warning("transcription job %s: %s crashed", job.id, provider, exc_info=True)
+        error = {
+            "category": ErrorCategory.INTERNAL.value,
+            "message": f"{provider}: unexpected {type(exc).__name__}: {exc}",
+        }
+    duration_ms = round((time.monotonic() - started) * 1000)
+    if error is not None:
+        error["message"] = redact_text(error["message"], secrets)
+        ctx.log.info(
+            "transcription job %s: %s failed in %d ms (%s): %s",
+            job.id,
+            provider,
+            duration_ms,
+            error["category"],
+            error["message"],
+        )
+        attempt: dict[str, Any] = {
+            "provider": provider,
+            "model": _model_name(provider, settings),
+            "status": "error",
+            "text": None,
+            "segments": [],
+            "duration_ms": duration_ms,
+            "error": error,
+        }
+        return attempt, None
+    assert transcript is not None
+    ctx.log.info(
+        "transcription job %s: %s answered in %d ms (%d segments)",
+        job.id,
+        provider,
+        duration_ms,
+        len(transcript.segments),
+    )
+    attempt = {
+        "provider": provider,
+        "model": transcript.model,
+        "status": "ok",
+        "text": transcript.text,
+        "segments": _segments(transcript, clip.duration),
+        "duration_ms": duration_ms,
+        "error": None,
+    }
+    if transcript.chunks is not None:
+        attempt["chunks"] = transcript.chunks
+    if transcript.instance is not None:
+        attempt["instance"] = transcript.instance
+    return attempt, transcript
+
+
+async def _run(
+    provider: str,
+    clip: AudioClip,
+    request: TranscriptionInput,
+    ctx: HandlerContext,
+    secrets: list[str | None],
+) -> Transcript:
+    settings = ctx.settings
+    if provider == "whisperx":
+        urls = settings.whisperx_url
+        cursor = _whisperx_cursors.setdefault(urls, itertools.count())
+        whisperx = WhisperXClient(
+            ctx.http, urls, timeout=settings.transcription_timeout, secrets=secrets
+        )
+        return await whisperx.transcribe(
+            clip,
+            start=next(cursor) % len(urls),
+            language=request.language,
+            prompt=request.prompt,
+            diarize=request.diarize,
+            min_speakers=request.min_speakers,
+            max_speakers=request.max_speakers,
+        )
+    if provider == "qwen2-audio":
+        assert settings.qwen_audio_base_url is not None
+        client = AudioChatClient(
+            ctx.http,
+            provider=provider,
+            base_url=settings.qwen_audio_base_url,
+            model=settings.qwen_audio_model,
+            api_key=settings.qwen_audio_effective_key,
+            prompt=settings.audio_llm_prompt,
+            max_tokens=settings.audio_llm_max_tokens,
+            timeout=settings.transcription_timeout,
+            max_chunk_seconds=QWEN_MAX_CHUNK_SECONDS,
+            secrets=secrets,
+        )
+    elif provider == "voxtral-small":
+        assert settings.voxtral_base_url is not None
+        client = AudioChatClient(
+            ctx.http,
+            provider=provider,
+            base_url=settings.voxtral_base_url,
+            model=settings.voxtral_model,
+            api_key=settings.voxtral_effective_key,
+            prompt=settings.audio_llm_prompt,
+            max_tokens=settings.audio_llm_max_tokens,
+            timeout=settings.transcription_timeout,
+            max_chunk_seconds=None,
+            secrets=secrets,
+        )
+    else:  # parse_input and config validation only let known names through
+        raise JobFailure(ErrorCategory.INVALID_INPUT, f"unknown provider {provider}")
+    return await client.transcribe(clip, language=request.language, prompt=request.prompt)
+
+
+def _skipped(provider: str, settings: Settings, reason: str | None) -> dict[str, Any]:
+    return {
+        "provider": provider,
+        "model": _model_name(provider, settings),
+        "status": "skipped",
+        "reason": reason,
+        "text": None,
+        "segments": [],
+        "duration_ms": 0,
+        "error": None,
+    }
+
+
+def _segments(transcript: Transcript, duration: float) -> list[dict[str, Any]]:
+    # A provider that only returned text still yields one segment covering
+    # the audio, so callers can always read `segments`.
+    if not transcript.segments and transcript.text:
+        return [{"start": 0.0, "end": round(duration, 3), "text": transcript.text}]
+    return transcript.segments

@@ -1,0 +1,116 @@
+"""AudioClip: decoding with PyAV, resampling, WAV encoding, chunking."""
+
+from __future__ import annotations
+
+import io
+import wave
+
+import av
+import pytest
+
+from ai_service.providers.audio import SAMPLE_RATE, AudioClip, AudioDecodeError
+from tests.stubs import sine_wav, transcode
+
+
+def test_decodes_and_resamples_stereo_44k_to_16k_mono() -> None:
+    data = sine_wav(2.0, rate=44100, channels=2)
+
+    clip = AudioClip.from_bytes(data)
+
+    assert clip.duration == pytest.approx(2.0, abs=0.01)
+    assert len(clip.pcm) == pytest.approx(2 * SAMPLE_RATE * 2, abs=64)
+    assert clip.source == data
+    assert clip.source_format == "wav"
+    assert clip.source_codec == "pcm_s16le"
+    assert clip.passthrough_format == "wav"
+
+
+def test_to_wav_is_16k_mono_16bit() -> None:
+    clip = AudioClip.from_bytes(sine_wav(1.5))
+
+    with wave.open(io.BytesIO(clip.to_wav())) as wav:
+        assert wav.getnchannels() == 1
+        assert wav.getsampwidth() == 2
+        assert wav.getframerate() == SAMPLE_RATE
+        assert wav.getnframes() / SAMPLE_RATE == pytest.approx(1.5, abs=0.01)
+
+
+def test_chunks_of_75_seconds_start_at_0_30_60() -> None:
+    clip = AudioClip.from_bytes(sine_wav(75.0))
+
+    chunks = clip.chunks(30)
+
+    assert [round(c.offset, 3) for c in chunks] == [0.0, 30.0, 60.0]
+    assert [round(c.duration, 3) for c in chunks] == [30.0, 30.0, 15.0]
+    assert b"".join(c.pcm for c in chunks) == clip.pcm
+    # a chunk is a standalone clip: it encodes to its own WAV
+    with wave.open(io.BytesIO(chunks[2].to_wav())) as wav:
+        assert wav.getnframes() == 15 * SAMPLE_RATE
+
+
+def test_short_clip_is_one_chunk() -> None:
+    clip = AudioClip.from_bytes(sine_wav(4.0))
+
+    chunks = clip.chunks(30)
+
+    assert len(chunks) == 1
+    assert chunks[0].offset == 0.0
+    assert chunks[0].duration == pytest.approx(4.0, abs=0.01)
+
+
+def test_chunks_reject_non_positive_length() -> None:
+    clip = AudioClip.from_bytes(sine_wav(1.0))
+
+    with pytest.raises(ValueError, match="positive"):
+        clip.chunks(0)
+
+
+def test_mp3_is_decoded_and_passed_through_as_mp3() -> None:
+    mp3 = transcode(sine_wav(3.0), "mp3", "libmp3lame")
+
+    clip = AudioClip.from_bytes(mp3)
+
+    assert clip.source_format == "mp3"
+    assert clip.source_codec.startswith("mp3")
+    assert clip.passthrough_format == "mp3"
+    assert clip.duration == pytest.approx(3.0, abs=0.1)
+
+
+def test_other_containers_are_not_passed_through() -> None:
+    clip = AudioClip.from_bytes(transcode(sine_wav(1.0), "ogg", "libopus", rate=48000))
+
+    assert clip.source_format == "ogg"
+    assert clip.passthrough_format is None
+    assert clip.duration == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"this is plain text, not audio at all" * 20, "cannot be decoded"),
+        (b"RIFF\x00\x00\x00\x00WAVEfmt ", "cannot be decoded|no samples|no audio"),
+    ],
+)
+def test_undecodable_bytes_raise_a_clear_error(data: bytes, reason: str) -> None:
+    with pytest.raises(AudioDecodeError, match=reason):
+        AudioClip.from_bytes(data)
+
+
+def test_wav_with_a_compressed_codec_is_not_passed_through() -> None:
+    # Telephony recorders write ADPCM/GSM WAVs that not every server decodes.
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="wav") as out:
+        stream = out.add_stream("adpcm_ima_wav", rate=8000, layout="mono")
+        frame = av.AudioFrame(format="s16p", layout="mono", samples=8000)
+        frame.planes[0].update(b"\x01\x00" * 8000)
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+
+    clip = AudioClip.from_bytes(buffer.getvalue())
+
+    assert clip.source_format == "wav"
+    assert clip.source_codec == "adpcm_ima_wav"
+    assert clip.passthrough_format is None
+    assert clip.duration == pytest.approx(1.0, abs=0.05)
