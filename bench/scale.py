@@ -25,7 +25,8 @@ INSERT INTO jobs (owner_service, owner_ref, task_type, model_profile, status, pr
                   worker_id, created_at, updated_at, started_at, finished_at)
 SELECT svc, 'ref/' || g, tt, mp, st, 0, jsonb_build_object('user', 'text ' || g),
        CASE WHEN st = 'completed' THEN '{"content": "ok"}'::jsonb END,
-       CASE WHEN st = 'failed' THEN (ARRAY['timeout','provider_error','invalid_input'])[1 + g %% 3] END,
+       CASE WHEN st = 'failed'
+            THEN (ARRAY['timeout', 'provider_error', 'invalid_input'])[1 + g %% 3] END,
        CASE WHEN st = 'failed' THEN 'boom' END,
        CASE WHEN st = 'pending' THEN 0 ELSE 1 END, 3, created,
        CASE WHEN st IN ('completed', 'failed') THEN 'w-' || (g %% 8) END,
@@ -35,7 +36,8 @@ SELECT svc, 'ref/' || g, tt, mp, st, 0, jsonb_build_object('user', 'text ' || g)
   FROM (
     SELECT g,
            (ARRAY['telephony','monitoring-tg','monitoring-pf'])[1 + g %% 3] AS svc,
-           (ARRAY['llm_chat','call_analysis','transcription','tg_analysis','chat_completion'])[1 + g %% 5] AS tt,
+           (ARRAY['llm_chat', 'call_analysis', 'transcription', 'tg_analysis',
+                  'chat_completion'])[1 + g %% 5] AS tt,
            (ARRAY['qwen2.5-14b','whisperx','vision','qwen2.5-14b'])[1 + g %% 4] AS mp,
            CASE WHEN g %% 100 < 85 THEN 'completed' WHEN g %% 100 < 92 THEN 'failed'
                 WHEN g %% 100 < 95 THEN 'cancelled' ELSE 'pending' END AS st,
