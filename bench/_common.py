@@ -8,17 +8,22 @@ durability settings (fsync on), so figures are honest for a single server.
 from __future__ import annotations
 
 import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+import httpx
 import psycopg
 
 from ai_service import embedded_db, migrate
 from ai_service.api.app import create_app
-from tests.helpers import make_settings, serve, url_for_database
+from tests.helpers import free_port, make_settings, serve, url_for_database
 
 DATA_DIR = Path(__file__).resolve().parent.parent / ".data" / "bench-pg"
 
@@ -74,3 +79,44 @@ def summary_ms(values: Sequence[float]) -> str:
 
 def header(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)), flush=True)
+
+
+@contextmanager
+def service_process(command: str, database_url: str, port_var: str, **env: str) -> Iterator[str]:
+    """Run `ai-service <command>` as its own process; yields its base URL once ready."""
+    port = free_port()
+    full_env = dict(os.environ)
+    full_env.update(
+        {
+            "DATABASE_URL": database_url,
+            "MIGRATE_ON_START": "false",
+            "LOG_LEVEL": "warning",
+            "HTTP_HOST": "127.0.0.1",
+            "WORKER_HTTP_HOST": "127.0.0.1",
+            port_var: str(port),
+        }
+    )
+    full_env.update(env)
+    proc = subprocess.Popen([sys.executable, "-m", "ai_service", command], env=full_env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"ai-service {command} exited with {proc.returncode}")
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"ai-service {command} did not become ready")
+            time.sleep(0.1)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

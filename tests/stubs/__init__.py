@@ -63,10 +63,11 @@ class StubServer:
     interrupts, so a stub that simulates a hung server still stops at once.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._requested_port = port  # 0: an ephemeral port
         self.port = 0
 
     def build_app(self) -> Starlette:
@@ -82,9 +83,11 @@ class StubServer:
 
     def start(self) -> Self:
         """Bind an ephemeral port, start serving, return once it accepts requests."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto
+        # says TCP; without it, small responses stall ~40 ms (Nagle + delayed ACK).
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self._requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.build_app(),
@@ -93,7 +96,7 @@ class StubServer:
             access_log=False,
             lifespan="off",
             loop="asyncio",
-            http="h11",
+            http="httptools",
             ws="none",
             timeout_graceful_shutdown=2,
         )

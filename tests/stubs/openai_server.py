@@ -112,8 +112,9 @@ class OpenAIStub(StubServer):
         max_concurrency: int | None = None,
         reply: Callable[[RecordedRequest], str] | None = None,
         hang_seconds: float = 30.0,
+        port: int = 0,
     ) -> None:
-        super().__init__()
+        super().__init__(port)
         self.models = list(models) if models else None
         self.api_key = api_key
         self.latency = latency
@@ -178,6 +179,19 @@ class OpenAIStub(StubServer):
         async def health(request: Request) -> Response:
             return Response(b"", status_code=200)
 
+        async def stats(request: Request) -> Response:
+            # For a stub running in another process (benchmarks, `make run` demo).
+            with self._lock:
+                deliveries = dict(self.deliveries)
+                return JSONResponse(
+                    {
+                        "requests_received": self.requests_received,
+                        "successes": self.successes,
+                        "max_in_flight": self.max_in_flight,
+                        "deliveries": deliveries,
+                    }
+                )
+
         async def chat(request: Request) -> Response:
             raw = await request.body()
             with self._lock:
@@ -214,6 +228,7 @@ class OpenAIStub(StubServer):
                 Route("/v1/chat/completions", chat, methods=["POST"]),
                 Route("/v1/models", models, methods=["GET"]),
                 Route("/health", health, methods=["GET"]),
+                Route("/stub/stats", stats, methods=["GET"]),
             ]
         )
 
@@ -223,7 +238,9 @@ class OpenAIStub(StubServer):
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if self.latency:
-                await self.hang(self.latency)
+                # A plain sleep: waking 64 sleepers every few ms would make the stub,
+                # not the client under test, the bottleneck of a benchmark.
+                await asyncio.sleep(self.latency)
             if failure is not None:
                 recorded.outcome = failure
                 return await self._fail(failure)
@@ -342,3 +359,32 @@ def _read_messages(messages: list[Any], recorded: RecordedRequest) -> None:
     recorded.text = "\n".join(texts)
     match = _MARKER.search(recorded.text)
     recorded.marker = match.group(1) if match else None
+
+
+def main() -> None:
+    """Serve the stub on its own: `python -m tests.stubs.openai_server --port 8000`."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="A vLLM-like OpenAI-compatible stub.")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--model", action="append", help="served model (repeatable)")
+    parser.add_argument("--latency", type=float, default=0.05, help="seconds per request")
+    parser.add_argument("--max-concurrency", type=int, default=None)
+    args = parser.parse_args()
+    stub = OpenAIStub(
+        models=args.model or ["qwen2.5-14b"],
+        latency=args.latency,
+        max_concurrency=args.max_concurrency,
+        port=args.port,
+    )
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    signal.signal(signal.SIGINT, lambda *_: stopped.set())
+    with stub:
+        print(f"OpenAI-compatible stub on {stub.base_url} (models {stub.models})", flush=True)
+        stopped.wait()
+
+
+if __name__ == "__main__":
+    main()

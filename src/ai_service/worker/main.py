@@ -16,7 +16,7 @@ from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
-from ai_service.worker import llm, transcription
+from ai_service.worker import llm, noop, transcription
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.runner import Runner
 from ai_service.worker.status import create_status_app
@@ -34,7 +34,7 @@ class _StatusServer(uvicorn.Server):
 
 def handler_specs(settings: Settings) -> list[HandlerSpec]:
     """Every built-in handler, enabled or not (shown in /worker/status)."""
-    return [llm.spec(settings), transcription.spec(settings)]
+    return [llm.spec(settings), transcription.spec(settings), noop.spec(settings)]
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

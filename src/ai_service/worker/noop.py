@@ -1,0 +1,24 @@
+"""The `noop` handler: completes at once with `{"ok": true}`.
+
+A canary for end-to-end checks of a deployment (create a `noop` job and watch
+it complete) and the workload of the queue benchmarks. It calls nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ai_service.config import Settings
+from ai_service.jobs import Job
+from ai_service.worker.handler import HandlerContext, HandlerSpec
+
+TASK_TYPES = frozenset({"noop"})
+
+
+async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
+    return {"ok": True}
+
+
+def spec(settings: Settings) -> HandlerSpec:
+    """Always enabled; any model profile."""
+    return HandlerSpec(name="noop", task_types=TASK_TYPES, model_profiles=None, handle=handle)
