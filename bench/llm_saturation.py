@@ -64,7 +64,7 @@ async def main(jobs: int, capacity: int, latency: float) -> float:
                     break
                 if time.perf_counter() - t0 > 600:
                     raise RuntimeError("jobs did not finish in 10 minutes")
-                time.sleep(0.2)
+                await asyncio.sleep(0.2)
             row = conn.execute(
                 "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs"
             ).fetchone()
