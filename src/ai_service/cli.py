@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ai_service import errors
 from ai_service.config import Settings, load_settings
@@ -32,15 +33,28 @@ def cmd_api(settings: Settings) -> None:
     from ai_service.api.app import create_app
 
     logs.configure(settings)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=settings.http_host,
-        port=settings.http_port,
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-    )
+    options: dict[str, Any] = {
+        "host": settings.http_host,
+        "port": settings.http_port,
+        "log_config": None,
+        "access_log": False,
+        "timeout_graceful_shutdown": 10,
+    }
+    if settings.http_workers > 1:
+        # Several processes on one port; each builds its app from the environment.
+        if settings.migrate_on_start:
+            from ai_service import migrate
+
+            migrate.upgrade(settings.require_database_url())
+            os.environ["MIGRATE_ON_START"] = "false"
+        uvicorn.run(
+            "ai_service.api.app:create_app_from_env",
+            factory=True,
+            workers=settings.http_workers,
+            **options,
+        )
+    else:
+        uvicorn.run(create_app(settings), **options)
 
 
 def cmd_migrate(settings: Settings) -> None:

@@ -97,6 +97,7 @@ class Settings:
     # HTTP API
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    http_workers: int = 1
     database_url: str | None = None
     migrate_on_start: bool = True
     ai_service_token: str | None = None
@@ -181,6 +182,7 @@ class Settings:
 _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HTTP_HOST": ("http_host", _parse_str),
     "HTTP_PORT": ("http_port", _parse_int),
+    "HTTP_WORKERS": ("http_workers", _parse_int),
     "DATABASE_URL": ("database_url", _parse_optional),
     "MIGRATE_ON_START": ("migrate_on_start", _parse_bool),
     "AI_SERVICE_TOKEN": ("ai_service_token", _parse_optional),
@@ -263,6 +265,7 @@ def _validate(s: Settings) -> None:
     for name in ("http_port", "worker_http_port", "sidecar_http_port"):
         port = getattr(s, name)
         check(0 < port < 65536, name, f"must be a TCP port (1-65535), got {port}")
+    check(1 <= s.http_workers <= 64, "http_workers", "must be between 1 and 64")
     check(s.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
     check(1 <= s.db_pool_min <= s.db_pool_max, "db_pool_min", "must be >= 1 and <= DB_POOL_MAX")
     check(s.llm_timeout > 0, "llm_timeout", "must be positive")

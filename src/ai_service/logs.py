@@ -8,7 +8,7 @@ import sys
 from datetime import UTC, datetime
 
 from ai_service.config import Settings
-from ai_service.redact import redact_text
+from ai_service.redact import is_secret_param, redact_text
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,7 +32,7 @@ class JsonFormatter(logging.Formatter):
 
 def secrets_of(settings: Settings) -> list[str | None]:
     """Every configured secret value, to be masked wherever it might appear."""
-    from urllib.parse import urlsplit
+    from urllib.parse import parse_qsl, urlsplit
 
     values: list[str | None] = [
         settings.ai_service_token,
@@ -54,9 +54,11 @@ def secrets_of(settings: Settings) -> list[str | None]:
     for url in urls:
         if url:
             try:
-                values.append(urlsplit(url).password)
+                parts = urlsplit(url)
+                values.append(parts.password)
             except ValueError:
                 continue
+            values.extend(v for k, v in parse_qsl(parts.query) if is_secret_param(k))
     return values
 
 
@@ -67,5 +69,6 @@ def configure(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
-    for noisy in ("uvicorn.access", "httpx", "httpcore"):
+    # httpx2/httpcore2 are the openai SDK's HTTP stack: they log full request URLs.
+    for noisy in ("uvicorn.access", "httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

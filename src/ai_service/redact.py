@@ -7,7 +7,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 _SECRET_PARAMS = ("key", "token", "secret", "password", "passwd", "pwd", "auth", "signature", "sig")
 
 
-def _is_secret_param(name: str) -> bool:
+def is_secret_param(name: str) -> bool:
+    """Whether a query parameter name looks like it carries a credential."""
     lowered = name.lower()
     return any(marker in lowered for marker in _SECRET_PARAMS)
 
@@ -29,7 +30,7 @@ def redact_url(url: str) -> str:
     query = parts.query
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if _is_secret_param(k) else v) for k, v in pairs])
+        query = urlencode([(k, "***" if is_secret_param(k) else v) for k, v in pairs])
     return urlunsplit((parts.scheme, host + port, parts.path, query, ""))
 
 

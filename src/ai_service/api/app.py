@@ -162,3 +162,12 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app
+
+
+def create_app_from_env() -> FastAPI:
+    """App factory for uvicorn worker processes (`HTTP_WORKERS` > 1)."""
+    import os
+
+    from ai_service.config import load_settings
+
+    return create_app(load_settings(os.environ))

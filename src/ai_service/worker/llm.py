@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 
@@ -31,10 +32,19 @@ _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 _PASSTHROUGH = ("max_tokens", "response_format", "temperature", "top_p", "stop")
 
 
-def openai_base_url(url: str) -> str:
-    """OpenAI SDK base URL: accept `http://host:8000` and `http://host:8000/v1`."""
-    url = url.rstrip("/")
-    return url if url.endswith("/v1") else f"{url}/v1"
+def openai_base_url(url: str) -> tuple[str, dict[str, str]]:
+    """SDK base URL and query parameters from `LLM_BASE_URL`.
+
+    Accepts `http://host:8000` and `http://host:8000/v1`; a query string (some
+    gateways take `?api_key=`) is split off, because the SDK appends paths to
+    the base URL and sends the query separately.
+    """
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/v1"):
+        path += "/v1"
+    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    return base, dict(parse_qsl(parts.query, keep_blank_values=True))
 
 
 def chat_request(job_input: dict[str, Any]) -> dict[str, Any]:
@@ -110,10 +120,11 @@ class LLMHandler:
     def __init__(self, settings: Settings) -> None:
         assert settings.llm_base_url is not None
         self.model = settings.llm_model
-        self.base_url = openai_base_url(settings.llm_base_url)
-        self._secrets = [settings.llm_api_key]
+        self.base_url, query = openai_base_url(settings.llm_base_url)
+        self._secrets = [settings.llm_api_key, *query.values()]
         self.client = openai.AsyncOpenAI(
             base_url=self.base_url,
+            default_query=query or None,
             # The SDK insists on a key; vLLM without --api-key ignores it.
             api_key=settings.llm_api_key or "not-needed",
             timeout=settings.llm_timeout,
@@ -137,7 +148,7 @@ class LLMHandler:
                 f"llm: cannot reach {redact_url(self.base_url)}: "
                 f"{redact_text(str(exc.__cause__ or exc), self._secrets)[:200]}",
             ) from None
-        except openai.APIError as exc:  # e.g. a 2xx body that is not JSON
+        except (openai.APIError, ValueError) as exc:  # e.g. a 2xx body that is not JSON
             raise JobFailure(
                 ErrorCategory.PROVIDER_ERROR,
                 f"llm: malformed response: {redact_text(str(exc), self._secrets)[:200]}",
@@ -153,8 +164,8 @@ class LLMHandler:
             if status == 400
             else http_errors.category_for_status(status)
         )
-        said = _error_message(exc.body) or exc.response.text[:200]
-        message = f"llm: HTTP {status}: {said}".strip()
+        said = _error_message(exc.body) or exc.response.text[:200].strip()
+        message = f"llm: HTTP {status}" + (f": {said}" if said else "")
         return JobFailure(
             category,
             redact_text(message, self._secrets),
@@ -228,7 +239,7 @@ def spec(settings: Settings) -> HandlerSpec:
         model_profiles=frozenset({settings.llm_model}),
         handle=handler.handle,
         close=handler.client.close,
-        providers={"llm": redact_url(handler.base_url), "model": settings.llm_model},
+        providers={"llm": redact_url(settings.llm_base_url), "model": settings.llm_model},
     )
 
 

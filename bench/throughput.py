@@ -1,0 +1,208 @@
+"""Lifecycle throughput of no-op jobs, side by side with a peer and the hardware limit.
+
+    uv run python -m bench.throughput [--jobs 20000] [--workers 2]
+
+On one PostgreSQL, in one run:
+  1. HTTP batch create (1000 per request) of N jobs: jobs/s;
+  2. the built-in worker path: `ai-service worker` processes drain the backlog
+     (claim + complete, group-committed and fenced): jobs/s from the first
+     claim to the last completion (database timestamps);
+  3. external workers over HTTP: N jobs claimed (`POST /jobs/claim`, 50 at a
+     time) and completed one `POST /jobs/{id}/complete` each, by concurrent
+     clients: jobs/s;
+  4. Procrastinate (bench-only dependency): the same N no-op jobs deferred in
+     batches and drained by its async worker;
+  5. `pgbench -N` (one-row updates per commit): the commit-rate limit of this
+     server.
+Ratios: ours / Procrastinate and ours / pgbench TPS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import re
+import subprocess
+import time
+from urllib.parse import urlsplit
+
+import httpx
+import psycopg
+
+from ai_service.embedded_db import POSTGRES_BIN_PATH
+from bench._common import fresh_database, header, service_process
+
+NOOP = {"owner_service": "bench", "task_type": "noop", "model_profile": "none", "input": {}}
+
+
+async def create_backlog(base: str, jobs: int, parallel: int = 4) -> float:
+    """Create `jobs` no-op jobs with batch requests; returns jobs/s."""
+    batches = [range(start, min(start + 1000, jobs)) for start in range(0, jobs, 1000)]
+    queue = list(batches)
+
+    async def sender(client: httpx.AsyncClient) -> None:
+        while queue:
+            refs = queue.pop()
+            body = {"defaults": NOOP, "jobs": [{"owner_ref": f"r{i}"} for i in refs]}
+            (await client.post("/api/v1/jobs/batch", json=body)).raise_for_status()
+
+    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(sender(client) for _ in range(parallel)))
+        return jobs / (time.perf_counter() - start)
+
+
+async def wait_all_completed(url: str, jobs: int, timeout: float = 900) -> float:
+    """Wait until every job is completed; returns jobs/s between first claim and last finish."""
+    deadline = time.monotonic() + timeout
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        while True:
+            row = await (
+                await conn.execute("SELECT count(*) FROM jobs WHERE status = 'completed'")
+            ).fetchone()
+            if row is not None and row[0] >= jobs:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("jobs did not complete in time")
+            await asyncio.sleep(0.1)
+        span = await (
+            await conn.execute(
+                "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs"
+            )
+        ).fetchone()
+    assert span is not None
+    return jobs / float(span[0])
+
+
+async def built_in(url: str, base: str, jobs: int, workers: int) -> float:
+    with contextlib.ExitStack() as stack:
+        for i in range(workers):
+            stack.enter_context(
+                service_process(
+                    "worker",
+                    url,
+                    "WORKER_HTTP_PORT",
+                    WORKER_ID=f"bench-{i}",
+                    WORKER_CLAIM_LIMIT="100",
+                    WORKER_CONCURRENCY="400",
+                )
+            )
+        return await wait_all_completed(url, jobs)
+
+
+async def external_http(base: str, jobs: int, clients: int = 16) -> float:
+    done = 0
+    limits = httpx.Limits(max_connections=clients * 4)
+
+    async def worker(client: httpx.AsyncClient, n: int) -> None:
+        nonlocal done
+        while True:
+            r = await client.post(
+                "/api/v1/jobs/claim",
+                json={"worker_id": f"ext-{n}", "limit": 50, "task_types": ["noop"]},
+            )
+            claimed = r.json()["jobs"]
+            if not claimed:
+                return
+            sem = asyncio.Semaphore(4)
+
+            async def complete(job: dict[str, str]) -> None:
+                async with sem:
+                    resp = await client.post(
+                        f"/api/v1/jobs/{job['id']}/complete",
+                        json={"lease_token": job["lease_token"], "result": {"ok": True}},
+                    )
+                    resp.raise_for_status()
+
+            await asyncio.gather(*(complete(job) for job in claimed))
+            done += len(claimed)
+
+    async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client, n) for n in range(clients)))
+        elapsed = time.perf_counter() - start
+    if done != jobs:
+        raise RuntimeError(f"external workers completed {done} of {jobs}")
+    return jobs / elapsed
+
+
+async def procrastinate_rate(url: str, jobs: int) -> float:
+    import procrastinate
+
+    app = procrastinate.App(connector=procrastinate.PsycopgConnector(conninfo=url))
+
+    @app.task(queue="bench", name="noop")
+    async def noop() -> None:
+        return None
+
+    async with app.open_async():
+        await app.schema_manager.apply_schema_async()
+        for start in range(0, jobs, 1000):
+            await noop.batch_defer_async(*({} for _ in range(min(1000, jobs - start))))
+        began = time.perf_counter()
+        await app.run_worker_async(queues=["bench"], concurrency=32, wait=False)
+        elapsed = time.perf_counter() - began
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        row = await (
+            await conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'")
+        ).fetchone()
+    assert row is not None and row[0] == jobs, f"procrastinate finished {row}"
+    return jobs / elapsed
+
+
+def pgbench_tps(url: str, seconds: int = 10) -> float:
+    parts = urlsplit(url)
+    env = dict(os.environ, PGHOST=parts.hostname or "127.0.0.1", PGPORT=str(parts.port or 5432))
+    env["PGUSER"] = parts.username or "postgres"
+    if parts.password:
+        env["PGPASSWORD"] = parts.password
+    db = parts.path.lstrip("/")
+    bench = str(POSTGRES_BIN_PATH / "pgbench")
+    subprocess.run([bench, "-i", "-q", "-s", "10", db], env=env, check=True, capture_output=True)
+    out = subprocess.run(
+        [bench, "-N", "-c", "8", "-j", "2", "-T", str(seconds), db],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    match = re.search(r"tps = ([\d.]+)", out)
+    if match is None:
+        raise RuntimeError(f"unexpected pgbench output: {out}")
+    return float(match.group(1))
+
+
+async def main(jobs: int, workers: int) -> dict[str, float]:
+    header(f"Lifecycle throughput, {jobs:,} no-op jobs, same PostgreSQL")
+    figures: dict[str, float] = {}
+    with fresh_database("tp") as url, service_process("api", url, "HTTP_PORT") as base:
+        figures["create"] = await create_backlog(base, jobs)
+        print(f"HTTP batch create              {figures['create']:9.0f} jobs/s")
+        figures["built_in"] = await built_in(url, base, jobs, workers)
+        print(f"built-in workers ({workers} procs)     {figures['built_in']:9.0f} jobs/s")
+    with fresh_database("tp") as url, service_process("api", url, "HTTP_PORT") as base:
+        await create_backlog(base, jobs)
+        figures["external"] = await external_http(base, jobs)
+        print(f"external workers over HTTP     {figures['external']:9.0f} jobs/s")
+    with fresh_database("proc") as url:
+        figures["procrastinate"] = await procrastinate_rate(url, jobs)
+        print(f"Procrastinate (async worker)   {figures['procrastinate']:9.0f} jobs/s")
+    with fresh_database("pgb") as url:
+        figures["pgbench"] = pgbench_tps(url)
+        print(f"pgbench -N (commit limit)      {figures['pgbench']:9.0f} TPS")
+    print(
+        f"built-in / Procrastinate {figures['built_in'] / figures['procrastinate']:.1f}x, "
+        f"built-in / pgbench TPS {figures['built_in'] / figures['pgbench']:.2f}, "
+        f"external HTTP / Procrastinate {figures['external'] / figures['procrastinate']:.1f}x"
+    )
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    asyncio.run(main(args.jobs, args.workers))
