@@ -38,7 +38,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import httpx
 
 from ai_service.config import Settings
-from ai_service.redact import redact_text, redact_url
+from ai_service.redact import is_secret_param, redact_text, redact_url
 
 log = logging.getLogger("ai_service.provider_status")
 
@@ -47,7 +47,6 @@ ProviderKind = Literal["openai", "whisperx"]
 # Longest error detail kept in a row (server bodies can be whole HTML pages).
 _MAX_DETAIL = 300
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>]+")
-_SECRET_QUERY_MARKERS = ("key", "token", "secret", "password", "passwd", "pwd", "auth", "sig")
 
 
 @dataclass(frozen=True)
@@ -150,7 +149,7 @@ def url_secrets(url: str | None) -> list[str]:
     except ValueError:
         return []
     for name, value in parse_qsl(parts.query, keep_blank_values=False):
-        if any(marker in name.lower() for marker in _SECRET_QUERY_MARKERS):
+        if is_secret_param(name):
             found.append(value)
     # Both spellings: error texts may quote the URL raw or percent-decoded.
     found.extend([unquote(s) for s in found])
