@@ -270,6 +270,11 @@ def _validate(s: Settings) -> None:
     check(1 <= s.db_pool_min <= s.db_pool_max, "db_pool_min", "must be >= 1 and <= DB_POOL_MAX")
     check(s.llm_timeout > 0, "llm_timeout", "must be positive")
     check(bool(s.llm_model), "llm_model", "must not be empty")
+    check(
+        bool(s.transcription_providers),
+        "transcription_providers",
+        "must name at least one provider",
+    )
     unknown = [p for p in s.transcription_providers if p not in TRANSCRIPTION_PROVIDER_NAMES]
     check(
         not unknown,

@@ -4,7 +4,8 @@
     ├── ConfigError            a variable has a bad value (names the variable)
     ├── JobNotFound            no job with that id
     ├── InvalidTransition      the job's status does not allow the action
-    ├── LeaseLost              the lease token is stale (job rescued, retried, cancelled)
+    ├── LeaseLost              the lease token no longer holds a job that is still active
+    │                          (rescued or retried); a finished job gives InvalidTransition
     ├── Unauthorized           missing or wrong service token
     ├── InvalidRequest         a request is well-formed but not acceptable (names the field)
     ├── DatabaseUnavailable    PostgreSQL cannot be reached

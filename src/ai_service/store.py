@@ -31,6 +31,11 @@ from ai_service.jobs import ALLOWED_FROM, Job, JobFilter, JobStatus, NewJob, new
 from ai_service.sql import queries
 
 FILTER_BATCH = 5000
+DEADLOCK_RETRIES = 3
+
+
+class _Deadlock(Exception):
+    """PostgreSQL chose this statement as a deadlock victim (it was rolled back)."""
 
 
 def _dumps(value: Any) -> bytes | str:
@@ -151,6 +156,8 @@ class Store:
                 yield conn
         except PoolTimeout:
             raise errors.DatabaseUnavailable("no database connection available") from None
+        except psycopg.errors.DeadlockDetected:
+            raise _Deadlock() from None
         except psycopg.errors.CheckViolation as exc:
             constraint = exc.diag.constraint_name or "constraint"
             raise errors.InvalidRequest(constraint, "violates a job invariant") from None
@@ -166,9 +173,16 @@ class Store:
     async def _fetch(
         self, name: str, params: dict[str, Any], *, prepare: bool | None = None
     ) -> list[dict[str, Any]]:
-        async with self._conn() as conn:
-            cur = await conn.execute(self._q[name], params, prepare=prepare)
-            return await cur.fetchall() if cur.description else []
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                async with self._conn() as conn:
+                    cur = await conn.execute(self._q[name], params, prepare=prepare)
+                    return await cur.fetchall() if cur.description else []
+            except _Deadlock:
+                # Each statement runs alone (autocommit): the victim rolled back, rerun it.
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise errors.DatabaseUnavailable("database busy: repeated deadlocks") from None
+        raise AssertionError("unreachable")
 
     async def _one_job(self, name: str, params: dict[str, Any]) -> Job | None:
         rows = await self._fetch(name, params)

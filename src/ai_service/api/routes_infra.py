@@ -22,7 +22,7 @@ from ai_service.api.deps import HttpDep, SettingsDep, require_token
 from ai_service.api.errors import responses
 from ai_service.api.schemas import ErrorOut
 from ai_service.config import Settings
-from ai_service.redact import redact_url
+from ai_service.redact import redact_url, settings_secrets
 from ai_service.sidecar.schemas import (
     ContainersSection,
     GpuSection,
@@ -166,7 +166,7 @@ async def fetch_sidecar(settings: Settings, http: httpx.AsyncClient) -> SidecarS
     """Read the sidecar; raise `UpstreamUnavailable` (502) with a secret-free message."""
     assert settings.infra_status_url is not None
     shown = redact_url(settings.infra_status_url)
-    secrets = provider_status.settings_secrets(settings)
+    secrets = settings_secrets(settings)
     timeout = settings.provider_probe_timeout + INFRA_EXTRA_SECONDS
     url, headers = sidecar_status_target(settings.infra_status_url)
     if settings.infra_status_token:

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from ai_service.provider_status import clean_text, describe_error, request_target, url_secrets
-from ai_service.redact import redact_url
+from ai_service.provider_status import clean_text, describe_error, request_target
+from ai_service.redact import redact_url, url_secrets
 from ai_service.sidecar.schemas import VllmInstance, VllmSection
 
 _KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import httpx
 
-from ai_service.provider_status import describe_error, probe_whisperx, url_secrets
-from ai_service.redact import redact_url
+from ai_service.provider_status import describe_error, probe_whisperx
+from ai_service.redact import redact_url, url_secrets
 from ai_service.sidecar.schemas import WhisperxInstance, WhisperxSection
 
 

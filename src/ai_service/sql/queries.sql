@@ -123,9 +123,21 @@ RETURNING *;
 
 -- name: job_complete_many
 -- Complete many running jobs, each fenced by its own lease token; returns the ids done.
+-- Rows are locked in id order first, like every multi-row statement, so that concurrent
+-- batches and bulk actions cannot deadlock.
+WITH locked AS (
+    SELECT j.id, u.result
+      FROM jobs j
+      JOIN unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(results)s::jsonb[])
+           AS u(id, lease_token, result)
+        ON j.id = u.id AND j.lease_token = u.lease_token
+     WHERE j.status = 'running'
+     ORDER BY j.id
+       FOR UPDATE OF j
+)
 UPDATE jobs j
    SET status = 'completed',
-       result = u.result,
+       result = locked.result,
        error_category = NULL,
        error_message = NULL,
        error_details = NULL,
@@ -133,11 +145,9 @@ UPDATE jobs j
        lease_expires_at = NULL,
        finished_at = now(),
        updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[], %(results)s::jsonb[])
-       AS u(id, lease_token, result)
- WHERE j.id = u.id
+  FROM locked
+ WHERE j.id = locked.id
    AND j.status = 'running'
-   AND j.lease_token = u.lease_token
 RETURNING j.id;
 
 -- name: job_fail
@@ -178,18 +188,36 @@ UPDATE jobs
 RETURNING *;
 
 -- name: job_heartbeat_many
--- Extend the leases of many running jobs; returns the ids still held.
+-- Extend the leases of many running jobs (locked in id order); returns the ids still held.
+WITH locked AS (
+    SELECT j.id
+      FROM jobs j
+      JOIN unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[]) AS u(id, lease_token)
+        ON j.id = u.id AND j.lease_token = u.lease_token
+     WHERE j.status = 'running'
+     ORDER BY j.id
+       FOR UPDATE OF j
+)
 UPDATE jobs j
    SET lease_expires_at = now() + make_interval(secs => %(extend_seconds)s),
        updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[]) AS u(id, lease_token)
- WHERE j.id = u.id
+  FROM locked
+ WHERE j.id = locked.id
    AND j.status = 'running'
-   AND j.lease_token = u.lease_token
 RETURNING j.id;
 
 -- name: job_release_many
--- Give running jobs back to pending without counting the attempt (graceful shutdown).
+-- Give running jobs back to pending without counting the attempt (graceful shutdown);
+-- rows locked in id order.
+WITH locked AS (
+    SELECT j.id
+      FROM jobs j
+      JOIN unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[]) AS u(id, lease_token)
+        ON j.id = u.id AND j.lease_token = u.lease_token
+     WHERE j.status = 'running'
+     ORDER BY j.id
+       FOR UPDATE OF j
+)
 UPDATE jobs j
    SET status = 'pending',
        attempt = greatest(j.attempt - 1, 0),
@@ -198,10 +226,9 @@ UPDATE jobs j
        lease_expires_at = NULL,
        started_at = NULL,
        updated_at = now()
-  FROM unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[]) AS u(id, lease_token)
- WHERE j.id = u.id
+  FROM locked
+ WHERE j.id = locked.id
    AND j.status = 'running'
-   AND j.lease_token = u.lease_token
 RETURNING j.id;
 
 -- name: job_retry

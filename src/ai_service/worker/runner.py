@@ -23,11 +23,11 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from ai_service import errors, logs
+from ai_service import errors
 from ai_service.jobs import ErrorCategory, Job, is_retryable
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
-from ai_service.redact import redact_text
+from ai_service.redact import redact_text, settings_secrets
 from ai_service.store import Completion, Store
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 
@@ -128,7 +128,7 @@ class Runner:
         self.stopping = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._secrets = logs.secrets_of(settings)
+        self._secrets = settings_secrets(settings)
 
     # -- lifecycle ------------------------------------------------------------------
 

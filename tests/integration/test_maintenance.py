@@ -1,0 +1,259 @@
+"""Queue upkeep: rescuing expired leases and deleting finished jobs past retention."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from ai_service.jobs import Job, JobStatus
+from ai_service.maintenance import Maintenance
+from ai_service.store import Store, retention_cutoffs
+from tests.helpers import make_settings, new_job
+
+BACKOFF_BASE = 20.0
+BACKOFF_MAX = 60.0
+
+
+async def sql(store: Store, query: str, params: Any = None) -> list[dict[str, Any]]:
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(query, params)
+        return await cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A store with a known retry backoff (overrides the shared fixture)."""
+    s = await Store.open(
+        database_url, min_size=1, max_size=5, wait=True,
+        backoff_base=BACKOFF_BASE, backoff_max=BACKOFF_MAX,
+    )  # fmt: skip
+    yield s
+    await s.close()
+
+
+def maintenance(store: Store, database_url: str, **env: str) -> Maintenance:
+    return Maintenance(store, make_settings(database_url, **env))
+
+
+async def running_jobs(store: Store, count: int, **overrides: Any) -> list[Job]:
+    """`count` running jobs claimed by worker "w1"."""
+    await store.create_jobs([new_job(owner_ref=f"r/{i}", **overrides) for i in range(count)])
+    claimed = await store.claim("w1", limit=count, lease_seconds=60)
+    assert len(claimed) == count
+    return claimed
+
+
+async def expire(store: Store, ids: list[UUID]) -> None:
+    await sql(
+        store,
+        "UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = ANY(%s)",
+        [ids],
+    )
+
+
+# -- rescuer ---------------------------------------------------------------------------
+
+
+async def test_rescue_returns_expired_jobs_with_attempts_left_to_pending(
+    store: Store, database_url: str
+) -> None:
+    [job] = await running_jobs(store, 1)
+    await expire(store, [job.id])
+    assert await maintenance(store, database_url).rescue() == 1
+    rescued = await store.get_job(job.id)
+    assert rescued.status is JobStatus.PENDING
+    assert rescued.lease_token is None
+    assert rescued.lease_expires_at is None
+    assert rescued.finished_at is None
+    assert rescued.attempt == 1
+    assert rescued.error_category == "lease_expired"
+    assert rescued.error_message == "lease expired on worker w1"
+    # Backoff of a first attempt: between half and all of the base.
+    delay = (rescued.run_after - rescued.updated_at).total_seconds()
+    assert BACKOFF_BASE / 2 <= delay <= BACKOFF_BASE
+    [entry] = rescued.errors
+    assert entry["attempt"] == 1
+    assert entry["category"] == "lease_expired"
+    assert entry["worker"] == "w1"
+    assert entry["message"] == "lease expired on worker w1"
+
+
+async def test_rescue_fails_expired_jobs_whose_attempts_are_used(
+    store: Store, database_url: str
+) -> None:
+    [job] = await running_jobs(store, 1, max_attempts=1)
+    await expire(store, [job.id])
+    assert await maintenance(store, database_url).rescue() == 1
+    failed = await store.get_job(job.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error_category == "lease_expired"
+    assert failed.finished_at == failed.updated_at
+    assert failed.lease_token is None
+    assert [e["category"] for e in failed.errors] == ["lease_expired"]
+
+
+async def test_rescue_leaves_live_leases_and_other_statuses_alone(
+    store: Store, database_url: str
+) -> None:
+    live, expired = await running_jobs(store, 2)
+    await expire(store, [expired.id])
+    pending = (await store.create_jobs([new_job(owner_ref="p")]))[0].job
+    done = await store.complete((await store.create_jobs([new_job()]))[0].job.id, {"ok": 1})
+    assert await maintenance(store, database_url).rescue() == 1
+    assert await store.get_job(live.id) == live
+    assert await store.get_job(pending.id) == pending
+    assert await store.get_job(done.id) == done
+    assert (await store.get_job(expired.id)).status is JobStatus.PENDING
+
+
+async def test_rescued_job_keeps_earlier_history_and_its_old_lease_is_dead(
+    store: Store, database_url: str
+) -> None:
+    [job] = await running_jobs(store, 1)
+    assert job.lease_token is not None
+    await store.fail(
+        job.id, category="timeout", message="t", lease_token=job.lease_token, retryable=True
+    )
+    await sql(store, "UPDATE jobs SET run_after = now() WHERE id = %s", [job.id])
+    [again] = await store.claim("w2", limit=1, lease_seconds=60)
+    assert again.lease_token is not None
+    await expire(store, [job.id])
+    assert await maintenance(store, database_url).rescue() == 1
+    rescued = await store.get_job(job.id)
+    assert [(e["attempt"], e["category"], e["worker"]) for e in rescued.errors] == [
+        (1, "timeout", "w1"),
+        (2, "lease_expired", "w2"),
+    ]
+    delay = (rescued.run_after - rescued.updated_at).total_seconds()
+    assert BACKOFF_BASE <= delay <= 2 * BACKOFF_BASE  # second attempt: window doubled
+
+
+async def test_rescue_works_through_more_than_one_batch(store: Store, database_url: str) -> None:
+    jobs = await running_jobs(store, 1100)
+    await expire(store, [j.id for j in jobs])
+    m = maintenance(store, database_url)
+    assert await m.rescue() == 1100
+    assert m.rescued == 1100
+    rows = await sql(store, "SELECT status, count(*) AS n FROM jobs GROUP BY status")
+    assert rows == [{"status": "pending", "n": 1100}]
+
+
+async def test_two_rescuers_at_once_never_rescue_a_job_twice(database_url: str) -> None:
+    first = await Store.open(database_url, min_size=1, max_size=1, wait=True)
+    second = await Store.open(database_url, min_size=1, max_size=1, wait=True)
+    try:
+        for round_ in range(5):
+            jobs = await running_jobs(first, 300, task_type=f"round-{round_}")
+            await expire(first, [j.id for j in jobs])
+            moved = await asyncio.gather(
+                maintenance(first, database_url).rescue(),
+                maintenance(second, database_url).rescue(),
+            )
+            assert sum(moved) == 300
+            rows = await sql(
+                first,
+                "SELECT jsonb_array_length(errors) AS entries, status FROM jobs"
+                " WHERE task_type = %s",
+                [f"round-{round_}"],
+            )
+            assert len(rows) == 300
+            assert all(r == {"entries": 1, "status": "pending"} for r in rows)
+            # Rescued jobs wait out their backoff: not claimable in the next round.
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_running_maintenance_loop_rescues_without_being_called(
+    store: Store, database_url: str
+) -> None:
+    [job] = await running_jobs(store, 1)
+    m = maintenance(store, database_url, RESCUE_INTERVAL="50ms")
+    m.start()
+    try:
+        await expire(store, [job.id])
+        for _ in range(200):
+            if (await store.get_job(job.id)).status is JobStatus.PENDING:
+                break
+            await asyncio.sleep(0.02)
+        assert (await store.get_job(job.id)).status is JobStatus.PENDING
+        assert m.rescued == 1
+    finally:
+        await m.stop()
+
+
+# -- retention -------------------------------------------------------------------------
+
+
+async def test_prune_deletes_only_finished_jobs_past_their_retention(
+    store: Store, database_url: str
+) -> None:
+    async def finished(status: str, age: str) -> UUID:
+        job = (await store.create_jobs([new_job(owner_ref=f"{status}/{age}")]))[0].job
+        if status == "completed":
+            await store.complete(job.id, {"ok": 1})
+        elif status == "failed":
+            await store.fail(job.id, category="internal", message="x")
+        else:
+            await store.cancel(job.id)
+        await sql(
+            store,
+            "UPDATE jobs SET finished_at = now() - %s::interval,"
+            " created_at = now() - %s::interval WHERE id = %s",
+            [age, age, job.id],
+        )
+        return job.id
+
+    gone = {
+        await finished("completed", "2 hours"),
+        await finished("cancelled", "2 hours"),
+        await finished("failed", "3 days"),
+    }
+    kept = {
+        await finished("completed", "30 minutes"),
+        await finished("cancelled", "30 minutes"),
+        await finished("failed", "2 hours"),  # failed jobs are kept longer
+        await finished("failed", "47 hours"),
+    }
+    # Old unfinished jobs are never pruned, however old.
+    pending = (await store.create_jobs([new_job(owner_ref="pending")]))[0].job
+    [running] = await store.claim("w", limit=1, lease_seconds=60)
+    await store.create_jobs([new_job(owner_ref="still-pending")])
+    await sql(
+        store, "UPDATE jobs SET created_at = now() - interval '1 year' WHERE finished_at IS NULL"
+    )
+    kept |= {pending.id, running.id}
+
+    m = maintenance(store, database_url, RETENTION_COMPLETED="1h", RETENTION_FAILED="48h")
+    assert await m.prune() == 3
+    assert m.pruned == 3
+    remaining = {r["id"] for r in await sql(store, "SELECT id FROM jobs")}
+    assert remaining & gone == set()
+    assert kept <= remaining
+    assert await m.prune() == 0  # nothing left to do
+
+
+async def test_prune_works_through_many_batches(store: Store) -> None:
+    outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(25)])
+    for o in outcomes:
+        await store.cancel(o.job.id)
+    await sql(store, "UPDATE jobs SET finished_at = now() - interval '1 day'")
+    completed_before, failed_before = retention_cutoffs(datetime.now(UTC), 3600, 3600)
+    deleted = await store.prune_finished(
+        completed_before=completed_before, failed_before=failed_before, batch=4
+    )
+    assert deleted == 25
+    assert await sql(store, "SELECT id FROM jobs") == []
+
+
+def test_retention_cutoffs_subtract_each_retention_from_now() -> None:
+    now = datetime(2026, 1, 10, tzinfo=UTC)
+    assert retention_cutoffs(now, 3600, 86400) == (
+        now - timedelta(hours=1),
+        now - timedelta(days=1),
+    )

@@ -1,0 +1,238 @@
+"""The jobs schema on its own (plain psycopg, no Store): CHECK constraints, the
+idempotency index, counter triggers and NOTIFY."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import psycopg.errors
+import pytest
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+Conn = psycopg.AsyncConnection[dict[str, Any]]
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+async def conn(database_url: str) -> AsyncIterator[Conn]:
+    async with await psycopg.AsyncConnection.connect(
+        database_url, autocommit=True, row_factory=dict_row
+    ) as c:
+        yield c
+
+
+BASE: dict[str, Any] = {
+    "owner_service": "telephony",
+    "owner_ref": "beeline/1",
+    "task_type": "llm_chat",
+    "model_profile": "qwen2.5-14b",
+    "input": Jsonb({"user": "hi"}),
+}
+
+RUNNING: dict[str, Any] = {
+    "status": "running",
+    "attempt": 1,
+    "worker_id": "w1",
+    "lease_token": uuid.uuid4(),
+    "lease_expires_at": NOW + timedelta(minutes=15),
+    "started_at": NOW,
+}
+
+# A valid row for every status: the constraints must accept these.
+VALID: dict[str, dict[str, Any]] = {
+    "pending": {},
+    "pending_after_a_failure": {"attempt": 1, "error_category": "timeout", "errors": Jsonb([{}])},
+    "running": RUNNING,
+    "completed": {"status": "completed", "result": Jsonb({"ok": 1}), "finished_at": NOW},
+    "failed": {"status": "failed", "error_category": "internal", "finished_at": NOW},
+    "cancelled": {"status": "cancelled", "finished_at": NOW},
+}
+
+
+async def insert(conn: Conn, **columns: Any) -> dict[str, Any]:
+    row = BASE | columns
+    names = ", ".join(row)
+    placeholders = ", ".join(f"%({name})s" for name in row)
+    cur = await conn.execute(
+        f"INSERT INTO jobs ({names}) VALUES ({placeholders}) RETURNING *",
+        row,
+    )
+    result = await cur.fetchone()
+    assert result is not None
+    return result
+
+
+@pytest.mark.parametrize("kind", list(VALID))
+async def test_valid_rows_of_every_status_are_accepted(conn: Conn, kind: str) -> None:
+    row = await insert(conn, **VALID[kind])
+    assert row["status"] == VALID[kind].get("status", "pending")
+
+
+@pytest.mark.parametrize(
+    ("columns", "constraint"),
+    [
+        # lifecycle invariants
+        ({**RUNNING, "lease_token": None}, "jobs_lease_iff_running"),
+        ({**RUNNING, "lease_expires_at": None}, "jobs_lease_iff_running"),
+        ({"lease_token": RUNNING["lease_token"]}, "jobs_lease_iff_running"),
+        ({"lease_expires_at": NOW}, "jobs_lease_iff_running"),
+        ({**RUNNING, "worker_id": None}, "jobs_running_has_worker"),
+        ({**RUNNING, "started_at": None}, "jobs_running_has_worker"),
+        ({"status": "completed", "finished_at": NOW}, "jobs_completed_has_result"),
+        ({"status": "completed", "result": Jsonb({"ok": 1})}, "jobs_finished_iff_terminal"),
+        ({"status": "cancelled"}, "jobs_finished_iff_terminal"),
+        ({"finished_at": NOW}, "jobs_finished_iff_terminal"),
+        ({"status": "failed", "finished_at": NOW}, "jobs_failed_has_category"),
+        ({"attempt": 3, "max_attempts": 3}, "jobs_pending_has_attempt_left"),
+        (
+            {"status": "failed", "error_category": "x", "finished_at": NOW, "attempt": 4},
+            "jobs_attempts_within_max",
+        ),
+        # column values
+        ({"status": "paused"}, "jobs_status_check"),
+        ({"input": Jsonb(["not", "an", "object"])}, "jobs_input_check"),
+        ({"input": Jsonb("text")}, "jobs_input_check"),
+        ({"result": Jsonb([1])}, "jobs_result_check"),
+        ({"error_details": Jsonb("x")}, "jobs_error_details_check"),
+        ({"errors": Jsonb({})}, "jobs_errors_check"),
+        ({"attempt": -1}, "jobs_attempt_check"),
+        ({"max_attempts": 0}, "jobs_max_attempts_check"),
+        ({"max_attempts": 1001}, "jobs_max_attempts_check"),
+        ({"priority": 1001}, "jobs_priority_check"),
+        ({"priority": -1001}, "jobs_priority_check"),
+        ({"owner_service": ""}, "jobs_owner_service_check"),
+        ({"owner_ref": "r" * 501}, "jobs_owner_ref_check"),
+        ({"task_type": "t" * 101}, "jobs_task_type_check"),
+        ({"model_profile": ""}, "jobs_model_profile_check"),
+        ({"worker_id": ""}, "jobs_worker_id_check"),
+        ({"idempotency_key": "k" * 256}, "jobs_idempotency_key_check"),
+        ({"error_category": ""}, "jobs_error_category_check"),
+    ],
+)
+async def test_check_constraints_reject_invalid_rows(
+    conn: Conn, columns: dict[str, Any], constraint: str
+) -> None:
+    with pytest.raises(psycopg.errors.CheckViolation) as info:
+        await insert(conn, **columns)
+    assert info.value.diag.constraint_name == constraint
+
+
+async def test_constraints_also_guard_updates(conn: Conn) -> None:
+    row = await insert(conn)
+    with pytest.raises(psycopg.errors.CheckViolation) as info:
+        await conn.execute("UPDATE jobs SET status = 'running' WHERE id = %s", [row["id"]])
+    assert info.value.diag.constraint_name == "jobs_lease_iff_running"
+
+
+@pytest.mark.parametrize(
+    "column", ["owner_service", "owner_ref", "task_type", "model_profile", "input"]
+)
+async def test_required_columns_are_not_null(conn: Conn, column: str) -> None:
+    with pytest.raises(psycopg.errors.NotNullViolation):
+        await insert(conn, **{column: None})
+
+
+async def test_defaults_describe_a_fresh_pending_job(conn: Conn) -> None:
+    row = await insert(conn)
+    assert row["status"] == "pending"
+    assert (row["attempt"], row["max_attempts"], row["priority"]) == (0, 3, 0)
+    assert row["errors"] == []
+    assert row["id"] is not None
+    assert row["run_after"] == row["created_at"] == row["updated_at"]
+
+
+async def test_idempotency_key_is_unique_per_owner_service(conn: Conn) -> None:
+    await insert(conn, idempotency_key="k")
+    await insert(conn, idempotency_key="k", owner_service="monitoring-tg")
+    await insert(conn)  # no key: never a conflict
+    await insert(conn)
+    with pytest.raises(psycopg.errors.UniqueViolation) as info:
+        await insert(conn, idempotency_key="k")
+    assert info.value.diag.constraint_name == "jobs_idempotency_idx"
+
+
+# -- counter triggers ------------------------------------------------------------------
+
+DELTAS = """
+SELECT status, task_type, model_profile, error_category, sum(n)::bigint AS n
+  FROM job_count_deltas GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0
+"""
+
+DIRECT = """
+SELECT status, task_type, model_profile,
+       CASE WHEN status = 'failed' THEN error_category ELSE '' END AS error_category,
+       count(*)::bigint AS n
+  FROM jobs GROUP BY 1, 2, 3, 4
+"""
+
+
+async def _counts(conn: Conn, query: str) -> dict[tuple[str, str, str, str], int]:
+    cur = await conn.execute(query)
+    return {
+        (r["status"], r["task_type"], r["model_profile"], r["error_category"]): r["n"]
+        for r in await cur.fetchall()
+    }
+
+
+async def test_triggers_count_inserts_updates_and_deletes(conn: Conn) -> None:
+    for kind in VALID.values():
+        await insert(conn, **kind)
+        await insert(conn, **kind, task_type="transcription")
+    assert await _counts(conn, DELTAS) == await _counts(conn, DIRECT)
+    # Pending rows count without their (old) error category; failed rows with it.
+    assert (await _counts(conn, DELTAS))[("pending", "llm_chat", "qwen2.5-14b", "")] == 2
+
+    await conn.execute(
+        "UPDATE jobs SET status = 'failed', error_category = 'timeout', finished_at = now()"
+        " WHERE status = 'pending' AND task_type = 'llm_chat'"
+    )
+    await conn.execute("UPDATE jobs SET error_category = 'provider_error' WHERE status = 'failed'")
+    await conn.execute("UPDATE jobs SET priority = 5")  # no status change: no net delta
+    await conn.execute("DELETE FROM jobs WHERE status = 'cancelled'")
+    assert await _counts(conn, DELTAS) == await _counts(conn, DIRECT)
+
+    await conn.execute("DELETE FROM jobs")
+    assert await _counts(conn, DELTAS) == {}
+
+
+async def test_updates_without_status_change_write_no_deltas(conn: Conn) -> None:
+    await insert(conn, **RUNNING)
+    cur = await conn.execute("SELECT count(*) AS n FROM job_count_deltas")
+    before = await cur.fetchone()
+    await conn.execute("UPDATE jobs SET lease_expires_at = now() + interval '1 hour'")
+    cur = await conn.execute("SELECT count(*) AS n FROM job_count_deltas")
+    assert await cur.fetchone() == before
+
+
+# -- NOTIFY ----------------------------------------------------------------------------
+
+
+async def _notified(listener: Conn, timeout: float) -> list[str]:
+    return [n.channel async for n in listener.notifies(timeout=timeout, stop_after=1)]
+
+
+async def test_inserting_or_updating_to_pending_notifies_the_channel(
+    conn: Conn, database_url: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(
+        database_url, autocommit=True, row_factory=dict_row
+    ) as listener:
+        await listener.execute("LISTEN ai_service_jobs")
+        row = await insert(conn)
+        assert await _notified(listener, 5) == ["ai_service_jobs"]
+
+        await conn.execute(
+            "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = %s", [row["id"]]
+        )
+        await insert(conn, **VALID["completed"])
+        assert await _notified(listener, 0.3) == []  # nothing runnable appeared
+
+        await conn.execute(
+            "UPDATE jobs SET status = 'pending', finished_at = NULL WHERE id = %s", [row["id"]]
+        )
+        assert await _notified(listener, 5) == ["ai_service_jobs"]

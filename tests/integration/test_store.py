@@ -1,0 +1,847 @@
+"""`Store` against a real PostgreSQL: create, idempotency, get, list, claim, bulk actions,
+counters and statistics. State-machine transitions live in `test_transitions.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest
+
+from ai_service import errors
+from ai_service import store as store_module
+from ai_service.jobs import Job, JobFilter, JobStatus
+from ai_service.store import Store
+from tests.helpers import free_port, new_job
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+async def sql(store: Store, query: str, params: Any = None) -> list[dict[str, Any]]:
+    """Run raw SQL on the store's pool (autocommit, dict rows)."""
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(query, params)
+        return await cur.fetchall() if cur.description else []
+
+
+async def create(store: Store, **overrides: Any) -> Job:
+    [outcome] = await store.create_jobs([new_job(**overrides)])
+    assert outcome.created
+    return outcome.job
+
+
+async def claim_one(store: Store, job: Job, worker: str = "w1") -> Job:
+    """Claim exactly `job` (the caller makes sure it is the only pending job of its type)."""
+    [claimed] = await store.claim(worker, limit=1, lease_seconds=60, task_types=[job.task_type])
+    assert claimed.id == job.id
+    return claimed
+
+
+def b64(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+# -- create and get --------------------------------------------------------------------
+
+
+async def test_create_then_get_returns_the_same_job(store: Store) -> None:
+    [created] = await store.create_jobs([new_job()])
+    assert created.created
+    fetched = await store.get_job(created.job.id)
+    assert fetched == created.job
+
+
+async def test_create_fills_in_the_defaults(store: Store) -> None:
+    job = await create(store)
+    assert job.status is JobStatus.PENDING
+    assert job.id.version == 7
+    assert (job.attempt, job.max_attempts, job.priority) == (0, 3, 0)
+    assert job.errors == []
+    assert job.result is None
+    assert (job.error_category, job.error_message, job.error_details) == (None, None, None)
+    assert (job.worker_id, job.lease_token, job.lease_expires_at) == (None, None, None)
+    assert job.idempotency_key is None
+    assert (job.started_at, job.finished_at) == (None, None)
+    assert job.run_after == job.created_at == job.updated_at
+
+
+async def test_create_stores_every_given_field(store: Store) -> None:
+    run_after = datetime.now(UTC) + timedelta(hours=1)
+    payload = {"messages": [{"role": "user", "content": "привет"}], "max_tokens": 256, "n": None}
+    job = await create(
+        store,
+        owner_service="monitoring-tg",
+        owner_ref="channel/42",
+        task_type="tg_analysis",
+        model_profile="vision",
+        input=payload,
+        priority=-7,
+        max_attempts=9,
+        run_after=run_after,
+        idempotency_key="k-1",
+    )
+    fetched = await store.get_job(job.id)
+    assert fetched == job
+    assert (job.owner_service, job.owner_ref) == ("monitoring-tg", "channel/42")
+    assert (job.task_type, job.model_profile) == ("tg_analysis", "vision")
+    assert job.input == payload
+    assert (job.priority, job.max_attempts) == (-7, 9)
+    assert job.run_after == run_after
+    assert job.idempotency_key == "k-1"
+
+
+async def test_create_many_answers_in_input_order(store: Store) -> None:
+    outcomes = await store.create_jobs([new_job(owner_ref=f"ref/{i}") for i in range(50)])
+    assert [o.job.owner_ref for o in outcomes] == [f"ref/{i}" for i in range(50)]
+    assert all(o.created for o in outcomes)
+    assert len({o.job.id for o in outcomes}) == 50
+
+
+async def test_create_of_no_jobs_returns_nothing(store: Store) -> None:
+    assert await store.create_jobs([]) == []
+
+
+async def test_get_unknown_job_raises_job_not_found(store: Store) -> None:
+    missing = uuid.uuid4()
+    with pytest.raises(errors.JobNotFound) as info:
+        await store.get_job(missing)
+    assert info.value.job_id == missing
+
+
+@pytest.mark.parametrize(
+    ("overrides", "constraint"),
+    [
+        ({"priority": 5000}, "jobs_priority_check"),
+        ({"max_attempts": 0}, "jobs_max_attempts_check"),
+        ({"max_attempts": 1001}, "jobs_max_attempts_check"),
+        ({"owner_service": ""}, "jobs_owner_service_check"),
+        ({"owner_ref": "x" * 501}, "jobs_owner_ref_check"),
+        ({"input": ["not", "an", "object"]}, "jobs_input_check"),
+        ({"idempotency_key": ""}, "jobs_idempotency_key_check"),
+    ],
+)
+async def test_invalid_job_is_rejected_naming_the_constraint(
+    store: Store, overrides: dict[str, Any], constraint: str
+) -> None:
+    with pytest.raises(errors.InvalidRequest) as info:
+        await store.create_jobs([new_job(owner_ref="good"), new_job(**overrides)])
+    assert info.value.field == constraint
+    assert await sql(store, "SELECT id FROM jobs") == []  # the batch is all or nothing
+
+
+async def test_nul_character_in_input_is_rejected_naming_input(store: Store) -> None:
+    with pytest.raises(errors.InvalidRequest) as info:
+        await store.create_jobs([new_job(input={"text": "a\u0000b"})])
+    assert info.value.field == "input"
+
+
+async def test_input_with_an_integer_beyond_64_bits_round_trips(store: Store) -> None:
+    # store.py writes such integers with the stdlib encoder because PostgreSQL takes them;
+    # reading them back must not turn them into floats.
+    big = 2**70 + 1
+    job = await create(store, input={"n": big})
+    assert (await store.get_job(job.id)).input == {"n": big}
+
+
+# -- idempotency -----------------------------------------------------------------------
+
+
+async def test_same_idempotency_key_returns_the_existing_job(store: Store) -> None:
+    first = await create(store, idempotency_key="call-1", input={"v": 1})
+    [again] = await store.create_jobs([new_job(idempotency_key="call-1", input={"v": 2})])
+    assert again.created is False
+    assert again.job == first
+    assert len(await sql(store, "SELECT id FROM jobs")) == 1
+
+
+async def test_existing_key_is_returned_whatever_the_job_became(store: Store) -> None:
+    first = await create(store, idempotency_key="call-1")
+    completed = await store.complete(first.id, {"ok": True})
+    [again] = await store.create_jobs([new_job(idempotency_key="call-1")])
+    assert again.created is False
+    assert again.job == completed
+
+
+async def test_idempotency_key_is_unique_per_owner_service(store: Store) -> None:
+    outcomes = await store.create_jobs(
+        [
+            new_job(owner_service="telephony", idempotency_key="same"),
+            new_job(owner_service="monitoring-tg", idempotency_key="same"),
+        ]
+    )
+    assert [o.created for o in outcomes] == [True, True]
+    assert outcomes[0].job.id != outcomes[1].job.id
+    assert len(await sql(store, "SELECT id FROM jobs")) == 2
+
+
+async def test_jobs_without_a_key_are_never_deduplicated(store: Store) -> None:
+    outcomes = await store.create_jobs([new_job(), new_job()])
+    assert [o.created for o in outcomes] == [True, True]
+    assert outcomes[0].job.id != outcomes[1].job.id
+
+
+async def test_duplicate_keys_within_one_batch_resolve_to_one_job(store: Store) -> None:
+    outcomes = await store.create_jobs(
+        [
+            new_job(idempotency_key="a", owner_ref="first"),
+            new_job(idempotency_key="a", owner_ref="second"),
+            new_job(),
+            new_job(idempotency_key="b"),
+            new_job(idempotency_key="a", owner_ref="third"),
+        ]
+    )
+    assert [o.created for o in outcomes] == [True, False, True, True, False]
+    assert outcomes[1].job == outcomes[4].job == outcomes[0].job
+    assert outcomes[0].job.owner_ref == "first"
+    assert len(await sql(store, "SELECT id FROM jobs")) == 3
+
+
+async def test_batch_mixing_new_and_existing_keys(store: Store) -> None:
+    old = await create(store, idempotency_key="old")
+    outcomes = await store.create_jobs(
+        [new_job(idempotency_key="new"), new_job(idempotency_key="old")]
+    )
+    assert outcomes[0].created is True
+    assert outcomes[1] == store_module.Created(old, False)
+
+
+async def test_concurrent_creates_with_one_key_make_exactly_one_job(database_url: str) -> None:
+    # 20 connections opened up front so that the 20 creates really run side by side.
+    many = await Store.open(database_url, min_size=20, max_size=20, wait=True)
+    try:
+        for round_ in range(5):
+            key = f"race-{round_}"
+            outcomes = await asyncio.gather(
+                *(many.create_jobs([new_job(idempotency_key=key)]) for _ in range(20))
+            )
+            results = [o for [o] in outcomes]
+            assert sum(o.created for o in results) == 1
+            assert len({o.job.id for o in results}) == 1
+            rows = await sql(many, "SELECT id FROM jobs WHERE idempotency_key = %s", [key])
+            assert [r["id"] for r in rows] == [results[0].job.id]
+    finally:
+        await many.close()
+
+
+# -- list ------------------------------------------------------------------------------
+
+
+async def _fixture_jobs(store: Store) -> dict[str, Job]:
+    """Jobs spread over every status and filterable column, keyed by a label."""
+    jobs: dict[str, Job] = {}
+    jobs["pending"] = await create(store, owner_ref="a", task_type="llm_chat")
+    running = await create(
+        store, owner_service="monitoring-tg", owner_ref="b", task_type="tg_analysis"
+    )
+    jobs["running"] = await claim_one(store, running, worker="w1")
+    failed = await create(store, owner_ref="c", task_type="transcription", model_profile="whisperx")
+    await claim_one(store, failed, worker="w2")
+    jobs["failed"] = await store.fail(
+        failed.id,
+        category="invalid_input",
+        message="bad audio",
+        lease_token=(await store.get_job(failed.id)).lease_token,
+    )
+    mirror_failed = await create(store, owner_ref="a", task_type="llm_chat")
+    jobs["mirror_failed"] = await store.fail(mirror_failed.id, category="timeout", message="slow")
+    cancelled = await create(store, owner_ref="d", task_type="call_analysis")
+    jobs["cancelled"] = await store.cancel(cancelled.id)
+    completed = await create(
+        store, owner_ref="e", task_type="transcription", model_profile="whisperx"
+    )
+    jobs["completed"] = await store.complete(completed.id, {"text": "hi"})
+    return jobs
+
+
+async def _listed(store: Store, job_filter: JobFilter) -> list[uuid.UUID]:
+    jobs, next_cursor = await store.list_jobs(job_filter, limit=500)
+    assert next_cursor is None
+    return [j.id for j in jobs]
+
+
+@pytest.mark.parametrize(
+    ("job_filter", "expected"),
+    [
+        (
+            JobFilter(),
+            {"pending", "running", "failed", "mirror_failed", "cancelled", "completed"},
+        ),
+        (JobFilter(statuses=(JobStatus.PENDING,)), {"pending"}),
+        (JobFilter(statuses=(JobStatus.FAILED,)), {"failed", "mirror_failed"}),
+        (
+            JobFilter(statuses=(JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.COMPLETED)),
+            {"running", "cancelled", "completed"},
+        ),
+        (JobFilter(owner_service="monitoring-tg"), {"running"}),
+        (JobFilter(owner_ref="a"), {"pending", "mirror_failed"}),
+        (JobFilter(task_type="llm_chat"), {"pending", "mirror_failed"}),
+        (JobFilter(model_profile="whisperx"), {"failed", "completed"}),
+        (JobFilter(worker_id="w1"), {"running"}),
+        (JobFilter(worker_id="w2"), {"failed"}),
+        (JobFilter(error_category="timeout"), {"mirror_failed"}),
+        (JobFilter(error_category="invalid_input"), {"failed"}),
+        (JobFilter(owner_ref="a", statuses=(JobStatus.FAILED,)), {"mirror_failed"}),
+        (JobFilter(owner_service="nobody"), set()),
+    ],
+)
+async def test_list_filters(store: Store, job_filter: JobFilter, expected: set[str]) -> None:
+    jobs = await _fixture_jobs(store)
+    assert set(await _listed(store, job_filter)) == {jobs[label].id for label in expected}
+
+
+async def test_list_filters_by_creation_time(store: Store) -> None:
+    # Each create is its own transaction, so the three jobs have distinct created_at.
+    first, second, third = [await create(store, owner_ref=f"r{i}") for i in range(3)]
+    assert first.created_at < second.created_at < third.created_at
+    after = JobFilter(created_after=second.created_at)  # inclusive
+    before = JobFilter(created_before=second.created_at)  # exclusive
+    between = JobFilter(created_after=second.created_at, created_before=third.created_at)
+    assert await _listed(store, after) == [third.id, second.id]
+    assert await _listed(store, before) == [first.id]
+    assert await _listed(store, between) == [second.id]
+
+
+async def test_list_is_newest_first(store: Store) -> None:
+    for batch in range(4):
+        await store.create_jobs([new_job(owner_ref=f"{batch}/{i}") for i in range(5)])
+    jobs, _ = await store.list_jobs(JobFilter(), limit=100)
+    keys = [(j.created_at, j.id) for j in jobs]
+    assert len(keys) == 20
+    assert keys == sorted(keys, reverse=True)
+
+
+async def test_keyset_pagination_has_no_duplicates_and_no_gaps(store: Store) -> None:
+    # 12 batches: jobs share created_at within a batch, so the id tie-break matters.
+    for batch in range(12):
+        await store.create_jobs([new_job(owner_ref=f"{batch}/{i}") for i in range(10)])
+    everything, _ = await store.list_jobs(JobFilter(), limit=500)
+    assert len(everything) == 120
+
+    page1, cursor = await store.list_jobs(JobFilter(), limit=50)
+    assert cursor is not None
+    # Jobs created while paging are newer than the cursor and do not shift later pages.
+    await store.create_jobs([new_job(owner_ref=f"late/{i}") for i in range(5)])
+    page2, cursor = await store.list_jobs(JobFilter(), limit=50, cursor=cursor)
+    assert cursor is not None
+    page3, cursor = await store.list_jobs(JobFilter(), limit=50, cursor=cursor)
+    assert cursor is None
+    assert [len(page1), len(page2), len(page3)] == [50, 50, 20]
+    assert [j.id for j in page1 + page2 + page3] == [j.id for j in everything]
+
+
+async def test_pagination_with_a_status_filter(store: Store) -> None:
+    outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(90)])
+    cancelled = {o.job.id for o in outcomes[::3]}
+    for job_id in cancelled:
+        await store.cancel(job_id)
+    seen: list[uuid.UUID] = []
+    cursor: str | None = None
+    while True:
+        page, cursor = await store.list_jobs(
+            JobFilter(statuses=(JobStatus.CANCELLED,)), limit=7, cursor=cursor
+        )
+        seen.extend(j.id for j in page)
+        assert all(j.status is JobStatus.CANCELLED for j in page)
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 30
+    assert set(seen) == cancelled
+
+
+async def test_last_full_page_has_no_next_cursor(store: Store) -> None:
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(100)])
+    _, cursor = await store.list_jobs(JobFilter(), limit=50)
+    assert cursor is not None
+    page, cursor = await store.list_jobs(JobFilter(), limit=50, cursor=cursor)
+    assert len(page) == 50
+    assert cursor is None
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not-a-cursor",
+        "%%%",
+        b64("garbage"),
+        b64("2026-01-01T00:00:00+00:00|not-a-uuid"),
+        b64(f"2026-01-01T00:00:00|{uuid.uuid4()}"),  # naive timestamp
+        b64(f"yesterday|{uuid.uuid4()}"),
+        b64(f"2026-01-01T00:00:00+00:00|{uuid.uuid4()}|extra"),
+        base64.urlsafe_b64encode(b"\xff\xfe\xfd").decode(),
+    ],
+)
+async def test_bad_cursor_is_rejected_naming_cursor(store: Store, cursor: str) -> None:
+    with pytest.raises(errors.InvalidRequest) as info:
+        await store.list_jobs(JobFilter(), cursor=cursor)
+    assert info.value.field == "cursor"
+
+
+# -- claim -----------------------------------------------------------------------------
+
+
+async def test_claim_honours_task_types(store: Store) -> None:
+    outcomes = await store.create_jobs(
+        [new_job(task_type=t) for t in ("llm_chat", "transcription", "call_analysis")]
+    )
+    claimed = await store.claim(
+        "w", limit=10, lease_seconds=60, task_types=["llm_chat", "call_analysis"]
+    )
+    assert {j.id for j in claimed} == {outcomes[0].job.id, outcomes[2].job.id}
+    assert (await store.get_job(outcomes[1].job.id)).status is JobStatus.PENDING
+
+
+async def test_claim_honours_model_profiles(store: Store) -> None:
+    outcomes = await store.create_jobs(
+        [new_job(model_profile=p) for p in ("qwen2.5-14b", "whisperx", "vision")]
+    )
+    claimed = await store.claim("w", limit=10, lease_seconds=60, model_profiles=["whisperx"])
+    assert [j.id for j in claimed] == [outcomes[1].job.id]
+
+
+async def test_claim_with_both_filters_needs_both_to_match(store: Store) -> None:
+    outcomes = await store.create_jobs(
+        [
+            new_job(task_type="llm_chat", model_profile="qwen2.5-14b"),
+            new_job(task_type="llm_chat", model_profile="vision"),
+            new_job(task_type="transcription", model_profile="qwen2.5-14b"),
+        ]
+    )
+    claimed = await store.claim(
+        "w", limit=10, lease_seconds=60, task_types=["llm_chat"], model_profiles=["qwen2.5-14b"]
+    )
+    assert [j.id for j in claimed] == [outcomes[0].job.id]
+
+
+async def test_claim_with_empty_filter_lists_claims_nothing(store: Store) -> None:
+    await store.create_jobs([new_job()])
+    assert await store.claim("w", limit=10, lease_seconds=60, task_types=[]) == []
+    assert await store.claim("w", limit=10, lease_seconds=60, model_profiles=[]) == []
+
+
+async def test_claim_order_is_priority_then_run_after_then_created_at(store: Store) -> None:
+    now = datetime.now(UTC)
+    low_old = await create(store, owner_ref="low-old", run_after=now - timedelta(seconds=30))
+    high_late = await create(
+        store, owner_ref="high-late", priority=5, run_after=now - timedelta(seconds=1)
+    )
+    high_early = await create(
+        store, owner_ref="high-early", priority=5, run_after=now - timedelta(seconds=5)
+    )
+    # Same priority and run_after as low_old, created later: after it.
+    low_old_2 = await create(store, owner_ref="low-old-2", run_after=now - timedelta(seconds=30))
+    negative = await create(store, owner_ref="negative", priority=-1)
+    order = [high_early, high_late, low_old, low_old_2, negative]
+
+    one_by_one = [
+        (await store.claim("w", limit=1, lease_seconds=60))[0].id for _ in range(len(order))
+    ]
+    assert one_by_one == [j.id for j in order]
+
+
+async def test_claim_returns_a_batch_in_claim_order(store: Store) -> None:
+    outcomes = await store.create_jobs([new_job(priority=p) for p in (1, 9, 5, 3, 7)])
+    claimed = await store.claim("w", limit=5, lease_seconds=60)
+    assert [j.priority for j in claimed] == [9, 7, 5, 3, 1]
+    assert {j.id for j in claimed} == {o.job.id for o in outcomes}
+
+
+async def test_claim_over_several_task_types_keeps_one_priority_order(store: Store) -> None:
+    await store.create_jobs(
+        [
+            new_job(task_type=t, priority=p, owner_ref=f"{t}/{p}")
+            for t, priorities in (("a", (1, 6, 3)), ("b", (5, 2, 9)), ("c", (8, 7, 4)))
+            for p in priorities
+        ]
+    )
+    first = await store.claim("w", limit=4, lease_seconds=60, task_types=["b", "a", "a"])
+    assert [(j.task_type, j.priority) for j in first] == [("b", 9), ("a", 6), ("b", 5), ("a", 3)]
+    rest = await store.claim("w", limit=10, lease_seconds=60, task_types=["a", "b"])
+    assert [(j.task_type, j.priority) for j in rest] == [("b", 2), ("a", 1)]
+    assert {j.task_type for j in await store.claim("w", limit=10, lease_seconds=60)} == {"c"}
+
+
+async def test_claim_skips_jobs_scheduled_in_the_future(store: Store) -> None:
+    later = await create(store, run_after=datetime.now(UTC) + timedelta(minutes=5))
+    ready = await create(store)
+    claimed = await store.claim("w", limit=10, lease_seconds=60)
+    assert [j.id for j in claimed] == [ready.id]
+    assert (await store.get_job(later.id)).status is JobStatus.PENDING
+
+
+async def test_claim_takes_at_most_limit_jobs(store: Store) -> None:
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(10)])
+    assert len(await store.claim("w", limit=4, lease_seconds=60)) == 4
+    assert len(await store.claim("w", limit=4, lease_seconds=60)) == 4
+    assert len(await store.claim("w", limit=4, lease_seconds=60)) == 2
+    assert await store.claim("w", limit=4, lease_seconds=60) == []
+
+
+async def test_claim_takes_only_pending_jobs(store: Store) -> None:
+    done = await store.complete((await create(store)).id, {"ok": 1})
+    cancelled = await store.cancel((await create(store)).id)
+    failed = await store.fail((await create(store)).id, category="internal", message="x")
+    assert await store.claim("w", limit=10, lease_seconds=60) == []
+    for job in (done, cancelled, failed):
+        assert await store.get_job(job.id) == job
+
+
+# -- bulk retry and cancel by filter ---------------------------------------------------
+
+
+async def _one_of_each_status(store: Store, owner_service: str) -> dict[JobStatus, Job]:
+    task_type = f"t-{owner_service}"
+    pending = await create(store, owner_service=owner_service, task_type=task_type)
+    running = await claim_one(store, pending)
+    pending = await create(store, owner_service=owner_service, task_type=task_type)
+    failed_job = await create(store, owner_service=owner_service, task_type=task_type)
+    failed = await store.fail(failed_job.id, category="internal", message="boom")
+    completed = await store.complete(
+        (await create(store, owner_service=owner_service, task_type=task_type)).id, {"ok": 1}
+    )
+    cancelled = await store.cancel(
+        (await create(store, owner_service=owner_service, task_type=task_type)).id
+    )
+    return {
+        JobStatus.PENDING: pending,
+        JobStatus.RUNNING: running,
+        JobStatus.FAILED: failed,
+        JobStatus.COMPLETED: completed,
+        JobStatus.CANCELLED: cancelled,
+    }
+
+
+async def test_retry_by_filter_retries_only_failed_and_running(store: Store) -> None:
+    mine = await _one_of_each_status(store, "telephony")
+    other = await _one_of_each_status(store, "monitoring-pf")
+    ids = await store.retry_by_filter(JobFilter(owner_service="telephony"))
+    assert sorted(ids) == sorted([mine[JobStatus.FAILED].id, mine[JobStatus.RUNNING].id])
+    for status in (JobStatus.FAILED, JobStatus.RUNNING):
+        assert (await store.get_job(mine[status].id)).status is JobStatus.PENDING
+    for status in (JobStatus.PENDING, JobStatus.COMPLETED, JobStatus.CANCELLED):
+        assert await store.get_job(mine[status].id) == mine[status]
+    for job in other.values():
+        assert await store.get_job(job.id) == job
+
+
+async def test_retry_by_filter_with_statuses_narrows_to_allowed_ones(store: Store) -> None:
+    mine = await _one_of_each_status(store, "telephony")
+    only_failed = await store.retry_by_filter(JobFilter(statuses=(JobStatus.FAILED,)))
+    assert only_failed == [mine[JobStatus.FAILED].id]
+    not_allowed = JobFilter(statuses=(JobStatus.COMPLETED, JobStatus.CANCELLED))
+    assert await store.retry_by_filter(not_allowed) == []
+    assert (await store.get_job(mine[JobStatus.RUNNING].id)).status is JobStatus.RUNNING
+
+
+async def test_cancel_by_filter_cancels_only_pending_and_running(store: Store) -> None:
+    mine = await _one_of_each_status(store, "telephony")
+    other = await _one_of_each_status(store, "monitoring-pf")
+    ids = await store.cancel_by_filter(JobFilter(owner_service="telephony"))
+    assert sorted(ids) == sorted([mine[JobStatus.PENDING].id, mine[JobStatus.RUNNING].id])
+    for status in (JobStatus.PENDING, JobStatus.RUNNING):
+        job = await store.get_job(mine[status].id)
+        assert job.status is JobStatus.CANCELLED
+        assert job.lease_token is None
+        assert job.finished_at is not None
+    for status in (JobStatus.FAILED, JobStatus.COMPLETED, JobStatus.CANCELLED):
+        assert await store.get_job(mine[status].id) == mine[status]
+    for job in other.values():
+        assert await store.get_job(job.id) == job
+
+
+async def test_cancel_by_filter_with_statuses_narrows_to_allowed_ones(store: Store) -> None:
+    mine = await _one_of_each_status(store, "telephony")
+    only_running = await store.cancel_by_filter(JobFilter(statuses=(JobStatus.RUNNING,)))
+    assert only_running == [mine[JobStatus.RUNNING].id]
+    assert await store.cancel_by_filter(JobFilter(statuses=(JobStatus.FAILED,))) == []
+    assert (await store.get_job(mine[JobStatus.PENDING].id)).status is JobStatus.PENDING
+
+
+async def test_bulk_actions_work_through_many_batches(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FILTER_BATCH", 7)
+    outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(30)])
+    cancelled = await store.cancel_by_filter(JobFilter(owner_service="telephony"))
+    assert sorted(cancelled) == sorted(o.job.id for o in outcomes)
+    assert len(set(cancelled)) == 30
+
+    outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(30)])
+    for o in outcomes:
+        await store.fail(o.job.id, category="internal", message="x")
+    retried = await store.retry_by_filter(JobFilter(statuses=(JobStatus.FAILED,)))
+    assert sorted(retried) == sorted(o.job.id for o in outcomes)
+
+
+async def test_bulk_actions_filter_on_every_field(store: Store) -> None:
+    jobs = await _fixture_jobs(store)
+    # whisperx: one failed and one completed job, neither can be cancelled.
+    assert await store.cancel_by_filter(JobFilter(model_profile="whisperx")) == []
+    assert await store.retry_by_filter(JobFilter(worker_id="w2")) == [jobs["failed"].id]
+    assert await store.retry_by_filter(JobFilter(error_category="timeout")) == [
+        jobs["mirror_failed"].id
+    ]
+    assert await store.cancel_by_filter(JobFilter(task_type="tg_analysis")) == [jobs["running"].id]
+    # owner_ref "a": the pending job, and the mirror-failed one that was just retried.
+    later = JobFilter(owner_ref="a", created_after=jobs["mirror_failed"].created_at)
+    earlier = JobFilter(owner_ref="a", created_before=jobs["mirror_failed"].created_at)
+    assert await store.cancel_by_filter(later) == [jobs["mirror_failed"].id]
+    assert await store.cancel_by_filter(earlier) == [jobs["pending"].id]
+
+
+async def _lock_waiters(conn: psycopg.AsyncConnection[Any]) -> int:
+    cur = await conn.execute(
+        "SELECT count(*) AS n FROM pg_stat_activity"
+        " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _until_lock_waiters(
+    conn: psycopg.AsyncConnection[Any], count: int, *calls: asyncio.Future[Any]
+) -> None:
+    """Until `count` statements wait for a row lock (or one of `calls` already ended)."""
+    for _ in range(500):
+        if any(c.done() for c in calls) or await _lock_waiters(conn) >= count:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"expected {count} statements waiting for a lock")
+
+
+BatchCall = Callable[[Store, list[Job]], Awaitable[set[uuid.UUID]]]
+
+BATCHED: dict[str, BatchCall] = {
+    "complete_many": lambda s, jobs: s.complete_many(
+        [store_module.Completion(j.id, j.lease_token, {"ok": 1}) for j in jobs if j.lease_token]
+    ),
+    "heartbeat_many": lambda s, jobs: s.heartbeat_many(
+        [(j.id, j.lease_token) for j in jobs if j.lease_token], 60
+    ),
+    "release_many": lambda s, jobs: s.release_many(
+        [(j.id, j.lease_token) for j in jobs if j.lease_token]
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("batched", "bulk"),
+    [
+        ("complete_many", "cancel_by_filter"),
+        ("heartbeat_many", "cancel_by_filter"),
+        ("release_many", "cancel_by_filter"),
+        ("complete_many", "retry_by_filter"),
+    ],
+)
+async def test_batched_worker_calls_and_bulk_actions_do_not_deadlock(
+    store: Store, database_url: str, batched: str, bulk: str
+) -> None:
+    # A worker's batch lists its jobs in completion order; a bulk action locks the same
+    # rows. Whatever the order, both must finish: a deadlock aborts one of them (the
+    # store reports it as DatabaseUnavailable) after PostgreSQL's deadlock_timeout.
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(2)])
+    low, high = sorted(await store.claim("w", limit=2, lease_seconds=60), key=lambda j: j.id)
+    async with (
+        await psycopg.AsyncConnection.connect(database_url, autocommit=True) as watch,
+        await psycopg.AsyncConnection.connect(database_url) as holder,
+    ):
+        # Hold `high` so that both statements queue up in a known order behind it.
+        await holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", [high.id])
+        worker_call = asyncio.ensure_future(BATCHED[batched](store, [high, low]))
+        await _until_lock_waiters(watch, 1, worker_call)
+        bulk_call = asyncio.ensure_future(getattr(store, bulk)(JobFilter()))
+        await _until_lock_waiters(watch, 2, worker_call, bulk_call)
+        await holder.commit()
+        results = await asyncio.gather(worker_call, bulk_call, return_exceptions=True)
+    assert not any(isinstance(r, Exception) for r in results), results
+
+
+# -- counters and statistics -----------------------------------------------------------
+
+DIRECT_COUNTS = """
+SELECT status, task_type, model_profile,
+       CASE WHEN status = 'failed' THEN error_category ELSE '' END AS error_category,
+       count(*)::bigint AS n
+  FROM jobs
+ GROUP BY 1, 2, 3, 4
+"""
+
+
+def _as_counts(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], int]:
+    return {
+        (r["status"], r["task_type"], r["model_profile"], r["error_category"]): r["n"] for r in rows
+    }
+
+
+async def _assert_counts_match(store: Store) -> None:
+    assert _as_counts(await store.stats_counts()) == _as_counts(await sql(store, DIRECT_COUNTS))
+
+
+async def test_counters_equal_a_group_by_over_jobs_before_and_after_compaction(
+    store: Store,
+) -> None:
+    kinds = [("llm_chat", "qwen2.5-14b"), ("transcription", "whisperx"), ("tg_analysis", "vision")]
+    outcomes = await store.create_jobs(
+        [
+            new_job(task_type=t, model_profile=p, owner_ref=str(i))
+            for i in range(40)
+            for t, p in kinds
+        ]
+    )
+    await _assert_counts_match(store)
+    # Idempotent repeats insert nothing and must not count.
+    await store.create_jobs([new_job(idempotency_key="k"), new_job(idempotency_key="k")])
+
+    claimed = await store.claim("w", limit=60, lease_seconds=60)
+    held = [(j.id, j.lease_token) for j in claimed if j.lease_token]
+    await store.complete_many([store_module.Completion(i, t, {"ok": True}) for i, t in held[:20]])
+    for job_id, token in held[20:30]:
+        await store.fail(job_id, category="provider_error", message="x", lease_token=token)
+    for job_id, token in held[30:35]:
+        await store.fail(
+            job_id, category="timeout", message="slow", lease_token=token, retryable=True
+        )
+    await store.release_many(held[35:40])
+    await store.heartbeat_many(held[40:45], 60)
+    await store.cancel_by_filter(JobFilter(task_type="tg_analysis"))
+    await store.retry_by_filter(JobFilter(error_category="provider_error"))
+    pending = [o.job.id for o in outcomes if o.job.task_type == "llm_chat"][-5:]
+    for job_id in pending[:3]:
+        await store.complete(job_id, {"mirror": True})
+    await store.fail(pending[3], category="invalid_input", message="bad")
+    await _assert_counts_match(store)
+
+    await store.compact_counts()
+    await _assert_counts_match(store)
+    assert await sql(store, "SELECT * FROM job_count_deltas") == []
+
+    # Deletes: retention and a direct DELETE both go through the triggers.
+    await sql(
+        store,
+        "UPDATE jobs SET finished_at = now() - interval '1 day' WHERE finished_at IS NOT NULL",
+    )
+    await store.prune_finished(
+        completed_before=datetime.now(UTC) - timedelta(hours=1),
+        failed_before=datetime.now(UTC) + timedelta(hours=1),
+        batch=7,
+    )
+    await sql(store, "DELETE FROM jobs WHERE task_type = 'transcription' AND status = 'pending'")
+    await _assert_counts_match(store)
+    await store.compact_counts()
+    await _assert_counts_match(store)
+    assert await sql(store, "SELECT * FROM job_counts WHERE n = 0") == []
+    assert await sql(store, "SELECT * FROM job_count_deltas") == []
+
+
+async def test_counters_stay_exact_while_compactions_run_concurrently(database_url: str) -> None:
+    busy = await Store.open(database_url, min_size=6, max_size=6, wait=True)
+    stop = asyncio.Event()
+
+    async def compactor() -> int:
+        rounds = 0
+        while not stop.is_set():
+            await busy.compact_counts()
+            rounds += 1
+        return rounds
+
+    async def churn(n: int) -> None:
+        for round_ in range(15):
+            await busy.create_jobs(
+                [new_job(task_type=f"t{n % 2}", owner_ref=f"{n}/{round_}/{i}") for i in range(10)]
+            )
+            claimed = await busy.claim(f"w{n}", limit=8, lease_seconds=60)
+            half = len(claimed) // 2
+            await busy.complete_many(
+                [
+                    store_module.Completion(j.id, j.lease_token, {"ok": 1})
+                    for j in claimed[:half]
+                    if j.lease_token
+                ]
+            )
+            for j in claimed[half:]:
+                await busy.fail(j.id, category="timeout", message="t", lease_token=j.lease_token)
+
+    try:
+        compactors = [asyncio.create_task(compactor()) for _ in range(2)]
+        await asyncio.gather(*(churn(n) for n in range(4)))
+        stop.set()
+        assert all(rounds > 0 for rounds in await asyncio.gather(*compactors))
+        await _assert_counts_match(busy)
+        await busy.compact_counts()
+        await _assert_counts_match(busy)
+    finally:
+        await busy.close()
+
+
+async def test_compaction_twice_in_a_row_changes_nothing(store: Store) -> None:
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(10)])
+    await store.compact_counts()
+    first = await sql(store, "SELECT * FROM job_counts ORDER BY status")
+    await store.compact_counts()
+    assert await sql(store, "SELECT * FROM job_counts ORDER BY status") == first
+    assert _as_counts(await store.stats_counts()) == {
+        ("pending", "llm_chat", "qwen2.5-14b", ""): 10
+    }
+
+
+async def test_counters_of_an_empty_queue_are_empty(store: Store) -> None:
+    assert await store.stats_counts() == []
+    await store.compact_counts()
+    assert await store.stats_counts() == []
+
+
+async def test_stats_reports_the_oldest_pending_job_and_recent_activity(store: Store) -> None:
+    oldest = await create(store, task_type="llm_chat")
+    await create(store, task_type="llm_chat")
+    done = await claim_one(store, await create(store, task_type="transcription"))
+    assert done.lease_token is not None
+    await store.complete(done.id, {"text": "x"}, done.lease_token)
+    await store.fail((await create(store, task_type="transcription")).id, category="x", message="y")
+    # Finished two hours ago: counts for the day, not for the last hour.
+    old = await store.complete((await create(store, task_type="transcription")).id, {"ok": 1})
+    await sql(
+        store,
+        "UPDATE jobs SET finished_at = now() - interval '2 hours' WHERE id = %s",
+        [old.id],
+    )
+
+    stats = await store.stats()
+    assert stats["oldest"]["oldest_pending"] == oldest.created_at
+    assert stats["oldest"]["now"] >= oldest.created_at
+    recent = {row["task_type"]: row for row in stats["recent"]}
+    assert set(recent) == {"transcription"}
+    row = recent["transcription"]
+    assert (row["completed_1h"], row["failed_1h"]) == (1, 1)
+    assert (row["completed_24h"], row["failed_24h"]) == (2, 1)
+    assert row["p50_seconds"] is not None
+    assert row["p95_seconds"] >= row["p50_seconds"] >= 0
+    assert _as_counts(stats["counts"]) == _as_counts(await sql(store, DIRECT_COUNTS))
+
+
+async def test_stats_of_an_empty_queue(store: Store) -> None:
+    stats = await store.stats()
+    assert stats["counts"] == []
+    assert stats["oldest"]["oldest_pending"] is None
+    assert stats["recent"] == []
+
+
+# -- availability ----------------------------------------------------------------------
+
+
+async def test_ping_answers_when_the_database_is_up(store: Store) -> None:
+    await store.ping()
+
+
+async def test_ping_raises_database_unavailable_when_nothing_listens() -> None:
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres?connect_timeout=1"
+    down = await Store.open(url, timeout=0.5, wait=False)
+    try:
+        with pytest.raises(errors.DatabaseUnavailable):
+            await down.ping()
+    finally:
+        await down.close()

@@ -1,0 +1,535 @@
+"""Every legal and illegal transition of the job state machine (see `ai_service.jobs`).
+
+A rejected transition must raise the right domain error and leave the row exactly
+as it was; the full row is compared before and after.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+
+from ai_service import errors
+from ai_service.jobs import Job, JobStatus
+from ai_service.store import Completion, Store
+from tests.helpers import new_job
+
+BACKOFF_BASE = 4.0
+BACKOFF_MAX = 10.0
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[Store]:
+    """A store with a short, known retry backoff (overrides the shared fixture)."""
+    s = await Store.open(
+        database_url, min_size=1, max_size=5, wait=True,
+        backoff_base=BACKOFF_BASE, backoff_max=BACKOFF_MAX,
+    )  # fmt: skip
+    yield s
+    await s.close()
+
+
+async def sql(store: Store, query: str, params: Any = None) -> list[dict[str, Any]]:
+    async with store.pool.connection() as conn:
+        cur = await conn.execute(query, params)
+        return await cur.fetchall() if cur.description else []
+
+
+async def create(store: Store, **overrides: Any) -> Job:
+    [outcome] = await store.create_jobs([new_job(**overrides)])
+    return outcome.job
+
+
+async def claim(store: Store, job: Job, worker: str = "w1", lease: float = 60) -> Job:
+    """Claim `job`, the only pending job of this test (runnable now)."""
+    await sql(store, "UPDATE jobs SET run_after = now() WHERE id = %s", [job.id])
+    [claimed] = await store.claim(worker, limit=1, lease_seconds=lease)
+    assert claimed.id == job.id
+    return claimed
+
+
+def token(job: Job) -> uuid.UUID:
+    assert job.lease_token is not None
+    return job.lease_token
+
+
+def parse_at(entry: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(entry["at"])
+
+
+# -- the happy path --------------------------------------------------------------------
+
+
+async def test_claim_moves_pending_to_running_with_a_fresh_lease(store: Store) -> None:
+    job = await create(store)
+    running = await claim(store, job, worker="w-7", lease=42)
+    assert running.status is JobStatus.RUNNING
+    assert running.attempt == 1
+    assert running.worker_id == "w-7"
+    assert running.lease_token is not None
+    assert running.started_at == running.updated_at
+    assert running.lease_expires_at == running.started_at + timedelta(seconds=42)
+    assert running.finished_at is None
+    assert await store.get_job(job.id) == running
+
+
+async def test_every_claim_issues_a_new_lease_token(store: Store) -> None:
+    job = await create(store)
+    first = await claim(store, job)
+    await store.fail(
+        job.id, category="timeout", message="t", lease_token=token(first), retryable=True
+    )
+    second = await claim(store, job)
+    assert second.attempt == 2
+    assert token(second) != token(first)
+
+
+async def test_complete_with_the_lease_token_stores_the_result(store: Store) -> None:
+    running = await claim(store, await create(store))
+    done = await store.complete(running.id, {"content": "ok"}, token(running))
+    assert done.status is JobStatus.COMPLETED
+    assert done.result == {"content": "ok"}
+    assert done.finished_at == done.updated_at
+    assert (done.lease_token, done.lease_expires_at) == (None, None)
+    assert done.attempt == 1
+    assert done.worker_id == "w1"
+    assert done.errors == []
+    assert await store.get_job(running.id) == done
+
+
+async def test_complete_after_a_retried_failure_clears_the_current_error(store: Store) -> None:
+    job = await create(store)
+    first = await claim(store, job)
+    await store.fail(
+        job.id, category="timeout", message="t", lease_token=token(first), retryable=True
+    )
+    second = await claim(store, job)
+    done = await store.complete(job.id, {"ok": 1}, token(second))
+    assert (done.error_category, done.error_message, done.error_details) == (None, None, None)
+    assert [e["category"] for e in done.errors] == ["timeout"]  # history kept
+
+
+# -- failures --------------------------------------------------------------------------
+
+
+async def test_retryable_failure_with_attempts_left_backs_off_to_pending(store: Store) -> None:
+    job = await create(store, max_attempts=4)
+    for attempt, window in [(1, 4.0), (2, 8.0), (3, 10.0)]:  # base 4, doubling, cap 10
+        running = await claim(store, job, worker=f"w{attempt}")
+        failed = await store.fail(
+            job.id,
+            category="provider_unavailable",
+            message=f"down {attempt}",
+            details={"status": 503},
+            lease_token=token(running),
+            retryable=True,
+        )
+        assert failed.status is JobStatus.PENDING
+        assert failed.attempt == attempt
+        delay = (failed.run_after - failed.updated_at).total_seconds()
+        assert 0.5 * window <= delay <= window
+        assert failed.lease_token is None
+        assert failed.lease_expires_at is None
+        assert failed.finished_at is None
+        assert (failed.error_category, failed.error_message) == (
+            "provider_unavailable",
+            f"down {attempt}",
+        )
+        assert failed.error_details == {"status": 503}
+        assert len(failed.errors) == attempt
+        entry = failed.errors[-1]
+        assert set(entry) == {"attempt", "category", "message", "worker", "at"}
+        assert entry["attempt"] == attempt
+        assert entry["category"] == "provider_unavailable"
+        assert entry["message"] == f"down {attempt}"
+        assert entry["worker"] == f"w{attempt}"
+        assert parse_at(entry) == failed.updated_at
+
+
+async def test_retryable_failure_is_not_claimable_before_its_backoff(store: Store) -> None:
+    job = await create(store)
+    running = await claim(store, job)
+    await store.fail(
+        job.id, category="timeout", message="t", lease_token=token(running), retryable=True
+    )
+    assert await store.claim("w2", limit=10, lease_seconds=60) == []
+
+
+async def test_permanent_failure_fails_the_job(store: Store) -> None:
+    running = await claim(store, await create(store, max_attempts=5))
+    failed = await store.fail(
+        running.id, category="invalid_input", message="no audio", lease_token=token(running)
+    )
+    assert failed.status is JobStatus.FAILED
+    assert failed.finished_at == failed.updated_at
+    assert failed.lease_token is None
+    assert (failed.error_category, failed.error_message) == ("invalid_input", "no audio")
+    assert failed.error_details is None
+    [entry] = failed.errors
+    assert (entry["attempt"], entry["category"], entry["worker"]) == (1, "invalid_input", "w1")
+
+
+async def test_retryable_failure_on_the_last_attempt_fails_the_job(store: Store) -> None:
+    job = await create(store, max_attempts=2)
+    first = await claim(store, job)
+    await store.fail(
+        job.id, category="timeout", message="1", lease_token=token(first), retryable=True
+    )
+    second = await claim(store, job)
+    failed = await store.fail(
+        job.id, category="timeout", message="2", lease_token=token(second), retryable=True
+    )
+    assert failed.status is JobStatus.FAILED
+    assert failed.attempt == failed.max_attempts == 2
+    assert [(e["attempt"], e["message"]) for e in failed.errors] == [(1, "1"), (2, "2")]
+
+
+# -- mirror path: the caller did the work itself ---------------------------------------
+
+
+async def test_mirror_complete_of_a_pending_job_without_token(store: Store) -> None:
+    job = await create(store)
+    done = await store.complete(job.id, {"content": "from telephony"})
+    assert done.status is JobStatus.COMPLETED
+    assert done.result == {"content": "from telephony"}
+    assert done.attempt == 0
+    assert done.started_at is None
+    assert done.finished_at is not None
+
+
+@pytest.mark.parametrize("retryable", [False, True])
+async def test_mirror_fail_of_a_pending_job_without_token(store: Store, retryable: bool) -> None:
+    job = await create(store)
+    failed = await store.fail(job.id, category="timeout", message="slow", retryable=retryable)
+    assert failed.status is JobStatus.FAILED  # nothing to retry: the caller ran it
+    assert failed.finished_at is not None
+    [entry] = failed.errors
+    assert (entry["attempt"], entry["category"], entry["worker"]) == (0, "timeout", None)
+
+
+# -- fencing: a stale lease token changes nothing --------------------------------------
+
+Action = Callable[[Store, Job, uuid.UUID], Awaitable[Job]]
+
+
+async def _complete(store: Store, job: Job, lease: uuid.UUID) -> Job:
+    return await store.complete(job.id, {"late": True}, lease)
+
+
+async def _fail(store: Store, job: Job, lease: uuid.UUID) -> Job:
+    return await store.fail(job.id, category="timeout", message="late", lease_token=lease)
+
+
+async def _heartbeat(store: Store, job: Job, lease: uuid.UUID) -> Job:
+    return await store.heartbeat(job.id, lease, 600)
+
+
+FENCED: list[tuple[str, Action]] = [
+    ("complete", _complete),
+    ("fail", _fail),
+    ("heartbeat", _heartbeat),
+]
+
+
+@pytest.mark.parametrize(("action", "run"), FENCED, ids=[a for a, _ in FENCED])
+async def test_random_token_on_a_running_job_is_lease_lost(
+    store: Store, action: str, run: Action
+) -> None:
+    running = await claim(store, await create(store))
+    with pytest.raises(errors.LeaseLost) as info:
+        await run(store, running, uuid.uuid4())
+    assert (info.value.status, info.value.action) == ("running", action)
+    assert await store.get_job(running.id) == running
+
+
+@pytest.mark.parametrize(("action", "run"), FENCED, ids=[a for a, _ in FENCED])
+async def test_previous_lease_token_after_a_new_claim_is_lease_lost(
+    store: Store, action: str, run: Action
+) -> None:
+    job = await create(store)
+    old = await claim(store, job, worker="old")
+    await store.retry(job.id)  # e.g. an operator's retry while "old" still works
+    current = await claim(store, job, worker="new")
+    with pytest.raises(errors.LeaseLost):
+        await run(store, job, token(old))
+    assert await store.get_job(job.id) == current
+
+
+@pytest.mark.parametrize(("action", "run"), FENCED, ids=[a for a, _ in FENCED])
+async def test_old_token_on_a_job_back_in_pending_is_lease_lost(
+    store: Store, action: str, run: Action
+) -> None:
+    job = await create(store)
+    old = await claim(store, job)
+    pending = await store.retry(job.id)
+    with pytest.raises(errors.LeaseLost) as info:
+        await run(store, job, token(old))
+    assert info.value.status == "pending"
+    assert await store.get_job(job.id) == pending
+
+
+@pytest.mark.parametrize("action", ["complete", "fail"])
+async def test_tokenless_complete_or_fail_of_a_running_job_is_lease_lost(
+    store: Store, action: str
+) -> None:
+    running = await claim(store, await create(store))
+    with pytest.raises(errors.LeaseLost):
+        await ACTIONS[action](store, running)
+    assert await store.get_job(running.id) == running
+
+
+# -- terminal jobs ---------------------------------------------------------------------
+
+
+async def _terminal(store: Store, status: JobStatus) -> Job:
+    job = await create(store)
+    if status is JobStatus.COMPLETED:
+        running = await claim(store, job)
+        return await store.complete(job.id, {"ok": True}, token(running))
+    if status is JobStatus.FAILED:
+        running = await claim(store, job)
+        return await store.fail(
+            job.id, category="internal", message="x", lease_token=token(running)
+        )
+    return await store.cancel(job.id)
+
+
+ACTIONS: dict[str, Callable[[Store, Job], Awaitable[Job]]] = {
+    "complete": lambda s, j: s.complete(j.id, {"again": True}),
+    "complete_with_token": lambda s, j: s.complete(j.id, {"again": True}, uuid.uuid4()),
+    "fail": lambda s, j: s.fail(j.id, category="internal", message="again"),
+    "fail_with_token": lambda s, j: s.fail(
+        j.id, category="internal", message="again", lease_token=uuid.uuid4()
+    ),
+    "heartbeat": lambda s, j: s.heartbeat(j.id, uuid.uuid4(), 60),
+    "cancel": lambda s, j: s.cancel(j.id),
+    "retry": lambda s, j: s.retry(j.id),
+}
+
+TERMINAL_CASES = [
+    (status, action)
+    for status in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
+    for action in ACTIONS
+    if not (status is JobStatus.FAILED and action == "retry")  # the one legal move
+]
+
+
+@pytest.mark.parametrize(("status", "action"), TERMINAL_CASES)
+async def test_action_on_a_terminal_job_is_an_invalid_transition(
+    store: Store, status: JobStatus, action: str
+) -> None:
+    job = await _terminal(store, status)
+    with pytest.raises(errors.InvalidTransition) as info:
+        await ACTIONS[action](store, job)
+    assert info.value.status == status.value
+    assert info.value.action == action.removesuffix("_with_token")
+    assert await store.get_job(job.id) == job
+
+
+@pytest.mark.parametrize("action", ["retry", "heartbeat"])
+async def test_retry_and_heartbeat_of_a_pending_job_are_rejected(store: Store, action: str) -> None:
+    job = await create(store)
+    expected = errors.InvalidTransition if action == "retry" else errors.LeaseLost
+    with pytest.raises(expected):
+        await ACTIONS[action](store, job)
+    assert await store.get_job(job.id) == job
+
+
+@pytest.mark.parametrize("action", list(ACTIONS))
+async def test_action_on_an_unknown_job_is_job_not_found(store: Store, action: str) -> None:
+    await create(store)
+    ghost = await create(store)
+    await sql(store, "DELETE FROM jobs WHERE id = %s", [ghost.id])
+    with pytest.raises(errors.JobNotFound) as info:
+        await ACTIONS[action](store, ghost)
+    assert info.value.job_id == ghost.id
+
+
+# -- heartbeats ------------------------------------------------------------------------
+
+
+async def test_heartbeat_extends_the_lease(store: Store) -> None:
+    running = await claim(store, await create(store), lease=5)
+    beat = await store.heartbeat(running.id, token(running), 300)
+    assert beat.status is JobStatus.RUNNING
+    assert beat.lease_token == running.lease_token
+    assert beat.lease_expires_at == beat.updated_at + timedelta(seconds=300)
+    assert running.lease_expires_at is not None
+    assert beat.lease_expires_at > running.lease_expires_at
+    assert (beat.attempt, beat.started_at) == (running.attempt, running.started_at)
+
+
+async def test_heartbeat_after_cancel_is_rejected_and_changes_nothing(store: Store) -> None:
+    running = await claim(store, await create(store))
+    cancelled = await store.cancel(running.id)
+    with pytest.raises(errors.InvalidTransition) as info:
+        await store.heartbeat(running.id, token(running), 300)
+    assert info.value.status == "cancelled"
+    assert await store.get_job(running.id) == cancelled
+
+
+async def test_heartbeat_many_extends_only_leases_still_held(store: Store) -> None:
+    outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(6)])
+    claimed = await store.claim("w", limit=6, lease_seconds=5)
+    by_id = {j.id: j for j in claimed}
+    assert set(by_id) == {o.job.id for o in outcomes}
+    valid = claimed[:3]
+    stale = claimed[3:]
+    leases = [(j.id, token(j)) for j in valid] + [(j.id, uuid.uuid4()) for j in stale]
+    held = await store.heartbeat_many(leases, 300)
+    assert held == {j.id for j in valid}
+    for job in valid:
+        now = await store.get_job(job.id)
+        assert now.lease_expires_at == now.updated_at + timedelta(seconds=300)
+    for job in stale:
+        assert await store.get_job(job.id) == job
+    assert await store.heartbeat_many([], 300) == set()
+
+
+# -- batched completion ----------------------------------------------------------------
+
+
+async def test_complete_many_fences_each_job_by_its_own_token(store: Store) -> None:
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(8)])
+    claimed = await store.claim("w", limit=8, lease_seconds=60)
+    a, b, c, d, e, f, g, h = claimed
+    completions = [
+        Completion(a.id, token(a), {"n": "a"}),
+        Completion(b.id, token(b), {"n": "b"}),
+        Completion(c.id, uuid.uuid4(), {"n": "c"}),  # stale
+        Completion(d.id, token(e), {"n": "d"}),  # another job's token
+        Completion(e.id, token(d), {"n": "e"}),
+        Completion(f.id, token(f), {"n": "f"}),
+    ]
+    await store.cancel(f.id)  # f's lease is gone before the batch arrives
+    done = await store.complete_many(completions)
+    assert done == {a.id, b.id}
+    for job, name in ((a, "a"), (b, "b")):
+        now = await store.get_job(job.id)
+        assert now.status is JobStatus.COMPLETED
+        assert now.result == {"n": name}
+        assert now.lease_token is None
+    for job in (c, d, e, g, h):
+        assert await store.get_job(job.id) == job
+    assert (await store.get_job(f.id)).status is JobStatus.CANCELLED
+    assert await store.complete_many([]) == set()
+
+
+async def test_complete_many_does_not_complete_pending_jobs(store: Store) -> None:
+    job = await create(store)
+    assert await store.complete_many([Completion(job.id, uuid.uuid4(), {"x": 1})]) == set()
+    assert await store.get_job(job.id) == job
+
+
+# -- release (graceful stop) -----------------------------------------------------------
+
+
+async def test_release_returns_the_job_to_pending_without_counting_the_attempt(
+    store: Store,
+) -> None:
+    job = await create(store, max_attempts=1)
+    running = await claim(store, job)
+    assert await store.release_many([(job.id, token(running))]) == {job.id}
+    released = await store.get_job(job.id)
+    assert released.status is JobStatus.PENDING
+    assert released.attempt == 0
+    assert released.lease_token is None
+    assert released.lease_expires_at is None
+    assert released.started_at is None
+    assert released.run_after <= released.updated_at
+    assert released.errors == []
+    # The one attempt is still available, and the old lease is dead.
+    again = await claim(store, job, worker="w2")
+    assert again.attempt == 1
+    with pytest.raises(errors.LeaseLost):
+        await store.complete(job.id, {"late": True}, token(running))
+
+
+async def test_release_with_a_stale_token_changes_nothing(store: Store) -> None:
+    running = await claim(store, await create(store))
+    assert await store.release_many([(running.id, uuid.uuid4())]) == set()
+    assert await store.get_job(running.id) == running
+    assert await store.release_many([]) == set()
+
+
+# -- manual retry ----------------------------------------------------------------------
+
+
+async def test_retry_of_a_failed_job_grants_one_more_attempt_and_keeps_history(
+    store: Store,
+) -> None:
+    job = await create(store, max_attempts=1)
+    running = await claim(store, job)
+    failed = await store.fail(
+        job.id, category="provider_error", message="500", lease_token=token(running)
+    )
+    retried = await store.retry(job.id)
+    assert retried.status is JobStatus.PENDING
+    assert retried.attempt == 1
+    assert retried.max_attempts == 2  # grown: otherwise no attempt would be left
+    assert retried.errors == failed.errors
+    assert retried.finished_at is None
+    assert retried.run_after == retried.updated_at  # runnable now
+    again = await claim(store, job)
+    assert again.attempt == 2
+
+
+async def test_retry_keeps_max_attempts_when_attempts_are_left(store: Store) -> None:
+    job = await create(store, max_attempts=3)
+    running = await claim(store, job)
+    await store.fail(job.id, category="invalid_input", message="x", lease_token=token(running))
+    retried = await store.retry(job.id)
+    assert (retried.attempt, retried.max_attempts) == (1, 3)
+
+
+async def test_retry_of_a_running_job_revokes_its_lease(store: Store) -> None:
+    job = await create(store, max_attempts=1)
+    running = await claim(store, job)
+    retried = await store.retry(job.id)
+    assert retried.status is JobStatus.PENDING
+    assert (retried.lease_token, retried.lease_expires_at) == (None, None)
+    assert retried.max_attempts == 2
+    with pytest.raises(errors.LeaseLost):
+        await store.complete(job.id, {"late": True}, token(running))
+    assert await store.get_job(job.id) == retried
+
+
+async def test_retry_of_a_job_that_used_the_maximum_attempts(store: Store) -> None:
+    # max_attempts is capped at 100 by a CHECK constraint; a manual retry of a job that
+    # used all 100 attempts must still be possible (not an opaque constraint error).
+    job = await create(store, max_attempts=100)
+    await sql(
+        store,
+        "UPDATE jobs SET status = 'failed', attempt = 100, error_category = 'timeout',"
+        " finished_at = now() WHERE id = %s",
+        [job.id],
+    )
+    retried = await store.retry(job.id)
+    assert retried.status is JobStatus.PENDING
+    assert retried.attempt < retried.max_attempts
+
+
+# -- cancel ----------------------------------------------------------------------------
+
+
+async def test_cancel_a_pending_job(store: Store) -> None:
+    job = await create(store)
+    cancelled = await store.cancel(job.id)
+    assert cancelled.status is JobStatus.CANCELLED
+    assert cancelled.finished_at == cancelled.updated_at
+    assert await store.claim("w", limit=10, lease_seconds=60) == []
+
+
+async def test_cancel_a_running_job_revokes_its_lease(store: Store) -> None:
+    running = await claim(store, await create(store))
+    cancelled = await store.cancel(running.id)
+    assert cancelled.status is JobStatus.CANCELLED
+    assert (cancelled.lease_token, cancelled.lease_expires_at) == (None, None)
+    assert cancelled.finished_at is not None
+    with pytest.raises(errors.InvalidTransition):
+        await store.complete(running.id, {"late": True}, token(running))
+    assert await store.get_job(running.id) == cancelled

@@ -1,0 +1,249 @@
+"""Settings from the environment: seed names and defaults, durations, validation."""
+
+from __future__ import annotations
+
+import math
+import socket
+from typing import Any
+
+import pytest
+
+from ai_service.config import describe_defaults, load_settings, parse_duration
+from ai_service.errors import ConfigError
+
+# Every variable of seed.md "Configuration" with its documented default
+# (None: no default, the variable is optional or required without one).
+SEED_DEFAULTS: dict[str, Any] = {
+    "HTTP_HOST": "0.0.0.0",
+    "HTTP_PORT": 8080,
+    "DATABASE_URL": None,
+    "MIGRATE_ON_START": True,
+    "AI_SERVICE_TOKEN": None,
+    "LLM_BASE_URL": None,
+    "LLM_API_KEY": None,
+    "LLM_MODEL": "qwen2.5-14b",
+    "LLM_TIMEOUT": 300.0,  # 5m
+    "TRANSCRIPTION_PROVIDERS": ("whisperx",),
+    "WHISPERX_URL": (),
+    "QWEN_AUDIO_BASE_URL": None,
+    "QWEN_AUDIO_MODEL": "Qwen/Qwen2-Audio-7B-Instruct",
+    "QWEN_AUDIO_API_KEY": None,
+    "VOXTRAL_BASE_URL": None,
+    "VOXTRAL_MODEL": "mistralai/Voxtral-Small-24B-2507",
+    "VOXTRAL_API_KEY": None,
+    "AUDIO_LLM_API_KEY": None,
+    "AUDIO_LLM_MAX_TOKENS": 4096,
+    "WORKER_HTTP_HOST": "0.0.0.0",
+    "WORKER_HTTP_PORT": 8081,
+    "WORKER_POLL_INTERVAL": 2.0,
+    "WORKER_CLAIM_LIMIT": 4,
+    "WORKER_LEASE_TIMEOUT": 900.0,  # 15m
+}
+
+# variable -> (a valid non-default value, the setting it must produce, attribute)
+SEED_OVERRIDES: list[tuple[str, str, Any, str]] = [
+    ("HTTP_HOST", "127.0.0.1", "127.0.0.1", "http_host"),
+    ("HTTP_PORT", "9000", 9000, "http_port"),
+    ("DATABASE_URL", "postgresql://db/ai", "postgresql://db/ai", "database_url"),
+    ("MIGRATE_ON_START", "false", False, "migrate_on_start"),
+    ("AI_SERVICE_TOKEN", "s3cret", "s3cret", "ai_service_token"),
+    ("LLM_BASE_URL", "http://10.2.3.5:8000/v1", "http://10.2.3.5:8000/v1", "llm_base_url"),
+    ("LLM_API_KEY", "llm-key", "llm-key", "llm_api_key"),
+    ("LLM_MODEL", "other-model", "other-model", "llm_model"),
+    ("LLM_TIMEOUT", "90s", 90.0, "llm_timeout"),
+    (
+        "TRANSCRIPTION_PROVIDERS",
+        "whisperx, qwen2-audio ,voxtral-small",
+        ("whisperx", "qwen2-audio", "voxtral-small"),
+        "transcription_providers",
+    ),
+    (
+        "WHISPERX_URL",
+        "http://a:9000,http://b:9000",
+        ("http://a:9000", "http://b:9000"),
+        "whisperx_url",
+    ),
+    ("QWEN_AUDIO_BASE_URL", "http://10.2.3.5:8003", "http://10.2.3.5:8003", "qwen_audio_base_url"),
+    ("QWEN_AUDIO_MODEL", "qwen-x", "qwen-x", "qwen_audio_model"),
+    ("QWEN_AUDIO_API_KEY", "qk", "qk", "qwen_audio_api_key"),
+    ("VOXTRAL_BASE_URL", "http://10.2.3.5:8004", "http://10.2.3.5:8004", "voxtral_base_url"),
+    ("VOXTRAL_MODEL", "vox-x", "vox-x", "voxtral_model"),
+    ("VOXTRAL_API_KEY", "vk", "vk", "voxtral_api_key"),
+    ("AUDIO_LLM_API_KEY", "ak", "ak", "audio_llm_api_key"),
+    ("AUDIO_LLM_PROMPT", "Transcribe.", "Transcribe.", "audio_llm_prompt"),
+    ("AUDIO_LLM_MAX_TOKENS", "512", 512, "audio_llm_max_tokens"),
+    ("WORKER_ID", "worker-7", "worker-7", "worker_id"),
+    ("WORKER_HTTP_HOST", "127.0.0.1", "127.0.0.1", "worker_http_host"),
+    ("WORKER_HTTP_PORT", "9081", 9081, "worker_http_port"),
+    ("WORKER_POLL_INTERVAL", "250ms", 0.25, "worker_poll_interval"),
+    ("WORKER_CLAIM_LIMIT", "16", 16, "worker_claim_limit"),
+    ("WORKER_LEASE_TIMEOUT", "1h30m", 5400.0, "worker_lease_timeout"),
+]
+
+
+@pytest.mark.parametrize(("variable", "default"), SEED_DEFAULTS.items())
+def test_seed_variable_has_the_seed_default(variable: str, default: Any) -> None:
+    defaults = describe_defaults()
+    assert variable in defaults
+    assert defaults[variable] == default
+
+
+def test_worker_id_defaults_to_the_hostname() -> None:
+    assert load_settings({}).worker_id == socket.gethostname()
+
+
+def test_empty_environment_loads_the_seed_defaults() -> None:
+    settings = load_settings({})
+    assert settings.http_port == 8080
+    assert settings.llm_timeout == 300.0
+    assert settings.worker_poll_interval == 2.0
+    assert settings.worker_lease_timeout == 900.0
+    assert settings.transcription_providers == ("whisperx",)
+
+
+@pytest.mark.parametrize(("variable", "raw", "expected", "attribute"), SEED_OVERRIDES)
+def test_seed_variable_is_read_from_the_environment(
+    variable: str, raw: str, expected: Any, attribute: str
+) -> None:
+    settings = load_settings({variable: raw})
+    assert getattr(settings, attribute) == expected
+
+
+def test_empty_value_keeps_the_default() -> None:
+    settings = load_settings({"HTTP_PORT": "", "WORKER_POLL_INTERVAL": "  ", "LLM_MODEL": ""})
+    assert settings.http_port == 8080
+    assert settings.worker_poll_interval == 2.0
+    assert settings.llm_model == "qwen2.5-14b"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("2s", 2.0),
+        ("5m", 300.0),
+        ("15m", 900.0),
+        ("1h30m", 5400.0),
+        ("250ms", 0.25),
+        ("1m30.5s", 90.5),
+        ("1h0m0s", 3600.0),
+        ("30", 30.0),
+        ("1.5", 1.5),
+        ("0", 0.0),
+        (" 10s ", 10.0),
+        ("100us", 100e-6),
+        ("500ns", 500e-9),
+    ],
+)
+def test_parse_duration_accepts_go_durations_and_seconds(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["5x", "-1s", "", "  ", "1h-3m", "-1", "s", "1h 30m", "1.5.2s", "nan", "inf", "1e400"],
+)
+def test_parse_duration_rejects_anything_else(text: str) -> None:
+    # "inf" and "1e400" (infinite) are no usable duration either: a lease or timeout of
+    # infinity cannot be written to PostgreSQL and must be refused at start.
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+def test_parse_duration_result_is_finite_for_plain_seconds() -> None:
+    assert math.isfinite(parse_duration("1e3"))
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("HTTP_PORT", "abc"),
+        ("HTTP_PORT", "0"),
+        ("HTTP_PORT", "70000"),
+        ("WORKER_HTTP_PORT", "-1"),
+        ("MIGRATE_ON_START", "maybe"),
+        ("LLM_TIMEOUT", "5x"),
+        ("LLM_TIMEOUT", "0s"),
+        ("LLM_BASE_URL", "ftp://x"),
+        ("QWEN_AUDIO_BASE_URL", "10.2.3.5:8003"),
+        ("VOXTRAL_BASE_URL", "https://"),
+        ("WHISPERX_URL", "http://ok:9000,whisperx:9000"),
+        ("TRANSCRIPTION_PROVIDERS", "foo"),
+        ("TRANSCRIPTION_PROVIDERS", "whisperx,foo"),
+        ("AUDIO_LLM_MAX_TOKENS", "0"),
+        ("WORKER_POLL_INTERVAL", "0"),
+        ("WORKER_POLL_INTERVAL", "-2s"),
+        ("WORKER_CLAIM_LIMIT", "0"),
+        ("WORKER_CLAIM_LIMIT", "101"),
+        ("WORKER_CLAIM_LIMIT", "four"),
+        ("WORKER_LEASE_TIMEOUT", "500ms"),
+        ("DATABASE_URL", "mysql://db/ai"),
+    ],
+)
+def test_invalid_value_raises_config_error_naming_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({variable: raw})
+    assert info.value.variable == variable
+    assert variable in str(info.value)
+    assert info.value.details == {"variable": variable}
+
+
+@pytest.mark.parametrize("raw", [",", " , ,"])
+def test_transcription_providers_naming_no_provider_is_rejected(raw: str) -> None:
+    # Not an empty value (that keeps the default) but a list with no name in it: the
+    # transcription worker would silently run with no provider at all.
+    with pytest.raises(ConfigError) as info:
+        load_settings({"TRANSCRIPTION_PROVIDERS": raw})
+    assert info.value.variable == "TRANSCRIPTION_PROVIDERS"
+
+
+def test_backoff_max_below_base_is_rejected_naming_retry_backoff_max() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"RETRY_BACKOFF_BASE": "1m", "RETRY_BACKOFF_MAX": "30s"})
+    assert info.value.variable == "RETRY_BACKOFF_MAX"
+
+
+def test_missing_database_url_is_reported_by_name() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({}).require_database_url()
+    assert info.value.variable == "DATABASE_URL"
+    url = "postgresql://u@127.0.0.1/db"
+    assert load_settings({"DATABASE_URL": url}).require_database_url() == url
+
+
+def test_audio_api_keys_fall_back_to_audio_llm_key_then_llm_key() -> None:
+    only_llm = load_settings({"LLM_API_KEY": "llm"})
+    assert only_llm.qwen_audio_effective_key == "llm"
+    assert only_llm.voxtral_effective_key == "llm"
+
+    audio = load_settings({"LLM_API_KEY": "llm", "AUDIO_LLM_API_KEY": "audio"})
+    assert audio.qwen_audio_effective_key == "audio"
+    assert audio.voxtral_effective_key == "audio"
+
+    own = load_settings(
+        {
+            "LLM_API_KEY": "llm",
+            "AUDIO_LLM_API_KEY": "audio",
+            "QWEN_AUDIO_API_KEY": "qwen",
+            "VOXTRAL_API_KEY": "vox",
+        }
+    )
+    assert own.qwen_audio_effective_key == "qwen"
+    assert own.voxtral_effective_key == "vox"
+
+
+def test_audio_api_keys_are_none_when_no_key_is_set() -> None:
+    settings = load_settings({})
+    assert settings.qwen_audio_effective_key is None
+    assert settings.voxtral_effective_key is None
+
+
+def test_empty_optional_key_counts_as_unset_for_the_fallback() -> None:
+    settings = load_settings({"QWEN_AUDIO_API_KEY": "", "LLM_API_KEY": "llm"})
+    assert settings.qwen_audio_api_key is None
+    assert settings.qwen_audio_effective_key == "llm"
+
+
+def test_worker_concurrency_defaults_to_the_claim_limit() -> None:
+    assert load_settings({"WORKER_CLAIM_LIMIT": "7"}).effective_worker_concurrency == 7
+    settings = load_settings({"WORKER_CLAIM_LIMIT": "7", "WORKER_CONCURRENCY": "20"})
+    assert settings.effective_worker_concurrency == 20
