@@ -107,17 +107,18 @@ async def external_http(base: str, jobs: int, clients: int = 16) -> float:
             if not claimed:
                 return
             sem = asyncio.Semaphore(4)
-
-            async def complete(job: dict[str, str]) -> None:
-                async with sem:
-                    resp = await client.post(
-                        f"/api/v1/jobs/{job['id']}/complete",
-                        json={"lease_token": job["lease_token"], "result": {"ok": True}},
-                    )
-                    resp.raise_for_status()
-
-            await asyncio.gather(*(complete(job) for job in claimed))
+            await asyncio.gather(*(complete(client, job, sem) for job in claimed))
             done += len(claimed)
+
+    async def complete(
+        client: httpx.AsyncClient, job: dict[str, str], sem: asyncio.Semaphore
+    ) -> None:
+        async with sem:
+            resp = await client.post(
+                f"/api/v1/jobs/{job['id']}/complete",
+                json={"lease_token": job["lease_token"], "result": {"ok": True}},
+            )
+            resp.raise_for_status()
 
     async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
         start = time.perf_counter()
@@ -148,7 +149,8 @@ async def procrastinate_rate(url: str, jobs: int) -> float:
         row = await (
             await conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'")
         ).fetchone()
-    assert row is not None and row[0] == jobs, f"procrastinate finished {row}"
+    if row is None or row[0] != jobs:
+        raise RuntimeError(f"procrastinate finished {row} of {jobs} jobs")
     return jobs / elapsed
 
 

@@ -88,7 +88,11 @@ class InvalidRequest(AIServiceError):
     code = "invalid_request"
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}", {"field": field})
+        # Same `details.errors` shape as request validation errors.
+        super().__init__(
+            f"{field}: {message}",
+            {"field": field, "errors": [{"field": field, "message": message, "type": "invalid"}]},
+        )
         self.field = field
 
 

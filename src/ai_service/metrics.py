@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -18,6 +19,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         labels = ("task_type", "model_profile")
         self.created = Counter("ai_jobs_created", "Jobs created.", labels, registry=self.registry)
         self.claimed = Counter("ai_jobs_claimed", "Jobs claimed.", labels, registry=self.registry)
@@ -58,27 +60,45 @@ class Metrics:
             registry=self.registry,
         )
 
+    def _child(self, metric: Any, *labels: str) -> Any:
+        # labels() costs a lock and a tuple build per call: keep the children.
+        key = (id(metric), labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
     def observe_created(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
-            self.created.labels(job.task_type, job.model_profile).inc()
+            self._child(self.created, job.task_type, job.model_profile).inc()
 
     def observe_claimed(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
-            self.claimed.labels(job.task_type, job.model_profile).inc()
+            self._child(self.claimed, job.task_type, job.model_profile).inc()
             if job.started_at is not None:
                 wait = (job.started_at - max(job.run_after, job.created_at)).total_seconds()
-                self.queue_wait.labels(job.task_type).observe(max(wait, 0.0))
+                self._child(self.queue_wait, job.task_type).observe(max(wait, 0.0))
 
-    def observe_finished(self, job: Job, outcome: str, category: str | None = None) -> None:
-        """Record a completion (`outcome="completed"`) or a failed attempt."""
+    def observe_finished(
+        self,
+        job: Job,
+        outcome: str,
+        category: str | None = None,
+        finished_at: datetime | None = None,
+    ) -> None:
+        """Record a completion (`outcome="completed"`) or a failed attempt.
+
+        The run lasted from `job.started_at` to `finished_at` (default: the
+        job's own `finished_at`, else `updated_at`).
+        """
         if outcome == "completed":
-            self.completed.labels(job.task_type, job.model_profile).inc()
+            self._child(self.completed, job.task_type, job.model_profile).inc()
         else:
-            self.failed.labels(job.task_type, job.model_profile, category or "unknown").inc()
+            self._child(self.failed, job.task_type, job.model_profile, category or "unknown").inc()
         if job.started_at is not None:
-            end = job.finished_at or job.updated_at
+            end = finished_at or job.finished_at or job.updated_at
             seconds = (end - job.started_at).total_seconds()
-            self.run_duration.labels(job.task_type, outcome).observe(max(seconds, 0.0))
+            self._child(self.run_duration, job.task_type, outcome).observe(max(seconds, 0.0))
 
     def set_queue_gauges(self, counts: Iterable[dict[str, Any]]) -> None:
         """Set pending/running gauges from `stats_counts` rows."""

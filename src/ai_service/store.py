@@ -161,10 +161,10 @@ class Store:
         except psycopg.errors.CheckViolation as exc:
             constraint = exc.diag.constraint_name or "constraint"
             raise errors.InvalidRequest(constraint, "violates a job invariant") from None
-        except (psycopg.errors.DataException, psycopg.errors.UntranslatableCharacter) as exc:
-            raise errors.InvalidRequest(
-                "input", f"rejected by the database: {exc.diag.message_primary}"
-            ) from None
+        except psycopg.DataError as exc:
+            # The API validates JSON and text before they get here; this is the backstop.
+            message = getattr(getattr(exc, "diag", None), "message_primary", None) or "invalid data"
+            raise errors.InvalidRequest("body", f"rejected by the database: {message}") from None
         except psycopg.OperationalError as exc:
             raise errors.DatabaseUnavailable(
                 f"database unavailable: {type(exc).__name__}"
@@ -212,19 +212,22 @@ class Store:
         to the same job.
         """
         ids = [new_job_id() for _ in new_jobs]
-        params = {
-            "ids": ids,
-            "owner_services": [j.owner_service for j in new_jobs],
-            "owner_refs": [j.owner_ref for j in new_jobs],
-            "task_types": [j.task_type for j in new_jobs],
-            "model_profiles": [j.model_profile for j in new_jobs],
-            "priorities": [j.priority for j in new_jobs],
-            "inputs": [jsonb(j.input) for j in new_jobs],
-            "max_attempts": [j.max_attempts for j in new_jobs],
-            "run_afters": [j.run_after for j in new_jobs],
-            "idempotency_keys": [j.idempotency_key for j in new_jobs],
-        }
-        rows = await self._fetch("job_create_many", params)
+        records = [
+            {
+                "id": str(job_id),
+                "owner_service": j.owner_service,
+                "owner_ref": j.owner_ref,
+                "task_type": j.task_type,
+                "model_profile": j.model_profile,
+                "priority": j.priority,
+                "input": j.input,
+                "max_attempts": j.max_attempts,
+                "run_after": j.run_after.isoformat() if j.run_after else None,
+                "idempotency_key": j.idempotency_key,
+            }
+            for job_id, j in zip(ids, new_jobs, strict=True)
+        ]
+        rows = await self._fetch("job_create_many", {"jobs": jsonb(records)})
         inserted = {row["id"]: Job.from_row(row) for row in rows}
         by_key: dict[tuple[str, str], Job] = {
             (job.owner_service, job.idempotency_key): job
@@ -321,14 +324,11 @@ class Store:
         """Complete many running jobs in one statement; returns the ids whose lease held."""
         if not completions:
             return set()
-        rows = await self._fetch(
-            "job_complete_many",
-            {
-                "ids": [c.job_id for c in completions],
-                "lease_tokens": [c.lease_token for c in completions],
-                "results": [jsonb(c.result) for c in completions],
-            },
-        )
+        records = [
+            {"id": str(c.job_id), "lease_token": str(c.lease_token), "result": c.result}
+            for c in completions
+        ]
+        rows = await self._fetch("job_complete_many", {"completions": jsonb(records)})
         return {row["id"] for row in rows}
 
     async def fail(

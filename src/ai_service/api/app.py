@@ -10,10 +10,12 @@ from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ai_service import migrate
 from ai_service.api import errors as api_errors
+from ai_service.api.deps import token_accepted
 from ai_service.api.routes_infra import router as infra_router
 from ai_service.api.routes_jobs import router as jobs_router
 from ai_service.api.routes_ops import probes, stats_router
@@ -26,8 +28,11 @@ from ai_service.store import Store
 log = logging.getLogger("ai_service.api")
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """Raised while reading a streamed body past the limit (FastAPI re-raises it)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
 
 
 class BodyLimitMiddleware:
@@ -65,7 +70,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise BodyTooLarge()
+                    raise BodyTooLarge(self.limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -79,6 +84,34 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if not started:
                 await too_large(scope, receive, send)
+
+
+class AuthMiddleware:
+    """401 for `/api/v1/*` without the service token, before anything else is looked at."""
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] == "http"
+            and self.token is not None
+            and scope["path"].startswith("/api/v1/")
+        ):
+            header = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+            )
+            if not token_accepted(self.token, header):
+                response = api_errors.envelope(
+                    401,
+                    "unauthorized",
+                    "missing or wrong bearer token",
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 class MetricsMiddleware:
@@ -159,6 +192,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(stats_router)
     app.include_router(infra_router)
+    app.add_middleware(AuthMiddleware, token=settings.ai_service_token)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app

@@ -88,6 +88,8 @@ def install(app: FastAPI) -> None:
         if status >= 500:
             log.warning("request failed: %s: %s", exc.code, exc.message)
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if status == 503:
+            headers = {"Retry-After": "1"}
         return envelope(status, exc.code, exc.message, exc.details, headers)
 
     @app.exception_handler(RequestValidationError)
@@ -130,7 +132,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the given error codes (plus 401/413/422/503 everywhere)."""
-    wanted = {401, 413, 422, 503, *codes}
+def responses(*codes: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for the given error codes (plus 401/413/422/503 everywhere,
+    and 400 for routes that take a JSON body)."""
+    wanted = {401, 413, 422, 503, *codes} | ({400} if body else set())
     return {code: ERROR_RESPONSES[code] for code in sorted(wanted)}

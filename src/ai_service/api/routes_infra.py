@@ -77,7 +77,7 @@ class InfraStatusOut(BaseModel):
     whisperx: WhisperxSection | None = None
 
 
-def get_provider_cache(
+async def get_provider_cache(
     request: Request, settings: SettingsDep
 ) -> provider_status.ProviderStatusCache:
     """The app's provider-status cache, created on first use (one per app)."""

@@ -6,7 +6,7 @@ import time
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import APIRouter, Depends, Query, Request, Response, status
 from pydantic import AwareDatetime
 
 from ai_service import errors
@@ -24,6 +24,22 @@ from ai_service.jobs import JobFilter, JobStatus, NewJob, is_retryable
 router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], tags=["jobs"])
 
 _REQUIRED = ("owner_service", "owner_ref", "task_type", "model_profile", "input")
+_LIST_PARAMS = frozenset(
+    {
+        "status",
+        "owner_service",
+        "owner_ref",
+        "task_type",
+        "model_profile",
+        "worker_id",
+        "error_category",
+        "created_after",
+        "created_before",
+        "limit",
+        "cursor",
+    }
+)
+MAX_IDS_IN_ANSWER = 10_000
 
 
 def _new_job(body: schemas.JobCreate) -> NewJob:
@@ -50,7 +66,7 @@ def _merge(defaults: schemas.JobPatch, item: schemas.JobPatch, index: int) -> Ne
     response_model=schemas.CreatedJobOut,
     responses={
         200: {"model": schemas.CreatedJobOut, "description": "Idempotency key matched"},
-        **responses(),
+        **responses(body=True),
     },
     summary="Create one job",
 )
@@ -58,6 +74,7 @@ async def create_job(
     body: schemas.JobCreate, store: StoreDep, metrics: MetricsDep, response: Response
 ) -> schemas.CreatedJobOut:
     [outcome] = await store.create_jobs([_new_job(body)])
+    response.headers["Location"] = f"/api/v1/jobs/{outcome.job.id}"
     if outcome.created:
         metrics.observe_created([outcome.job])
     else:
@@ -70,7 +87,7 @@ async def create_job(
     "/jobs/batch",
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.BatchOut,
-    responses=responses(),
+    responses=responses(body=True),
     summary="Create up to 1000 jobs with shared defaults (all or nothing)",
 )
 async def create_batch(
@@ -101,6 +118,7 @@ async def create_batch(
     summary="List jobs, newest first, with filters and keyset pagination",
 )
 async def list_jobs(
+    request: Request,
     store: StoreDep,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
     owner_service: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
@@ -114,6 +132,10 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> schemas.JobListOut:
+    unknown = sorted(set(request.query_params) - _LIST_PARAMS)
+    if unknown:
+        # A typo (`statuses=failed`) must not silently list every job.
+        raise errors.InvalidRequest(unknown[0], "is not a filter of this endpoint")
     job_filter = JobFilter(
         statuses=tuple(status_ or ()),
         owner_service=owner_service,
@@ -144,6 +166,14 @@ def _reject_nul(job_filter: JobFilter) -> None:
             raise errors.InvalidRequest(name, "must not contain NUL characters")
 
 
+def _bulk_out(ids: list[UUID]) -> schemas.BulkOut:
+    return schemas.BulkOut(
+        count=len(ids),
+        ids=ids[:MAX_IDS_IN_ANSWER],
+        ids_truncated=len(ids) > MAX_IDS_IN_ANSWER,
+    )
+
+
 def _bulk_filter(body: schemas.BulkRequest) -> JobFilter:
     job_filter = body.to_filter()
     if job_filter.is_empty and not body.all:
@@ -156,29 +186,27 @@ def _bulk_filter(body: schemas.BulkRequest) -> JobFilter:
 @router.post(
     "/jobs/retry",
     response_model=schemas.BulkOut,
-    responses=responses(),
+    responses=responses(body=True),
     summary="Retry failed/running jobs matching a filter",
 )
 async def retry_by_filter(body: schemas.BulkRequest, store: StoreDep) -> schemas.BulkOut:
-    ids = await store.retry_by_filter(_bulk_filter(body))
-    return schemas.BulkOut(count=len(ids), ids=ids)
+    return _bulk_out(await store.retry_by_filter(_bulk_filter(body)))
 
 
 @router.post(
     "/jobs/cancel",
     response_model=schemas.BulkOut,
-    responses=responses(),
+    responses=responses(body=True),
     summary="Cancel pending/running jobs matching a filter",
 )
 async def cancel_by_filter(body: schemas.BulkRequest, store: StoreDep) -> schemas.BulkOut:
-    ids = await store.cancel_by_filter(_bulk_filter(body))
-    return schemas.BulkOut(count=len(ids), ids=ids)
+    return _bulk_out(await store.cancel_by_filter(_bulk_filter(body)))
 
 
 @router.post(
     "/jobs/claim",
     response_model=schemas.ClaimOut,
-    responses=responses(),
+    responses=responses(body=True),
     summary="Atomically claim pending jobs (optionally waiting for them)",
 )
 async def claim_jobs(
@@ -221,7 +249,7 @@ async def get_job(job_id: UUID, store: StoreDep) -> schemas.JobOut:
 @router.post(
     "/jobs/{job_id}/complete",
     response_model=schemas.JobOut,
-    responses=responses(404, 409),
+    responses=responses(404, 409, body=True),
     summary="Store a successful result",
 )
 async def complete_job(
@@ -235,7 +263,7 @@ async def complete_job(
 @router.post(
     "/jobs/{job_id}/fail",
     response_model=schemas.JobOut,
-    responses=responses(404, 409),
+    responses=responses(404, 409, body=True),
     summary="Record a failed attempt (retried with backoff when retryable and attempts remain)",
 )
 async def fail_job(
@@ -256,7 +284,7 @@ async def fail_job(
 @router.post(
     "/jobs/{job_id}/heartbeat",
     response_model=schemas.HeartbeatOut,
-    responses=responses(404, 409),
+    responses=responses(404, 409, body=True),
     summary="Extend the lease of a running job (409: stop, the job is no longer yours)",
 )
 async def heartbeat_job(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import math
+from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from ai_service.jobs import DEFAULT_MAX_ATTEMPTS, Job, JobFilter, JobStatus
 
@@ -22,6 +23,53 @@ Category = Annotated[
 Priority = Annotated[int, Field(ge=-1000, le=1000, description="Higher runs first.")]
 MaxAttempts = Annotated[int, Field(ge=1, le=100)]
 LeaseSeconds = Annotated[float, Field(ge=1, le=86400)]
+Message = Annotated[str, StringConstraints(max_length=10_000, pattern=r"^[^\x00]*$")]
+
+MAX_JSON_DEPTH = 64
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _check_json(value: Any, depth: int = 0) -> None:
+    """Reject what PostgreSQL's jsonb or the response encoder cannot hold faithfully."""
+    if depth > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("strings must not contain NUL (\\u0000) characters")
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise ValueError("strings must be valid Unicode (no lone surrogates)") from None
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_json(key, depth + 1)
+            _check_json(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json(item, depth + 1)
+
+
+def _json_object(value: dict[str, Any]) -> dict[str, Any]:
+    _check_json(value)
+    return value
+
+
+def _stored_time(value: datetime) -> datetime:
+    try:
+        in_range = _EARLIEST <= value.astimezone(UTC) < _LATEST
+    except (OverflowError, ValueError):
+        in_range = False
+    if not in_range:
+        raise ValueError("must be between 1970-01-01 and 9000-01-01 (UTC)")
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
+RunAfter = Annotated[AwareDatetime, AfterValidator(_stored_time)]
 
 
 class _Strict(BaseModel):
@@ -35,10 +83,10 @@ class JobCreate(_Strict):
     owner_ref: RefText = Field(description="Caller's stable object reference.")
     task_type: ShortText = Field(description="Technical task class, e.g. `llm_chat`.")
     model_profile: ShortText = Field(description="Runtime profile, e.g. `qwen2.5-14b`.")
-    input: dict[str, Any] = Field(description="JSON object owned by the caller and worker.")
+    input: JsonObject = Field(description="JSON object owned by the caller and worker.")
     priority: Priority = 0
     max_attempts: MaxAttempts = DEFAULT_MAX_ATTEMPTS
-    run_after: AwareDatetime | None = Field(
+    run_after: RunAfter | None = Field(
         default=None, description="Do not run before this time (with timezone)."
     )
     idempotency_key: KeyText | None = Field(
@@ -53,10 +101,10 @@ class JobPatch(_Strict):
     owner_ref: RefText | None = None
     task_type: ShortText | None = None
     model_profile: ShortText | None = None
-    input: dict[str, Any] | None = None
+    input: JsonObject | None = None
     priority: Priority | None = None
     max_attempts: MaxAttempts | None = None
-    run_after: AwareDatetime | None = None
+    run_after: RunAfter | None = None
     idempotency_key: KeyText | None = None
 
 
@@ -142,8 +190,12 @@ class JobListOut(BaseModel):
 
 class ClaimRequest(_Strict):
     worker_id: WorkerId
-    task_types: list[ShortText] | None = Field(default=None, max_length=100)
-    model_profiles: list[ShortText] | None = Field(default=None, max_length=100)
+    task_types: list[ShortText] | None = Field(
+        default=None, min_length=1, max_length=100, description="Omit for any task type."
+    )
+    model_profiles: list[ShortText] | None = Field(
+        default=None, min_length=1, max_length=100, description="Omit for any model profile."
+    )
     limit: int = Field(default=1, ge=1, le=100)
     lease_seconds: LeaseSeconds | None = Field(
         default=None, description="Lease length; default WORKER_LEASE_TIMEOUT."
@@ -158,7 +210,7 @@ class ClaimOut(BaseModel):
 
 
 class CompleteRequest(_Strict):
-    result: dict[str, Any]
+    result: JsonObject
     lease_token: UUID | None = Field(
         default=None, description="Required for running jobs; omit to complete a pending job."
     )
@@ -166,8 +218,8 @@ class CompleteRequest(_Strict):
 
 class FailRequest(_Strict):
     category: Category
-    message: str = Field(max_length=10_000)
-    details: dict[str, Any] | None = None
+    message: Message
+    details: JsonObject | None = None
     lease_token: UUID | None = None
     retryable: bool | None = Field(
         default=None,
@@ -221,8 +273,9 @@ class BulkRequest(FilterFields):
 
 
 class BulkOut(BaseModel):
-    count: int
-    ids: list[UUID]
+    count: int = Field(description="How many jobs changed.")
+    ids: list[UUID] = Field(description="Their ids (the first 10,000).")
+    ids_truncated: bool = Field(description="True when more jobs changed than ids are listed.")
 
 
 class StatusCounts(BaseModel):

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -266,7 +266,7 @@ class Runner:
             if held:
                 self.counters.processed += 1
                 self.counters.completed += 1
-                self.metrics.observe_finished(_finished(job), "completed")
+                self.metrics.observe_finished(job, "completed", finished_at=datetime.now(UTC))
             else:
                 self._discard(job, "it was cancelled, retried or rescued meanwhile")
         finally:
@@ -381,8 +381,3 @@ class Runner:
             },
             "last_claim_at": self.last_claim_at.isoformat() if self.last_claim_at else None,
         }
-
-
-def _finished(job: Job) -> Job:
-    """The job as completed now (for the run-duration histogram)."""
-    return replace(job, finished_at=datetime.now(UTC))

@@ -1,0 +1,453 @@
+"""Acceptance tests of the operational endpoints: probes, `/api/v1/stats`,
+`/metrics` and the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import psycopg
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import ApiFactory
+from tests.helpers import free_port, job_body
+
+API = "/api/v1"
+
+
+async def create(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
+    response = await client.post(f"{API}/jobs", json=job_body(**overrides))
+    assert response.status_code == 201, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def claim(client: httpx.AsyncClient, task_type: str, limit: int) -> list[dict[str, Any]]:
+    response = await client.post(
+        f"{API}/jobs/claim", json={"worker_id": "w-1", "task_types": [task_type], "limit": limit}
+    )
+    assert response.status_code == 200, response.text
+    jobs: list[dict[str, Any]] = response.json()["jobs"]
+    assert len(jobs) == limit
+    return jobs
+
+
+async def complete(client: httpx.AsyncClient, job: dict[str, Any]) -> None:
+    response = await client.post(
+        f"{API}/jobs/{job['id']}/complete",
+        json={"result": {"ok": True}, "lease_token": job["lease_token"]},
+    )
+    assert response.status_code == 200, response.text
+
+
+async def fail(client: httpx.AsyncClient, job: dict[str, Any], category: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"category": category, "message": "boom"}
+    if "lease_token" in job:
+        body["lease_token"] = job["lease_token"]
+    response = await client.post(f"{API}/jobs/{job['id']}/fail", json=body)
+    assert response.status_code == 200, response.text
+    out: dict[str, Any] = response.json()
+    return out
+
+
+# -- probes -------------------------------------------------------------------------
+
+
+async def test_healthz_and_readyz_answer_200(api: httpx.AsyncClient) -> None:
+    health = await api.get("/healthz")
+    assert health.status_code == 200
+    assert health.json() == {"status": "ok"}
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready"}
+
+
+async def test_database_down_gives_503_in_the_envelope_and_healthz_stays_200(
+    api_factory: ApiFactory,
+) -> None:
+    nowhere = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    async with api_factory(DATABASE_URL=nowhere) as client:
+        health = await client.get("/healthz")
+        assert health.status_code == 200
+        start = time.monotonic()
+        ready, job, created, metrics = await asyncio.gather(
+            client.get("/readyz"),
+            client.get(f"{API}/jobs/{uuid.uuid4()}"),
+            client.post(f"{API}/jobs", json=job_body()),
+            client.get("/metrics"),
+        )
+        assert time.monotonic() - start < 15
+        for response in (ready, job, created):
+            assert response.status_code == 503, (response.request.url, response.text)
+            body = response.json()
+            assert set(body) == {"error", "message", "details"}
+            assert body["error"] == "database_unavailable"
+            assert "postgresql://" not in response.text  # no connection string leaks
+        # The process counters are still served.
+        assert metrics.status_code == 200
+        assert "ai_http_request_duration_seconds" in metrics.text
+
+
+# -- stats --------------------------------------------------------------------------
+
+
+async def test_stats_of_an_empty_queue(api: httpx.AsyncClient) -> None:
+    response = await api.get(f"{API}/stats")
+    assert response.status_code == 200
+    stats = response.json()
+    assert stats["total"] == 0
+    assert stats["by_status"] == {
+        "pending": 0,
+        "running": 0,
+        "completed": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    assert stats["by_task_type"] == {}
+    assert stats["by_model_profile"] == {}
+    assert stats["failed_by_category"] == {}
+    assert stats["oldest_pending_age_seconds"] is None
+    assert stats["recent"] == {
+        "completed_1h": 0,
+        "failed_1h": 0,
+        "completed_24h": 0,
+        "failed_24h": 0,
+    }
+    assert stats["run_duration_24h"] == {}
+
+
+def counts(**values: int) -> dict[str, int]:
+    out = {"pending": 0, "running": 0, "completed": 0, "failed": 0, "cancelled": 0}
+    out.update(values)
+    return out
+
+
+async def test_stats_after_a_known_mix_of_jobs(api: httpx.AsyncClient, database_url: str) -> None:
+    chat = {"task_type": "llm_chat", "model_profile": "qwen2.5-14b"}
+    asr = {"task_type": "transcribe", "model_profile": "whisperx"}
+    analysis = {"task_type": "call_analysis", "model_profile": "qwen2.5-14b"}
+    # pending llm_chat x2 (one of them old)
+    old = await create(api, owner_ref="p/1", **chat)
+    await create(api, owner_ref="p/2", **chat)
+    # pending transcribe scheduled for later
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    await create(api, owner_ref="s/1", run_after=later, **asr)
+    # completed transcribe x3
+    for i in range(3):
+        await create(api, owner_ref=f"t/{i}", **asr)
+    done = await claim(api, "transcribe", 3)
+    for job in done:
+        await complete(api, job)
+    # call_analysis: one running, two failed (invalid_input)
+    for i in range(3):
+        await create(api, owner_ref=f"a/{i}", **analysis)
+    running, *failing = await claim(api, "call_analysis", 3)
+    for job in failing:
+        assert (await fail(api, job, "invalid_input"))["status"] == "failed"
+    # llm_chat on vision: one failed on the mirror path (provider_auth), one cancelled
+    mirror = await create(api, owner_ref="m/1", task_type="llm_chat", model_profile="vision")
+    assert (await fail(api, mirror, "provider_auth"))["status"] == "failed"
+    cancelled = await create(api, owner_ref="c/1", task_type="llm_chat", model_profile="vision")
+    assert (await api.post(f"{API}/jobs/{cancelled['id']}/cancel")).status_code == 200
+    # ocr on vision: a transient failure, back to pending (not a failed job)
+    await create(api, owner_ref="o/1", task_type="ocr", model_profile="vision")
+    [ocr] = await claim(api, "ocr", 1)
+    assert (await fail(api, ocr, "timeout"))["status"] == "pending"
+
+    # Known ages and durations: the oldest pending job waits 120 s; the three
+    # completed transcriptions took 10 s (just now), 20 s (2 h ago) and 30 s (26 h ago).
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE jobs SET created_at = now() - interval '120 seconds' WHERE id = %s",
+            (old["id"],),
+        )
+        for job, ago, took in zip(done, ("0", "2 hours", "26 hours"), (10, 20, 30), strict=True):
+            await conn.execute(
+                "UPDATE jobs SET finished_at = now() - %s::interval,"
+                " started_at = now() - %s::interval - make_interval(secs => %s)"
+                " WHERE id = %s",
+                (ago, ago, took, job["id"]),
+            )
+
+    response = await api.get(f"{API}/stats")
+    assert response.status_code == 200, response.text
+    stats = response.json()
+    assert stats["total"] == 12
+    assert stats["by_status"] == counts(pending=4, running=1, completed=3, failed=3, cancelled=1)
+    assert stats["by_task_type"] == {
+        "call_analysis": counts(running=1, failed=2),
+        "llm_chat": counts(pending=2, failed=1, cancelled=1),
+        "ocr": counts(pending=1),
+        "transcribe": counts(pending=1, completed=3),
+    }
+    assert stats["by_model_profile"] == {
+        "qwen2.5-14b": counts(pending=2, running=1, failed=2),
+        "vision": counts(pending=1, failed=1, cancelled=1),
+        "whisperx": counts(pending=1, completed=3),
+    }
+    assert stats["failed_by_category"] == {"invalid_input": 2, "provider_auth": 1}
+    assert 119 <= stats["oldest_pending_age_seconds"] < 130
+    assert stats["recent"] == {
+        "completed_1h": 1,
+        "failed_1h": 3,
+        "completed_24h": 2,
+        "failed_24h": 3,
+    }
+    duration = stats["run_duration_24h"]
+    assert set(duration) == {"transcribe"}
+    assert duration["transcribe"]["completed_24h"] == 2
+    assert abs(duration["transcribe"]["p50_seconds"] - 15.0) < 0.01
+    assert abs(duration["transcribe"]["p95_seconds"] - 19.5) < 0.01
+    generated = datetime.fromisoformat(stats["generated_at"].replace("Z", "+00:00"))
+    assert abs(generated - datetime.now(UTC)) < timedelta(seconds=5)
+    assert running["status"] == "running"
+
+
+async def test_stats_stay_exact_after_counter_compaction(api: httpx.AsyncClient) -> None:
+    # Trigger-written deltas are folded into the counters every ~2 s; the numbers
+    # must not move when that happens.
+    for i in range(5):
+        await create(api, owner_ref=f"r/{i}")
+    [job] = await claim(api, "llm_chat", 1)
+    await complete(api, job)
+    first = (await api.get(f"{API}/stats")).json()
+    await asyncio.sleep(2.5)
+    second = (await api.get(f"{API}/stats")).json()
+    assert second["by_status"] == first["by_status"] == counts(pending=4, completed=1)
+    assert second["total"] == first["total"] == 5
+
+
+# -- /metrics -----------------------------------------------------------------------
+
+
+def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus samples by sample name."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out.setdefault(sample.name, []).append((dict(sample.labels), sample.value))
+    return out
+
+
+def value(found: dict[str, list[tuple[dict[str, str], float]]], name: str, **labels: str) -> float:
+    """The value of the one sample of `name` whose labels include `labels` (0 if none)."""
+    matches = [v for lab, v in found.get(name, []) if labels.items() <= lab.items()]
+    assert len(matches) <= 1, (name, labels, matches)
+    return matches[0] if matches else 0.0
+
+
+async def test_metrics_expose_job_counters_histograms_gauges_and_http_latency(
+    api: httpx.AsyncClient,
+) -> None:
+    chat = {"task_type": "llm_chat", "model_profile": "qwen2.5-14b"}
+    asr = {"task_type": "transcribe", "model_profile": "whisperx"}
+    await create(api, owner_ref="c/1", idempotency_key="k", **chat)
+    await create(api, owner_ref="c/2", **chat)
+    repeat = await api.post(f"{API}/jobs", json=job_body(idempotency_key="k", **chat))
+    assert repeat.status_code == 200  # not counted as created
+    batch = await api.post(
+        f"{API}/jobs/batch", json={"defaults": asr, "jobs": [job_body(**asr) for _ in range(3)]}
+    )
+    assert batch.status_code == 201
+    first, second = await claim(api, "llm_chat", 2)
+    await complete(api, first)
+    await fail(api, second, "timeout")  # retried: back to pending
+    asr_failed, _asr_running = await claim(api, "transcribe", 2)
+    await fail(api, asr_failed, "invalid_input")
+    assert (await api.get(f"{API}/jobs/{first['id']}")).status_code == 200
+    assert (await api.get(f"{API}/jobs/{uuid.uuid4()}")).status_code == 404
+
+    response = await api.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    found = samples(response.text)
+    chat_labels = {"task_type": "llm_chat", "model_profile": "qwen2.5-14b"}
+    asr_labels = {"task_type": "transcribe", "model_profile": "whisperx"}
+    assert value(found, "ai_jobs_created_total", **chat_labels) == 2
+    assert value(found, "ai_jobs_created_total", **asr_labels) == 3
+    assert value(found, "ai_jobs_claimed_total", **chat_labels) == 2
+    assert value(found, "ai_jobs_claimed_total", **asr_labels) == 2
+    assert value(found, "ai_jobs_completed_total", **chat_labels) == 1
+    assert value(found, "ai_jobs_completed_total", **asr_labels) == 0
+    assert value(found, "ai_jobs_failed_total", **chat_labels, category="timeout") == 1
+    assert value(found, "ai_jobs_failed_total", **asr_labels, category="invalid_input") == 1
+    # Histograms: queue wait per task type, run duration per task type and outcome.
+    assert value(found, "ai_job_queue_wait_seconds_count", task_type="llm_chat") == 2
+    assert value(found, "ai_job_queue_wait_seconds_count", task_type="transcribe") == 2
+    assert value(found, "ai_job_queue_wait_seconds_bucket", task_type="llm_chat", le="+Inf") == 2
+    run = "ai_job_run_duration_seconds_count"
+    assert value(found, run, task_type="llm_chat", outcome="completed") == 1
+    assert value(found, run, task_type="llm_chat", outcome="failed") == 1
+    assert value(found, run, task_type="transcribe", outcome="failed") == 1
+    # Gauges of the queue right now, by task type.
+    assert value(found, "ai_jobs", status="pending", task_type="llm_chat") == 1
+    assert value(found, "ai_jobs", status="pending", task_type="transcribe") == 1
+    assert value(found, "ai_jobs", status="running", task_type="transcribe") == 1
+    assert value(found, "ai_jobs", status="running", task_type="llm_chat") == 0
+    # HTTP latency by method, route template (not the raw path) and status.
+    http = "ai_http_request_duration_seconds_count"
+    job_route = "/api/v1/jobs/{job_id}"
+    assert value(found, http, method="GET", route=job_route, status="200") == 1
+    assert value(found, http, method="GET", route=job_route, status="404") == 1
+    assert value(found, http, method="POST", route="/api/v1/jobs", status="201") == 2
+    assert value(found, http, method="POST", route="/api/v1/jobs", status="200") == 1
+    routes = {lab["route"] for lab, _ in found[http]}
+    assert not any(re.search(r"[0-9a-f]{8}-[0-9a-f]{4}", r) for r in routes), routes
+
+
+# -- OpenAPI ------------------------------------------------------------------------
+
+# method, path -> error statuses it must declare (every /api/v1 route also 401 and 503)
+SEED_ROUTES: dict[tuple[str, str], set[int]] = {
+    ("post", "/api/v1/jobs"): {413, 422},
+    ("get", "/api/v1/jobs"): {422},
+    ("post", "/api/v1/jobs/batch"): {413, 422},
+    ("post", "/api/v1/jobs/retry"): {413, 422},
+    ("post", "/api/v1/jobs/cancel"): {413, 422},
+    ("post", "/api/v1/jobs/claim"): {413, 422},
+    ("get", "/api/v1/jobs/{id}"): {404, 422},
+    ("post", "/api/v1/jobs/{id}/complete"): {404, 409, 413, 422},
+    ("post", "/api/v1/jobs/{id}/fail"): {404, 409, 413, 422},
+    ("post", "/api/v1/jobs/{id}/retry"): {404, 409, 422},
+    ("post", "/api/v1/jobs/{id}/heartbeat"): {404, 409, 413, 422},
+    ("post", "/api/v1/jobs/{id}/cancel"): {404, 409, 422},
+    ("get", "/api/v1/stats"): set(),
+    ("get", "/api/v1/providers/status"): set(),
+    ("get", "/api/v1/infra/status"): set(),
+    ("get", "/healthz"): set(),
+    ("get", "/readyz"): {503},
+    ("get", "/metrics"): set(),
+}
+
+# request body schema -> fields it must require
+REQUEST_BODIES: dict[tuple[str, str], set[str]] = {
+    ("post", "/api/v1/jobs"): {"owner_service", "owner_ref", "task_type", "model_profile", "input"},
+    ("post", "/api/v1/jobs/batch"): {"jobs"},
+    ("post", "/api/v1/jobs/claim"): {"worker_id"},
+    ("post", "/api/v1/jobs/{id}/complete"): {"result"},
+    ("post", "/api/v1/jobs/{id}/fail"): {"category", "message"},
+    ("post", "/api/v1/jobs/{id}/heartbeat"): {"lease_token"},
+    ("post", "/api/v1/jobs/retry"): set(),
+    ("post", "/api/v1/jobs/cancel"): set(),
+}
+
+LIST_FILTERS = {
+    "status",
+    "owner_service",
+    "owner_ref",
+    "task_type",
+    "model_profile",
+    "worker_id",
+    "error_category",
+    "created_after",
+    "created_before",
+}
+
+
+def operations(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    return {
+        (method, re.sub(r"\{[^}]+\}", "{id}", path)): op
+        for path, item in doc["paths"].items()
+        for method, op in item.items()
+        if method in {"get", "post", "put", "patch", "delete"}
+    }
+
+
+def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    target: dict[str, Any] = doc
+    for part in ref.removeprefix("#/").split("/"):
+        target = target[part]
+    return target
+
+
+async def openapi(client: httpx.AsyncClient) -> dict[str, Any]:
+    response = await client.get("/openapi.json")
+    assert response.status_code == 200
+    doc: dict[str, Any] = response.json()
+    assert doc["openapi"].startswith("3.")
+    return doc
+
+
+async def test_openapi_lists_every_seed_route(api: httpx.AsyncClient) -> None:
+    ops = operations(await openapi(api))
+    missing = sorted(set(SEED_ROUTES) - set(ops))
+    assert not missing, missing
+
+
+async def test_openapi_declares_error_responses_in_the_envelope(api: httpx.AsyncClient) -> None:
+    doc = await openapi(api)
+    ops = operations(doc)
+    problems = []
+    for route, wanted in SEED_ROUTES.items():
+        if route not in ops:
+            continue  # reported by test_openapi_lists_every_seed_route
+        if route[1].startswith("/api/v1/"):
+            wanted = wanted | {401, 503}
+        declared = ops[route]["responses"]
+        for status in sorted(wanted):
+            entry = declared.get(str(status))
+            if entry is None:
+                problems.append(f"{route}: {status} not declared")
+                continue
+            schema = resolve(doc, entry["content"]["application/json"]["schema"])
+            props = set(schema.get("properties", {}))
+            if not {"error", "message", "details"} <= props or not {
+                "error",
+                "message",
+            } <= set(schema.get("required", [])):
+                problems.append(f"{route}: {status} is not the error envelope: {schema}")
+    assert not problems, "\n".join(problems)
+
+
+async def test_openapi_declares_malformed_json_400_on_routes_with_a_body(
+    api: httpx.AsyncClient,
+) -> None:
+    # Every route that reads a JSON body answers 400 malformed_json to broken JSON.
+    ops = operations(await openapi(api))
+    missing = [route for route in REQUEST_BODIES if "400" not in ops[route]["responses"]]
+    assert not missing, missing
+
+
+async def test_openapi_describes_request_and_response_schemas(api: httpx.AsyncClient) -> None:
+    doc = await openapi(api)
+    ops = operations(doc)
+    for route, required in REQUEST_BODIES.items():
+        body = ops[route].get("requestBody")
+        assert body is not None, route
+        schema = resolve(doc, body["content"]["application/json"]["schema"])
+        assert required <= set(schema.get("required", [])), (route, schema.get("required"))
+        assert schema.get("additionalProperties") is False, route  # unknown fields refused
+    bulk = resolve(
+        doc,
+        ops[("post", "/api/v1/jobs/cancel")]["requestBody"]["content"]["application/json"][
+            "schema"
+        ],
+    )
+    assert LIST_FILTERS | {"all"} <= set(bulk["properties"])
+    for route in SEED_ROUTES:
+        if route not in ops or route == ("get", "/metrics"):
+            continue
+        success = {k: v for k, v in ops[route]["responses"].items() if k.startswith("2")}
+        assert success, route
+        for status, entry in success.items():
+            schema = resolve(doc, entry["content"]["application/json"]["schema"])
+            assert schema.get("properties"), (route, status, schema)
+    create = ops[("post", "/api/v1/jobs")]["responses"]
+    assert {"200", "201"} <= set(create)  # created, or matched by idempotency key
+    job = resolve(doc, create["201"]["content"]["application/json"]["schema"])
+    assert {"id", "status", "input", "result", "errors", "attempt", "run_after"} <= set(
+        job["properties"]
+    )
+    params = {p["name"] for p in ops[("get", "/api/v1/jobs")]["parameters"]}
+    assert LIST_FILTERS | {"limit", "cursor"} <= params
+    metrics = ops[("get", "/metrics")]["responses"]["200"]
+    assert "text/plain" in metrics["content"]
