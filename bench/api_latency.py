@@ -16,6 +16,7 @@ import time
 import httpx
 
 from bench._common import fresh_database, header, percentile, service_process, summary_ms
+from bench._http import Pool
 
 JOB = {"owner_service": "bench", "task_type": "noop", "model_profile": "none", "input": {"x": 1}}
 
@@ -24,28 +25,34 @@ async def run_kind(
     base: str, kind: str, clients: int, seconds: float, ids: list[str]
 ) -> list[float]:
     samples: list[float] = []
-    limits = httpx.Limits(max_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as client:
+    pool = Pool(base, clients)
 
-        async def loop(n: int) -> None:
-            end = time.perf_counter() + seconds
-            i = 0
-            while time.perf_counter() < end:
-                t0 = time.perf_counter()
-                if kind == "create":
-                    r = await client.post("/api/v1/jobs", json=JOB | {"owner_ref": f"c{n}-{i}"})
-                elif kind == "get":
-                    r = await client.get(f"/api/v1/jobs/{ids[(n * 7919 + i) % len(ids)]}")
-                else:
-                    r = await client.get(
-                        "/api/v1/jobs",
-                        params={"owner_service": "bench", "status": "pending", "limit": 20},
-                    )
-                samples.append(time.perf_counter() - t0)
-                r.raise_for_status()
-                i += 1
+    async def loop(n: int) -> None:
+        end = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < end:
+            t0 = time.perf_counter()
+            if kind == "create":
+                status, _ = await pool.request(
+                    "POST", "/api/v1/jobs", JOB | {"owner_ref": f"c{n}-{i}"}
+                )
+            elif kind == "get":
+                status, _ = await pool.request(
+                    "GET", f"/api/v1/jobs/{ids[(n * 7919 + i) % len(ids)]}"
+                )
+            else:
+                status, _ = await pool.request(
+                    "GET", "/api/v1/jobs?owner_service=bench&status=pending&limit=20"
+                )
+            samples.append(time.perf_counter() - t0)
+            if status >= 400:
+                raise RuntimeError(f"{kind} answered {status}")
+            i += 1
 
+    try:
         await asyncio.gather(*(loop(n) for n in range(clients)))
+    finally:
+        pool.close()
     return samples
 
 

@@ -81,24 +81,21 @@ class Metrics:
 
     def observe_finished(
         self,
-        job: Job,
+        task_type: str,
+        model_profile: str,
         outcome: str,
+        started_at: datetime | None,
+        finished_at: datetime,
         category: str | None = None,
-        finished_at: datetime | None = None,
     ) -> None:
-        """Record a completion (`outcome="completed"`) or a failed attempt.
-
-        The run lasted from `job.started_at` to `finished_at` (default: the
-        job's own `finished_at`, else `updated_at`).
-        """
+        """Record a completion (`outcome="completed"`) or a failed attempt (`"failed"`)."""
         if outcome == "completed":
-            self._child(self.completed, job.task_type, job.model_profile).inc()
+            self._child(self.completed, task_type, model_profile).inc()
         else:
-            self._child(self.failed, job.task_type, job.model_profile, category or "unknown").inc()
-        if job.started_at is not None:
-            end = finished_at or job.finished_at or job.updated_at
-            seconds = (end - job.started_at).total_seconds()
-            self._child(self.run_duration, job.task_type, outcome).observe(max(seconds, 0.0))
+            self._child(self.failed, task_type, model_profile, category or "unknown").inc()
+        if started_at is not None:
+            seconds = (finished_at - started_at).total_seconds()
+            self._child(self.run_duration, task_type, outcome).observe(max(seconds, 0.0))
 
     def set_queue_gauges(self, counts: Iterable[dict[str, Any]]) -> None:
         """Set pending/running gauges from `stats_counts` rows."""

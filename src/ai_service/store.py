@@ -320,16 +320,20 @@ class Store:
             raise await self._explain_miss(job_id, "complete", lease_token)
         return job
 
-    async def complete_many(self, completions: Sequence[Completion]) -> set[UUID]:
-        """Complete many running jobs in one statement; returns the ids whose lease held."""
+    async def complete_many(self, completions: Sequence[Completion]) -> dict[UUID, dict[str, Any]]:
+        """Complete many running jobs in one statement.
+
+        Returns the jobs whose lease held, by id: `task_type`, `model_profile`,
+        `started_at`, `finished_at`. The others changed nothing.
+        """
         if not completions:
-            return set()
+            return {}
         records = [
             {"id": str(c.job_id), "lease_token": str(c.lease_token), "result": c.result}
             for c in completions
         ]
         rows = await self._fetch("job_complete_many", {"completions": jsonb(records)})
-        return {row["id"] for row in rows}
+        return {row["id"]: row for row in rows}
 
     async def fail(
         self,

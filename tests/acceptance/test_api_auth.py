@@ -119,6 +119,12 @@ async def exercise(
         f"{API}/jobs/{{id}}/fail",
         json={"category": "invalid_input", "message": "bad"},
     )
+    await call(
+        "POST",
+        f"{API}/jobs/complete",
+        f"{API}/jobs/complete",
+        json={"jobs": [{"id": a, "result": {"ok": True}, **lease}]},
+    )
     await call("POST", f"{API}/jobs/{b}/retry", f"{API}/jobs/{{id}}/retry")
     await call("POST", f"{API}/jobs/{b}/cancel", f"{API}/jobs/{{id}}/cancel")
     await call("POST", f"{API}/jobs/retry", f"{API}/jobs/retry", json={"all": True})

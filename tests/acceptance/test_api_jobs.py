@@ -912,3 +912,41 @@ async def test_create_answers_with_the_location_of_the_job(api: httpx.AsyncClien
     assert response.headers["location"] == f"/api/v1/jobs/{response.json()['id']}"
     fetched = await api.get(response.headers["location"])
     assert fetched.json()["owner_ref"] == "loc/1"
+
+
+async def test_batch_complete_stores_results_fenced_per_job(api: httpx.AsyncClient) -> None:
+    for i in range(3):
+        assert (
+            await api.post(f"{API}/jobs", json=job_body(owner_ref=f"bc/{i}"))
+        ).status_code == 201
+    claimed = (await api.post(f"{API}/jobs/claim", json={"worker_id": "ext", "limit": 3})).json()
+    first, second, third = claimed["jobs"]
+    # The third job is cancelled meanwhile: its token no longer holds it.
+    assert (await api.post(f"{API}/jobs/{third['id']}/cancel")).status_code == 200
+    items = [
+        {"id": job["id"], "lease_token": job["lease_token"], "result": {"n": n}}
+        for n, job in enumerate((first, second, third))
+    ]
+    response = await api.post(f"{API}/jobs/complete", json={"jobs": items})
+    assert response.status_code == 200
+    assert response.json() == {
+        "completed": [first["id"], second["id"]],
+        "rejected": [third["id"]],
+    }
+    assert (await api.get(f"{API}/jobs/{first['id']}")).json()["result"] == {"n": 0}
+    assert (await api.get(f"{API}/jobs/{second['id']}")).json()["status"] == "completed"
+    third_now = (await api.get(f"{API}/jobs/{third['id']}")).json()
+    assert third_now["status"] == "cancelled"
+    assert third_now["result"] is None
+
+
+async def test_batch_complete_refuses_a_repeated_id_and_changes_nothing(
+    api: httpx.AsyncClient,
+) -> None:
+    assert (await api.post(f"{API}/jobs", json=job_body(owner_ref="bc/dup"))).status_code == 201
+    [job] = (await api.post(f"{API}/jobs/claim", json={"worker_id": "ext"})).json()["jobs"]
+    item = {"id": job["id"], "lease_token": job["lease_token"], "result": {}}
+    response = await api.post(f"{API}/jobs/complete", json={"jobs": [item, item]})
+    assert response.status_code == 422
+    assert "jobs[1].id" in response.json()["message"]
+    assert (await api.get(f"{API}/jobs/{job['id']}")).json()["status"] == "running"

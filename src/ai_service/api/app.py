@@ -7,9 +7,11 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -184,6 +186,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
         description="Job service for AI workloads (LLM chat, transcription) on PostgreSQL.",
         lifespan=lifespan,
     )
+    app.openapi = lambda: _openapi_with_bearer(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.notifier = None
@@ -196,6 +199,26 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app
+
+
+def _openapi_with_bearer(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, with the bearer scheme on every `/api/v1/*` operation."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+        schemes["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "AI_SERVICE_TOKEN, when it is configured",
+        }
+        for path, operations in schema["paths"].items():
+            if path.startswith("/api/v1/"):
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def create_app_from_env() -> FastAPI:

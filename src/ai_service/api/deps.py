@@ -11,15 +11,11 @@ from typing import Annotated
 
 import httpx
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ai_service import errors
 from ai_service.config import Settings
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
-
-_bearer = HTTPBearer(auto_error=False, description="AI_SERVICE_TOKEN, when configured")
 
 
 async def get_settings(request: Request) -> Settings:
@@ -58,6 +54,8 @@ def token_accepted(expected: str | None, authorization: str | None) -> bool:
     """Whether an `Authorization` header value carries the expected bearer token.
 
     Constant-time comparison; no token configured means every caller is accepted.
+    `api.app.AuthMiddleware` applies it to every `/api/v1/*` request before the
+    body is read or a route is chosen.
     """
     if expected is None:
         return True
@@ -65,19 +63,3 @@ def token_accepted(expected: str | None, authorization: str | None) -> bool:
     if scheme.lower() != "bearer":
         given = ""
     return hmac.compare_digest(given.strip().encode(), expected.encode())
-
-
-async def require_token(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Enforce `Authorization: Bearer <AI_SERVICE_TOKEN>` when a token is configured.
-
-    `api.app.AuthMiddleware` checks the same before the body is read (so a
-    caller without the token learns nothing about its request); this
-    dependency declares the scheme in the OpenAPI document and guards routes
-    mounted elsewhere.
-    """
-    header = f"Bearer {credentials.credentials}" if credentials is not None else None
-    if not token_accepted(settings.ai_service_token, header):
-        raise errors.Unauthorized("missing or wrong bearer token")

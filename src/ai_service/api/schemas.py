@@ -7,7 +7,15 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from ai_service.jobs import DEFAULT_MAX_ATTEMPTS, Job, JobFilter, JobStatus
 
@@ -213,6 +221,35 @@ class CompleteRequest(_Strict):
     result: JsonObject
     lease_token: UUID | None = Field(
         default=None, description="Required for running jobs; omit to complete a pending job."
+    )
+
+
+class CompletionItem(_Strict):
+    id: UUID
+    lease_token: UUID
+    result: JsonObject
+
+
+class CompleteManyRequest(_Strict):
+    """Results of many running jobs at once (external workers), each fenced by its token."""
+
+    jobs: list[CompletionItem] = Field(min_length=1, max_length=1000)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> CompleteManyRequest:
+        seen: set[UUID] = set()
+        for index, item in enumerate(self.jobs):
+            if item.id in seen:
+                raise ValueError(f"jobs[{index}].id repeats an earlier item")
+            seen.add(item.id)
+        return self
+
+
+class CompleteManyOut(BaseModel):
+    completed: list[UUID] = Field(description="Jobs now completed.")
+    rejected: list[UUID] = Field(
+        description="Jobs whose lease token no longer held them (rescued, retried, "
+        "cancelled, unknown): nothing changed for them."
     )
 
 

@@ -146,7 +146,7 @@ UPDATE jobs j
   FROM locked
  WHERE j.id = locked.id
    AND j.status = 'running'
-RETURNING j.id;
+RETURNING j.id, j.task_type, j.model_profile, j.started_at, j.finished_at;
 
 -- name: job_fail
 -- Record a failed attempt. Running jobs with attempts left and a retryable error go back

@@ -266,7 +266,9 @@ class Runner:
             if held:
                 self.counters.processed += 1
                 self.counters.completed += 1
-                self.metrics.observe_finished(job, "completed", finished_at=datetime.now(UTC))
+                self.metrics.observe_finished(
+                    job.task_type, job.model_profile, "completed", job.started_at, datetime.now(UTC)
+                )
             else:
                 self._discard(job, "it was cancelled, retried or rescued meanwhile")
         finally:
@@ -302,7 +304,14 @@ class Runner:
             self.counters.retried += 1
         else:
             self.counters.failed += 1
-        self.metrics.observe_finished(updated, "failed", failure.category)
+        self.metrics.observe_finished(
+            job.task_type,
+            job.model_profile,
+            "failed",
+            job.started_at,
+            updated.updated_at,
+            failure.category,
+        )
         log.info(
             "job %s attempt %d failed (%s)%s: %s",
             job.id,
