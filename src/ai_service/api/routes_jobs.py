@@ -7,7 +7,6 @@ from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, Request, Response, status
-from pydantic import AwareDatetime
 
 from ai_service import errors
 from ai_service.api import schemas
@@ -127,8 +126,8 @@ async def list_jobs(
     model_profile: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     worker_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     error_category: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
-    created_after: Annotated[AwareDatetime | None, Query()] = None,
-    created_before: Annotated[AwareDatetime | None, Query()] = None,
+    created_after: Annotated[schemas.Timestamp | None, Query()] = None,
+    created_before: Annotated[schemas.Timestamp | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> schemas.JobListOut:

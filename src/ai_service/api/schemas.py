@@ -11,8 +11,10 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
     StringConstraints,
     model_validator,
 )
@@ -28,9 +30,32 @@ WorkerId = Annotated[str, StringConstraints(min_length=1, max_length=200, patter
 Category = Annotated[
     str, StringConstraints(min_length=1, max_length=100, pattern=r"^[a-z0-9_.-]+$")
 ]
-Priority = Annotated[int, Field(ge=-1000, le=1000, description="Higher runs first.")]
-MaxAttempts = Annotated[int, Field(ge=1, le=100)]
-LeaseSeconds = Annotated[float, Field(ge=1, le=86400)]
+
+
+def _not_bool(value: Any) -> Any:
+    # Lax validation would read true/false as 1/0.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+def _text_only(value: Any) -> Any:
+    # Lax validation would read a number (or a numeric query string) as a Unix timestamp.
+    numeric = isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit()
+    if numeric or not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date-time string with a timezone")
+    return value
+
+
+Number = BeforeValidator(_not_bool)
+Priority = Annotated[int, Number, Field(ge=-1000, le=1000, description="Higher runs first.")]
+MaxAttempts = Annotated[int, Number, Field(ge=1, le=100)]
+LeaseSeconds = Annotated[float, Number, Field(ge=1, le=86400)]
+Limit = Annotated[int, Number, Field(ge=1, le=100)]
+WaitSeconds = Annotated[
+    float, Number, Field(ge=0, le=30, description="Long poll: wait up to this long for a job.")
+]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_text_only)]
 Message = Annotated[str, StringConstraints(max_length=10_000, pattern=r"^[^\x00]*$")]
 
 MAX_JSON_DEPTH = 64
@@ -73,14 +98,23 @@ def _stored_time(value: datetime) -> datetime:
         in_range = False
     if not in_range:
         raise ValueError("must be between 1970-01-01 and 9000-01-01 (UTC)")
-    return value
+    # Stored in UTC: PostgreSQL refuses offsets beyond +-15:59 that RFC 3339 allows.
+    return value.astimezone(UTC)
 
 
-JsonObject = Annotated[dict[str, Any], AfterValidator(_json_object)]
-RunAfter = Annotated[AwareDatetime, AfterValidator(_stored_time)]
+JsonObject = Annotated[
+    dict[str, Any],
+    AfterValidator(_json_object),
+    Field(
+        description="A JSON object: strings without NUL characters or lone surrogates, "
+        f"finite numbers, at most {MAX_JSON_DEPTH} levels deep."
+    ),
+]
+RunAfter = Annotated[Timestamp, AfterValidator(_stored_time)]
 
 
 class _Strict(BaseModel):
+    # No unknown fields: a typo fails loudly instead of being ignored.
     model_config = ConfigDict(extra="forbid")
 
 
@@ -204,13 +238,11 @@ class ClaimRequest(_Strict):
     model_profiles: list[ShortText] | None = Field(
         default=None, min_length=1, max_length=100, description="Omit for any model profile."
     )
-    limit: int = Field(default=1, ge=1, le=100)
+    limit: Limit = 1
     lease_seconds: LeaseSeconds | None = Field(
         default=None, description="Lease length; default WORKER_LEASE_TIMEOUT."
     )
-    wait_seconds: float = Field(
-        default=0, ge=0, le=30, description="Long poll: wait up to this long for a job."
-    )
+    wait_seconds: WaitSeconds = 0
 
 
 class ClaimOut(BaseModel):
@@ -258,7 +290,7 @@ class FailRequest(_Strict):
     message: Message
     details: JsonObject | None = None
     lease_token: UUID | None = None
-    retryable: bool | None = Field(
+    retryable: StrictBool | None = Field(
         default=None,
         description="Retry when attempts are left; default: only transient categories "
         "(provider_unavailable, rate_limited, timeout).",
@@ -288,8 +320,8 @@ class FilterFields(_Strict):
     model_profile: ShortText | None = None
     worker_id: WorkerId | None = None
     error_category: Category | None = None
-    created_after: AwareDatetime | None = None
-    created_before: AwareDatetime | None = None
+    created_after: Timestamp | None = None
+    created_before: Timestamp | None = None
 
     def to_filter(self) -> JobFilter:
         return JobFilter(
@@ -306,7 +338,9 @@ class FilterFields(_Strict):
 
 
 class BulkRequest(FilterFields):
-    all: bool = Field(default=False, description="Required to act on every job (empty filter).")
+    all: StrictBool = Field(
+        default=False, description="Required to act on every job (empty filter)."
+    )
 
 
 class BulkOut(BaseModel):
