@@ -62,12 +62,12 @@ class EmbeddedPostgres:
         return result.returncode == 0
 
 
-def _run_as() -> str | None:
-    """The user to run PostgreSQL as: None normally, a system user when root."""
+def _run_as() -> pwd.struct_passwd | None:
+    """The account to run PostgreSQL as: None normally, a system user when root."""
     if os.geteuid() != 0:
         return None
     try:
-        pwd.getpwnam(SYSTEM_USER)
+        return pwd.getpwnam(SYSTEM_USER)
     except KeyError:
         subprocess.run(
             [
@@ -80,20 +80,32 @@ def _run_as() -> str | None:
             ],
             check=True,
         )
-    return SYSTEM_USER
+    return pwd.getpwnam(SYSTEM_USER)
+
+
+def _run(args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL program, as the unprivileged account when we are root.
+
+    User *and* groups switch: keeping root's group would let the server read
+    group-root files and fail on directories closed to that group.
+    """
+    account = _run_as()
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=120,
+        user=account.pw_uid if account else None,
+        group=account.pw_gid if account else None,
+        extra_groups=[] if account else None,
+    )
 
 
 def _pg_ctl(
     data_dir: Path, args: list[str], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args],
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=120,
-        user=_run_as(),
-    )
+    return _run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args], check=check)
 
 
 def _free_port() -> int:
@@ -137,7 +149,6 @@ def ensure_running(data_dir: Path, options: list[str] | None = None) -> Embedded
 
     `options` are extra `-c name=value` server settings (tests turn off fsync).
     """
-    run_as = _run_as()
     data_dir = data_dir.resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "PG_VERSION").exists():
@@ -145,7 +156,7 @@ def ensure_running(data_dir: Path, options: list[str] | None = None) -> Embedded
             shutil.rmtree(data_dir)
         data_dir.mkdir(mode=0o700)
         _make_accessible(data_dir)
-        subprocess.run(
+        _run(
             [
                 str(POSTGRES_BIN_PATH / "initdb"),
                 "-D",
@@ -154,11 +165,7 @@ def ensure_running(data_dir: Path, options: list[str] | None = None) -> Embedded
                 "--encoding=UTF8",
                 "-U",
                 DB_USER,
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-            user=run_as,
+            ]
         )
     port_file = data_dir / "ai_service_port"
     if port_file.exists():

@@ -137,7 +137,8 @@ class Store:
             timeout=timeout,
             kwargs={"autocommit": True, "row_factory": dict_row},
             configure=configure,
-            reconnect_timeout=0,  # keep retrying forever; the database may come back
+            # When reconnection attempts give up, the pool still grows again on
+            # demand: requests answer 503 until PostgreSQL is back, then recover.
             open=False,
             name="ai-service",
         )

@@ -81,6 +81,7 @@ class InFlight:
     started: datetime
     task: asyncio.Task[None] | None = None
     lost: bool = False  # lease gone: stop the work, discard the result
+    recording: bool = False  # the handler is done; its outcome is being written
 
 
 @dataclass
@@ -229,6 +230,12 @@ class Runner:
                 w.cancel()
 
     def _start_job(self, job: Job, spec: HandlerSpec) -> None:
+        earlier = self.in_flight.get(job.id)
+        if earlier is not None and earlier.task is not None and not earlier.recording:
+            # Claimed again after this worker lost the lease (manual retry, rescue):
+            # the older attempt cannot record anything any more.
+            earlier.lost = True
+            earlier.task.cancel()
         flight = InFlight(job=job, spec=spec, started=datetime.now(UTC))
         self.in_flight[job.id] = flight
         flight.task = asyncio.create_task(self._execute(flight), name=f"job-{job.id}")
@@ -262,6 +269,7 @@ class Runner:
                 self._discard(job, "its lease was lost while running")
                 return
             assert job.lease_token is not None
+            flight.recording = True
             held = await self.completer.submit(Completion(job.id, job.lease_token, result))
             if held:
                 self.counters.processed += 1
@@ -272,7 +280,9 @@ class Runner:
             else:
                 self._discard(job, "it was cancelled, retried or rescued meanwhile")
         finally:
-            self.in_flight.pop(job.id, None)
+            # The same job may have been claimed again meanwhile: remove only this attempt.
+            if self.in_flight.get(job.id) is flight:
+                del self.in_flight[job.id]
             self._wake.set()
 
     async def _record_failure(self, flight: InFlight, failure: errors.JobFailure) -> None:
@@ -280,6 +290,7 @@ class Runner:
         if flight.lost:
             self._discard(job, "its lease was lost while running")
             return
+        flight.recording = True
         retryable = is_retryable(failure.category, failure.retryable)
         while True:
             try:
@@ -343,8 +354,11 @@ class Runner:
         except errors.DatabaseUnavailable:
             return  # try again next beat; leases are long compared to the interval
         for flight in flights:
-            if flight.job.id not in held and flight.task is not None and not flight.task.done():
-                flight.lost = True
+            if flight.job.id in held or flight.task is None or flight.task.done():
+                continue
+            flight.lost = True
+            if not flight.recording:
+                # Stop the work; a result already being written is fenced by its token.
                 flight.task.cancel()
 
     # -- status ---------------------------------------------------------------------
