@@ -407,7 +407,8 @@ async def test_complete_many_fences_each_job_by_its_own_token(store: Store) -> N
     ]
     await store.cancel(f.id)  # f's lease is gone before the batch arrives
     done = await store.complete_many(completions)
-    assert done == {a.id, b.id}
+    assert set(done) == {a.id, b.id}
+    assert done[a.id]["task_type"] == a.task_type
     for job, name in ((a, "a"), (b, "b")):
         now = await store.get_job(job.id)
         assert now.status is JobStatus.COMPLETED
@@ -416,12 +417,12 @@ async def test_complete_many_fences_each_job_by_its_own_token(store: Store) -> N
     for job in (c, d, e, g, h):
         assert await store.get_job(job.id) == job
     assert (await store.get_job(f.id)).status is JobStatus.CANCELLED
-    assert await store.complete_many([]) == set()
+    assert await store.complete_many([]) == {}
 
 
 async def test_complete_many_does_not_complete_pending_jobs(store: Store) -> None:
     job = await create(store)
-    assert await store.complete_many([Completion(job.id, uuid.uuid4(), {"x": 1})]) == set()
+    assert await store.complete_many([Completion(job.id, uuid.uuid4(), {"x": 1})]) == {}
     assert await store.get_job(job.id) == job
 
 
