@@ -142,7 +142,7 @@ def test_the_seed_commands_start_the_named_service_under_its_profile() -> None:
 
 
 def test_the_seed_commands_appear_verbatim_in_the_docs() -> None:
-    readme = (DEPLOY / "README-deploy.md").read_text()
+    readme = (DEPLOY.parent / "README.md").read_text()
     audio_text = AUDIO.read_text()
     for command in SEED_COMMANDS:
         assert command in readme
