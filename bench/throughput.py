@@ -8,8 +8,9 @@ On one PostgreSQL, in one run:
      (claim + complete, group-committed and fenced): jobs/s from the first
      claim to the last completion (database timestamps);
   3. external workers over HTTP: N jobs claimed (`POST /jobs/claim`, 50 at a
-     time) and completed one `POST /jobs/{id}/complete` each, by concurrent
-     clients: jobs/s;
+     time) and completed one `POST /jobs/{id}/complete` each, by 16 concurrent
+     clients (API with HTTP_WORKERS=1 and =2), and with one batched
+     `POST /jobs/complete` per claim: jobs/s;
   4. Procrastinate (bench-only dependency): the same N no-op jobs deferred in
      batches and drained by its async worker;
   5. `pgbench -N` (one-row updates per commit): the commit-rate limit of this
@@ -206,11 +207,23 @@ async def main(jobs: int, workers: int) -> dict[str, float]:
         print(f"built-in workers ({workers} procs)     {figures['built_in']:9.0f} jobs/s")
     with fresh_database("tp") as url, service_process("api", url, "HTTP_PORT") as base:
         await create_backlog(base, jobs)
-        figures["external"] = await external_http(base, jobs)
-        print(f"external HTTP, complete per job {figures['external']:8.0f} jobs/s")
+        figures["external_1"] = await external_http(base, jobs)
+        print(
+            f"external HTTP, complete per job, 1 API process  {figures['external_1']:8.0f} jobs/s"
+        )
         await create_backlog(base, jobs)
         figures["external_batched"] = await external_http(base, jobs, batched=True)
-        print(f"external HTTP, batch complete  {figures['external_batched']:9.0f} jobs/s")
+        print(
+            "external HTTP, batch complete,   1 API process  "
+            f"{figures['external_batched']:8.0f} jobs/s"
+        )
+    with (
+        fresh_database("tp") as url,
+        service_process("api", url, "HTTP_PORT", HTTP_WORKERS="2") as base,
+    ):
+        await create_backlog(base, jobs)
+        figures["external"] = await external_http(base, jobs)
+        print(f"external HTTP, complete per job, 2 API processes {figures['external']:7.0f} jobs/s")
     with fresh_database("proc") as url:
         figures["procrastinate"] = await procrastinate_rate(url, jobs)
         print(f"Procrastinate (async worker)   {figures['procrastinate']:9.0f} jobs/s")
