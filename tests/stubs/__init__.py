@@ -33,7 +33,7 @@ import socket
 import threading
 import time
 import wave
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
@@ -63,12 +63,45 @@ class StubServer:
     interrupts, so a stub that simulates a hung server still stops at once.
     """
 
+    # Failure kinds a subclass understands (see its `fail_next`/`fail_always`).
+    FAILURES: tuple[str, ...] = ()
+
     def __init__(self, port: int = 0) -> None:
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._requested_port = port  # 0: an ephemeral port
         self.port = 0
+        self._lock = threading.Lock()
+        self._queued: deque[str] = deque()
+        self._always: str | None = None
+
+    def fail_next(self, kind: str, times: int = 1) -> None:
+        """Make the next `times` requests fail with `kind` (one of `FAILURES`)."""
+        self._check_kind(kind)
+        with self._lock:
+            self._queued.extend([kind] * times)
+
+    def fail_always(self, kind: str | None) -> None:
+        """Make every request fail with `kind` until cleared with None."""
+        if kind is not None:
+            self._check_kind(kind)
+        with self._lock:
+            self._always = kind
+
+    def _check_kind(self, kind: str) -> None:
+        if kind not in self.FAILURES:
+            known = ", ".join(self.FAILURES)
+            raise ValueError(f"unknown failure {kind!r}; known: {known}")
+
+    def _next_failure(self) -> str | None:
+        """The failure the next request gets (queued ones first); call with the lock."""
+        return self._queued.popleft() if self._queued else self._always
+
+    def _clear_failures(self) -> None:
+        """Forget injected failures; call with the lock."""
+        self._queued.clear()
+        self._always = None
 
     def build_app(self) -> Starlette:
         """The ASGI app to serve (one per start)."""

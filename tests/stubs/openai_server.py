@@ -47,7 +47,7 @@ import re
 import threading
 import time
 import wave
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +103,8 @@ def audio_seconds(data: bytes) -> float:
 class OpenAIStub(StubServer):
     """OpenAI-compatible chat server with latency, queueing and failure injection."""
 
+    FAILURES = FAILURES
+
     def __init__(
         self,
         *,
@@ -121,10 +123,7 @@ class OpenAIStub(StubServer):
         self.max_concurrency = max_concurrency
         self.reply = reply
         self.hang_seconds = hang_seconds
-        self._lock = threading.Lock()
         self._ids = itertools.count(1)
-        self._queued: deque[str] = deque()
-        self._always: str | None = None
         self.reset()
 
     # -- test API -----------------------------------------------------------
@@ -138,22 +137,7 @@ class OpenAIStub(StubServer):
             self.in_flight = 0
             self.max_in_flight = 0
             self.requests: list[RecordedRequest] = []
-            self._queued.clear()
-            self._always = None
-
-    def fail_next(self, kind: str, times: int = 1) -> None:
-        """Make the next `times` chat requests fail with `kind` (see `FAILURES`)."""
-        if kind not in FAILURES:
-            raise ValueError(f"unknown failure {kind!r}; known: {', '.join(FAILURES)}")
-        with self._lock:
-            self._queued.extend([kind] * times)
-
-    def fail_always(self, kind: str | None) -> None:
-        """Make every chat request fail with `kind` until cleared with None."""
-        if kind is not None and kind not in FAILURES:
-            raise ValueError(f"unknown failure {kind!r}; known: {', '.join(FAILURES)}")
-        with self._lock:
-            self._always = kind
+            self._clear_failures()
 
     # -- server -------------------------------------------------------------
 
@@ -196,7 +180,7 @@ class OpenAIStub(StubServer):
             raw = await request.body()
             with self._lock:
                 self.requests_received += 1
-                failure = self._queued.popleft() if self._queued else self._always
+                failure = self._next_failure()
             recorded = RecordedRequest(headers=dict(request.headers), body={})
             with self._lock:
                 self.requests.append(recorded)

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +58,8 @@ class RecordedAsr:
 class WhisperXStub(StubServer):
     """One WhisperX instance; `name` appears in every segment's text."""
 
+    FAILURES = FAILURES
+
     def __init__(
         self,
         name: str = "whisperx",
@@ -79,9 +79,6 @@ class WhisperXStub(StubServer):
         self.language = language
         self.latency = latency
         self.hang_seconds = hang_seconds
-        self._lock = threading.Lock()
-        self._queued: deque[str] = deque()
-        self._always: str | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -90,22 +87,7 @@ class WhisperXStub(StubServer):
             self.requests_received = 0
             self.successes = 0
             self.requests: list[RecordedAsr] = []
-            self._queued.clear()
-            self._always = None
-
-    def fail_next(self, kind: str, times: int = 1) -> None:
-        """Make the next `times` `/asr` requests fail with `kind`."""
-        if kind not in FAILURES:
-            raise ValueError(f"unknown failure {kind!r}; known: {', '.join(FAILURES)}")
-        with self._lock:
-            self._queued.extend([kind] * times)
-
-    def fail_always(self, kind: str | None) -> None:
-        """Make every `/asr` request fail with `kind` until cleared with None."""
-        if kind is not None and kind not in FAILURES:
-            raise ValueError(f"unknown failure {kind!r}; known: {', '.join(FAILURES)}")
-        with self._lock:
-            self._always = kind
+            self._clear_failures()
 
     def build_app(self) -> Starlette:
         async def root(request: Request) -> Response:
@@ -125,7 +107,7 @@ class WhisperXStub(StubServer):
             with self._lock:
                 self.requests_received += 1
                 self.requests.append(recorded)
-                failure = self._queued.popleft() if self._queued else self._always
+                failure = self._next_failure()
             if self.latency:
                 await self.hang(self.latency)
             if failure is not None:
