@@ -98,8 +98,9 @@ def cmd_dev(settings: Settings) -> None:
         subprocess.Popen([sys.executable, "-m", "ai_service", "worker"], env=env),
     ]
     print(
-        f"API on http://127.0.0.1:{settings.http_port}, worker status on "
-        f"http://127.0.0.1:{settings.worker_http_port}/worker/status (Ctrl-C stops all)",
+        f"API on {settings.http_host}:{settings.http_port}, worker status on "
+        f"{settings.worker_http_host}:{settings.worker_http_port}/worker/status "
+        "(Ctrl-C stops all)",
         file=sys.stderr,
     )
 

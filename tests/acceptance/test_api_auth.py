@@ -274,3 +274,9 @@ async def test_without_the_token_the_body_is_never_looked_at(api_factory: ApiFac
         )
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
+
+
+async def test_without_the_token_an_oversized_body_is_still_401(api_factory: ApiFactory) -> None:
+    async with api_factory(AI_SERVICE_TOKEN=TOKEN, MAX_BODY_BYTES="2048") as client:
+        response = await client.post("/api/v1/jobs", json=job_body(input={"x": "y" * 10_000}))
+    assert response.status_code == 401

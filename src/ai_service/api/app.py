@@ -195,9 +195,11 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(stats_router)
     app.include_router(infra_router)
+    # The last added runs first: metrics see every answer, auth comes before the
+    # body-size check so that an unauthenticated caller learns nothing else.
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     app.add_middleware(AuthMiddleware, token=settings.ai_service_token)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     return app
 
 

@@ -191,7 +191,7 @@ class Runner:
             self._wake.clear()
             more = False
             for spec in self.enabled:
-                free = self.concurrency - len(self.in_flight)
+                free = self.concurrency - self._handling()
                 if free <= 0 or self.stopping:
                     break
                 limit = min(free, self.claim_limit)
@@ -214,20 +214,25 @@ class Runner:
                 for job in jobs:
                     self._start_job(job, spec)
                 more = more or len(jobs) == limit
-            if more and len(self.in_flight) < self.concurrency:
+            if more and self._handling() < self.concurrency:
                 continue
             await self._sleep(waiter)
 
     async def _sleep(self, waiter: asyncio.Event | None) -> None:
         """Until a notification, a freed slot, shutdown, or the poll interval."""
         waits = [asyncio.ensure_future(self._wake.wait())]
-        if waiter is not None and len(self.in_flight) < self.concurrency:
+        if waiter is not None and self._handling() < self.concurrency:
             waits.append(asyncio.ensure_future(waiter.wait()))
         try:
             await asyncio.wait(waits, timeout=self.poll_interval, return_when="FIRST_COMPLETED")
         finally:
             for w in waits:
                 w.cancel()
+
+    def _handling(self) -> int:
+        """Jobs whose handler still runs: a slot frees up as soon as the handler
+        returns, while the outcome is written in the background."""
+        return sum(1 for flight in self.in_flight.values() if not flight.recording)
 
     def _start_job(self, job: Job, spec: HandlerSpec) -> None:
         earlier = self.in_flight.get(job.id)
@@ -270,6 +275,7 @@ class Runner:
                 return
             assert job.lease_token is not None
             flight.recording = True
+            self._wake.set()  # the slot is free for the next job
             held = await self.completer.submit(Completion(job.id, job.lease_token, result))
             if held:
                 self.counters.processed += 1
@@ -291,6 +297,7 @@ class Runner:
             self._discard(job, "its lease was lost while running")
             return
         flight.recording = True
+        self._wake.set()
         retryable = is_retryable(failure.category, failure.retryable)
         while True:
             try:
