@@ -38,7 +38,8 @@ def cmd_api(settings: Settings) -> None:
         "port": settings.http_port,
         "log_config": None,
         "access_log": False,
-        "timeout_graceful_shutdown": 10,
+        # Longer than the longest claim long-poll (30 s), so none is cut off mid-claim.
+        "timeout_graceful_shutdown": 35,
     }
     if settings.http_workers > 1:
         # Several processes on one port; each builds its app from the environment.

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from ai_service.errors import ConfigError
+from ai_service.redact import redact_url
 
 T = TypeVar("T")
 
@@ -289,7 +290,12 @@ def _validate(s: Settings) -> None:
     )
     check(s.audio_llm_max_tokens >= 1, "audio_llm_max_tokens", "must be >= 1")
     check(s.audio_max_bytes >= 1, "audio_max_bytes", "must be >= 1")
-    check(bool(s.worker_id), "worker_id", "must not be empty")
+    check(0 < len(s.worker_id) <= 200, "worker_id", "must be 1 to 200 characters")
+    check(
+        s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        "log_level",
+        "must be one of debug, info, warning, error, critical",
+    )
     check(s.worker_poll_interval > 0, "worker_poll_interval", "must be positive")
     check(1 <= s.worker_claim_limit <= 100, "worker_claim_limit", "must be between 1 and 100")
     check(0 <= s.worker_concurrency <= 1000, "worker_concurrency", "must be between 0 and 1000")
@@ -306,7 +312,11 @@ def _validate(s: Settings) -> None:
         check(url is None or _is_http_url(url), name, "must be an http:// or https:// URL")
     for name in ("whisperx_url", "vllm_metrics_urls"):
         for url in getattr(s, name):
-            check(_is_http_url(url), name, f"every entry must be an http(s) URL, got {url!r}")
+            check(
+                _is_http_url(url),
+                name,
+                f"every entry must be an http(s) URL, got {redact_url(url)!r}",
+            )
     if s.database_url is not None:
         check(
             s.database_url.startswith(("postgresql://", "postgres://")),

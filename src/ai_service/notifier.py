@@ -15,6 +15,15 @@ from typing import Any
 import psycopg
 
 CHANNEL = "ai_service_jobs"
+# A LISTEN connection only reads: without keepalives a silently dropped one (a NAT or
+# failover) would never be noticed, and workers would fall back to polling for good.
+CONNECT_OPTIONS: dict[str, Any] = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
 
 log = logging.getLogger("ai_service.notifier")
 
@@ -65,7 +74,7 @@ class JobNotifier:
         while True:
             try:
                 conn: psycopg.AsyncConnection[Any] = await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True
+                    self._url, autocommit=True, **CONNECT_OPTIONS
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")

@@ -28,6 +28,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ai_service import errors
 from ai_service.jobs import ALLOWED_FROM, Job, JobFilter, JobStatus, NewJob, new_job_id
+from ai_service.notifier import CONNECT_OPTIONS
 from ai_service.sql import queries
 
 FILTER_BATCH = 5000
@@ -135,7 +136,7 @@ class Store:
             min_size=min_size,
             max_size=max_size,
             timeout=timeout,
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={"autocommit": True, "row_factory": dict_row, **CONNECT_OPTIONS},
             configure=configure,
             # When reconnection attempts give up, the pool still grows again on
             # demand: requests answer 503 until PostgreSQL is back, then recover.
@@ -166,7 +167,12 @@ class Store:
             # The API validates JSON and text before they get here; this is the backstop.
             message = getattr(getattr(exc, "diag", None), "message_primary", None) or "invalid data"
             raise errors.InvalidRequest("body", f"rejected by the database: {message}") from None
-        except psycopg.OperationalError as exc:
+        except (
+            psycopg.OperationalError,
+            psycopg.InterfaceError,
+            # A demoted primary (failover) refuses writes: unavailable for us too.
+            psycopg.errors.ReadOnlySqlTransaction,
+        ) as exc:
             raise errors.DatabaseUnavailable(
                 f"database unavailable: {type(exc).__name__}"
             ) from None
@@ -203,8 +209,10 @@ class Store:
     # -- queries --------------------------------------------------------------------
 
     async def ping(self) -> None:
-        """Raise `DatabaseUnavailable` unless PostgreSQL answers."""
-        await self._fetch("db_ping", {})
+        """Raise `DatabaseUnavailable` unless PostgreSQL answers and accepts writes."""
+        rows = await self._fetch("db_ping", {})
+        if not rows or not rows[0]["ok"]:
+            raise errors.DatabaseUnavailable("PostgreSQL is read-only (a standby or in recovery)")
 
     async def create_jobs(self, new_jobs: Sequence[NewJob]) -> list[Created]:
         """Insert jobs in one statement; an existing idempotency key returns that job.
@@ -426,11 +434,14 @@ class Store:
             return []
         params = _filter_params(job_filter) | {"statuses": statuses, "batch": FILTER_BATCH}
         changed: list[UUID] = []
+        after = UUID(int=0)
         while True:
-            rows = await self._fetch(name, params, prepare=False)
-            changed.extend(row["id"] for row in rows)
+            rows = await self._fetch(name, params | {"after": after}, prepare=False)
+            ids = sorted(row["id"] for row in rows)
+            changed.extend(ids)
             if len(rows) < FILTER_BATCH:
                 return changed
+            after = ids[-1]
 
     # -- maintenance ----------------------------------------------------------------
 
@@ -447,19 +458,11 @@ class Store:
     ) -> int:
         """Delete finished jobs past retention in batches; returns how many were deleted."""
         total = 0
+        params = {"completed_before": completed_before, "failed_before": failed_before}
         while True:
-            async with self._conn() as conn:
-                cur = await conn.execute(
-                    self._q["job_prune_finished"],
-                    {
-                        "completed_before": completed_before,
-                        "failed_before": failed_before,
-                        "batch": batch,
-                    },
-                )
-                deleted = cur.rowcount
-            total += deleted
-            if deleted < batch:
+            rows = await self._fetch("job_prune_finished", params | {"batch": batch})
+            total += len(rows)
+            if len(rows) < batch:
                 return total
 
     async def compact_counts(self) -> None:

@@ -950,3 +950,14 @@ async def test_batch_complete_refuses_a_repeated_id_and_changes_nothing(
     assert response.status_code == 422
     assert "jobs[1].id" in response.json()["message"]
     assert (await api.get(f"{API}/jobs/{job['id']}")).json()["status"] == "running"
+
+
+async def test_batch_refuses_an_idempotency_key_in_defaults(api: httpx.AsyncClient) -> None:
+    body = {
+        "defaults": job_body(idempotency_key="shared"),
+        "jobs": [{"owner_ref": "x"}, {"owner_ref": "y"}],
+    }
+    response = await api.post(f"{API}/jobs/batch", json=body)
+    assert response.status_code == 422
+    assert "defaults.idempotency_key" in response.json()["message"]
+    assert (await api.get(f"{API}/stats")).json()["total"] == 0

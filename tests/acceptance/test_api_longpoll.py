@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.helpers import job_body
 
@@ -126,3 +127,17 @@ async def test_long_polls_do_not_hold_database_connections(api: httpx.AsyncClien
         assert elapsed < 1.0, elapsed
         results = await asyncio.gather(*polls)
     assert all(jobs == [] for jobs, _ in results)
+
+
+async def test_a_long_poll_whose_caller_left_takes_no_job(api: httpx.AsyncClient) -> None:
+    with pytest.raises(httpx.ReadTimeout):
+        await api.post(
+            "/api/v1/jobs/claim",
+            json={"worker_id": "gone", "wait_seconds": 3},
+            timeout=0.5,
+        )
+    created = await api.post("/api/v1/jobs", json=job_body(owner_ref="after-leaving"))
+    await asyncio.sleep(2)  # longer than the claim loop's 1 s re-check
+    job = (await api.get(f"/api/v1/jobs/{created.json()['id']}")).json()
+    assert job["status"] == "pending"
+    assert job["attempt"] == 0

@@ -451,3 +451,26 @@ async def test_openapi_describes_request_and_response_schemas(api: httpx.AsyncCl
     assert LIST_FILTERS | {"limit", "cursor"} <= params
     metrics = ops[("get", "/metrics")]["responses"]["200"]
     assert "text/plain" in metrics["content"]
+
+
+async def test_a_read_only_database_is_unready_and_writes_answer_503(
+    api_factory: ApiFactory, database_url: str
+) -> None:
+    # What a demoted primary looks like after a failover: it answers, but refuses writes.
+    name = database_url.rsplit("/", 1)[1]
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    try:
+        async with api_factory() as client:
+            ready = await client.get("/readyz")
+            created = await client.post("/api/v1/jobs", json=job_body())
+            health = await client.get("/healthz")
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("SET default_transaction_read_only = off")
+            conn.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = off")
+    assert ready.status_code == 503
+    assert created.status_code == 503
+    assert created.json()["error"] == "database_unavailable"
+    assert created.headers["retry-after"] == "1"
+    assert health.status_code == 200

@@ -209,6 +209,7 @@ async def cancel_by_filter(body: schemas.BulkRequest, store: StoreDep) -> schema
     summary="Atomically claim pending jobs (optionally waiting for them)",
 )
 async def claim_jobs(
+    request: Request,
     body: schemas.ClaimRequest,
     store: StoreDep,
     settings: SettingsDep,
@@ -226,8 +227,13 @@ async def claim_jobs(
             task_types=body.task_types,
             model_profiles=body.model_profiles,
         )
+        if jobs and body.wait_seconds and await request.is_disconnected():
+            # The long-polling caller is gone: nobody would ever get these leases.
+            await store.release_many([(j.id, j.lease_token) for j in jobs if j.lease_token])
+            jobs = []
+            break
         remaining = deadline - time.monotonic()
-        if jobs or remaining <= 0 or notifier is None:
+        if jobs or remaining <= 0 or notifier is None or await request.is_disconnected():
             break
         # Re-check at least every second: jobs whose run_after comes due send no NOTIFY.
         await notifier.wait(min(remaining, 1.0), waiter)

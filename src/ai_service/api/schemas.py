@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 from uuid import UUID
 
 from pydantic import (
@@ -157,13 +157,12 @@ class JobBatchCreate(_Strict):
     defaults: JobPatch = Field(default_factory=JobPatch)
     jobs: list[JobPatch] = Field(min_length=1, max_length=1000)
 
-
-class ErrorEntry(BaseModel):
-    attempt: int
-    category: str
-    message: str | None = None
-    worker: str | None = None
-    at: datetime
+    @model_validator(mode="after")
+    def _no_shared_idempotency_key(self) -> JobBatchCreate:
+        # A shared key would turn the whole batch into one job.
+        if self.defaults.idempotency_key is not None:
+            raise ValueError("defaults.idempotency_key: give each job its own key")
+        return self
 
 
 class JobOut(BaseModel):
@@ -194,8 +193,9 @@ class JobOut(BaseModel):
     finished_at: datetime | None
 
     @classmethod
-    def of(cls, job: Job) -> JobOut:
-        return cls.model_construct(**{name: getattr(job, name) for name in cls.model_fields})
+    def of(cls, job: Job) -> Self:
+        values = {name: getattr(job, name) for name in cls.model_fields}
+        return cls.model_construct(**values)  # type: ignore[return-value]
 
 
 class CreatedJobOut(JobOut):
@@ -204,10 +204,6 @@ class CreatedJobOut(JobOut):
 
 class ClaimedJobOut(JobOut):
     lease_token: UUID = Field(description="Present with complete, fail and heartbeat.")
-
-    @classmethod
-    def of(cls, job: Job) -> ClaimedJobOut:
-        return cls.model_construct(**{name: getattr(job, name) for name in cls.model_fields})
 
 
 class BatchItemOut(BaseModel):

@@ -244,7 +244,9 @@ UPDATE jobs
 RETURNING *;
 
 -- name: job_retry_by_filter
--- Manual retry of a batch of failed/running jobs matching the filter; returns their ids.
+-- Manual retry of the next batch (by id, after `after`) of failed/running jobs matching
+-- the filter; returns their ids. Walking by id visits each job once even while workers
+-- claim and fail the retried ones again.
 UPDATE jobs
    SET status = 'pending',
        max_attempts = greatest(max_attempts, attempt + 1),
@@ -263,6 +265,7 @@ UPDATE jobs
                  AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
                  AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
                  AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+                 AND id > %(after)s::uuid
                ORDER BY id
                LIMIT %(batch)s
                  FOR UPDATE)
@@ -282,7 +285,8 @@ UPDATE jobs
 RETURNING *;
 
 -- name: job_cancel_by_filter
--- Cancel a batch of pending/running jobs matching the filter; returns their ids.
+-- Cancel the next batch (by id, after `after`) of pending/running jobs matching the
+-- filter; returns their ids.
 UPDATE jobs
    SET status = 'cancelled',
        lease_token = NULL,
@@ -299,6 +303,7 @@ UPDATE jobs
                  AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
                  AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
                  AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+                 AND id > %(after)s::uuid
                ORDER BY id
                LIMIT %(batch)s
                  FOR UPDATE)
@@ -337,6 +342,7 @@ RETURNING j.id, j.status;
 
 -- name: job_prune_finished
 -- Delete a batch of finished jobs older than their retention; never pending or running.
+-- Rows another statement holds are skipped (next round), so it never waits or deadlocks.
 DELETE FROM jobs
  WHERE id IN (SELECT id FROM jobs
                WHERE finished_at < greatest(%(completed_before)s::timestamptz,
@@ -344,8 +350,10 @@ DELETE FROM jobs
                  AND ((status IN ('completed', 'cancelled')
                        AND finished_at < %(completed_before)s::timestamptz)
                       OR (status = 'failed' AND finished_at < %(failed_before)s::timestamptz))
-               LIMIT %(batch)s)
-   AND status IN ('completed', 'cancelled', 'failed');
+               LIMIT %(batch)s
+                 FOR UPDATE SKIP LOCKED)
+   AND status IN ('completed', 'cancelled', 'failed')
+RETURNING id;
 
 -- name: job_counts_compact
 -- Fold the counter deltas written by the triggers into job_counts (one replica at a time).
@@ -398,5 +406,5 @@ SELECT task_type,
  GROUP BY task_type;
 
 -- name: db_ping
--- Readiness probe.
-SELECT 1 AS ok;
+-- Readiness probe: the server answers and accepts writes (not a standby).
+SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' AS ok;

@@ -53,34 +53,49 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         backoff_max=settings.retry_backoff_max,
     )
     notifier = JobNotifier(database_url)
-    notifier.start()
     maintenance = Maintenance(store, settings)
-    maintenance.start()
     limits = httpx.Limits(max_connections=concurrency + 16, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
-        ctx = HandlerContext(settings=settings, http=http)
-        runner = Runner(store, ctx, handler_specs(settings), notifier=notifier, metrics=Metrics())
-        runner.start()
-        server = _StatusServer(
-            uvicorn.Config(
-                create_status_app(runner, store),
-                host=settings.worker_http_host,
-                port=settings.worker_http_port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
+    try:
+        async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+            ctx = HandlerContext(settings=settings, http=http)
+            runner = Runner(
+                store, ctx, handler_specs(settings), notifier=notifier, metrics=Metrics()
             )
-        )
-        server_task = asyncio.create_task(server.serve(), name="status-server")
-        log.info("worker %s started (concurrency %d)", settings.worker_id, concurrency)
-        await stop.wait()
-        log.info("worker %s stopping", settings.worker_id)
-        await runner.shutdown()
-        server.should_exit = True
-        await server_task
-    await maintenance.stop()
-    await notifier.stop()
-    await store.close()
+            server = _StatusServer(
+                uvicorn.Config(
+                    create_status_app(runner, store),
+                    host=settings.worker_http_host,
+                    port=settings.worker_http_port,
+                    log_config=None,
+                    access_log=False,
+                    lifespan="off",
+                )
+            )
+            # The status port first: a worker that cannot serve its probes must not
+            # claim jobs (it would be killed by Kubernetes mid-job).
+            server_task = asyncio.create_task(server.serve(), name="status-server")
+            while not server.started:
+                if server_task.done():
+                    raise SystemExit(
+                        f"worker status server could not listen on "
+                        f"{settings.worker_http_host}:{settings.worker_http_port}"
+                    )
+                await asyncio.sleep(0.02)
+            notifier.start()
+            maintenance.start()
+            runner.start()
+            log.info("worker %s started (concurrency %d)", settings.worker_id, concurrency)
+            await stop.wait()
+            log.info("worker %s stopping", settings.worker_id)
+            try:
+                await runner.shutdown()
+            finally:
+                server.should_exit = True
+                await server_task
+    finally:
+        await maintenance.stop()
+        await notifier.stop()
+        await store.close()
     log.info("worker %s stopped", settings.worker_id)
 
 

@@ -35,6 +35,7 @@ log = logging.getLogger("ai_service.worker")
 
 COMPLETE_BATCH = 500
 RECORD_RETRY_DELAY = 1.0
+DRAIN_TIMEOUT = 10.0
 
 
 class Completer:
@@ -56,16 +57,35 @@ class Completer:
     async def _flush(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:COMPLETE_BATCH], self._queue[COMPLETE_BATCH:]
-            while True:
-                try:
-                    held = await self.store.complete_many([c for c, _ in batch])
-                    break
-                except errors.DatabaseUnavailable:
-                    # Keep the results: the database may come back before the leases end.
-                    await asyncio.sleep(RECORD_RETRY_DELAY)
-            for completion, future in batch:
-                if not future.done():
-                    future.set_result(completion.job_id in held)
+            try:
+                held = await self._write([c for c, _ in batch])
+                for completion, future in batch:
+                    if not future.done():
+                        future.set_result(completion.job_id in held)
+            except BaseException as exc:
+                # Never leave a submitter waiting (its job would stay running for ever).
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+
+    async def _write(self, completions: list[Completion]) -> set[UUID]:
+        while True:
+            try:
+                return set(await self.store.complete_many(completions))
+            except errors.DatabaseUnavailable:
+                # Keep the results: the database may come back before the leases end.
+                await asyncio.sleep(RECORD_RETRY_DELAY)
+            except errors.InvalidRequest:
+                if len(completions) == 1:
+                    raise
+                # One result the database refuses must not sink the others.
+                held: set[UUID] = set()
+                for completion in completions:
+                    with contextlib.suppress(errors.InvalidRequest):
+                        held |= await self._write([completion])
+                return held
 
     async def drain(self) -> None:
         if self._task is not None:
@@ -165,7 +185,11 @@ class Runner:
             if flight.task is not None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await flight.task
-        await self.completer.drain()
+        try:
+            # Bounded: with the database down, results cannot be written; leases cover it.
+            await asyncio.wait_for(self.completer.drain(), DRAIN_TIMEOUT)
+        except (TimeoutError, errors.AIServiceError):
+            log.warning("could not write every finished result; their leases will expire")
         if leftovers:
             leases = [(f.job.id, f.job.lease_token) for f in leftovers if f.job.lease_token]
             try:
@@ -186,11 +210,14 @@ class Runner:
     async def _claim_loop(self) -> None:
         if not self.enabled:
             return
+        order = list(self.enabled)
         while not self.stopping:
             waiter = self.notifier.waiter() if self.notifier is not None else None
             self._wake.clear()
             more = False
-            for spec in self.enabled:
+            # Rotate which handler claims first, so one backlog cannot starve the others.
+            order.append(order.pop(0))
+            for spec in order:
                 free = self.concurrency - self._handling()
                 if free <= 0 or self.stopping:
                     break
@@ -207,6 +234,10 @@ class Runner:
                     )
                 except errors.DatabaseUnavailable as exc:
                     log.warning("claim failed: %s", exc.message)
+                    break
+                except Exception:
+                    # Never let the loop die: a worker that claims nothing looks idle.
+                    log.exception("claim failed")
                     break
                 self.last_claim_at = datetime.now(UTC)
                 if jobs:
@@ -276,7 +307,17 @@ class Runner:
             assert job.lease_token is not None
             flight.recording = True
             self._wake.set()  # the slot is free for the next job
-            held = await self.completer.submit(Completion(job.id, job.lease_token, result))
+            try:
+                held = await self.completer.submit(Completion(job.id, job.lease_token, result))
+            except errors.InvalidRequest as exc:
+                refused = errors.JobFailure(
+                    ErrorCategory.INTERNAL,
+                    f"{flight.spec.name} result refused by the database: {exc.message}",
+                    retryable=False,
+                )
+                flight.recording = False
+                await self._record_failure(flight, refused)
+                return
             if held:
                 self.counters.processed += 1
                 self.counters.completed += 1
@@ -299,13 +340,15 @@ class Runner:
         flight.recording = True
         self._wake.set()
         retryable = is_retryable(failure.category, failure.retryable)
+        message = _storable(redact_text(failure.message, self._secrets))
+        details = failure.details or None
         while True:
             try:
                 updated = await self.store.fail(
                     job.id,
                     category=failure.category,
-                    message=redact_text(failure.message, self._secrets),
-                    details=failure.details or None,
+                    message=message,
+                    details=details,
                     lease_token=job.lease_token,
                     retryable=retryable,
                 )
@@ -315,6 +358,10 @@ class Runner:
                 return
             except errors.DatabaseUnavailable:
                 await asyncio.sleep(RECORD_RETRY_DELAY)
+            except errors.InvalidRequest:
+                if details is None:
+                    raise
+                details = None  # the details held something PostgreSQL refuses: keep the rest
         self.counters.processed += 1
         by_category = self.counters.failed_by_category
         by_category[failure.category] = by_category.get(failure.category, 0) + 1
@@ -348,7 +395,17 @@ class Runner:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            await self.heartbeat()
+            try:
+                await self.heartbeat()
+            except Exception:
+                # Keep beating: a dead heartbeat loop would let leases expire under
+                # running jobs, which would then run twice.
+                log.exception("heartbeat failed")
+
+    @property
+    def healthy(self) -> bool:
+        """False when a background loop died (readiness reports it)."""
+        return all(not task.done() for task in self._tasks) or self.stopping
 
     async def heartbeat(self) -> None:
         """Extend every held lease; stop the jobs whose lease is gone."""
@@ -411,3 +468,8 @@ class Runner:
             },
             "last_claim_at": self.last_claim_at.isoformat() if self.last_claim_at else None,
         }
+
+
+def _storable(text: str) -> str:
+    """Text PostgreSQL accepts: no NUL, no lone surrogates (from provider messages)."""
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")

@@ -30,6 +30,8 @@ def create_status_app(runner: Runner, store: Store) -> FastAPI:
     async def readyz() -> Any:
         if runner.stopping:
             return _unready("shutting_down", "the worker is shutting down")
+        if not runner.healthy:
+            return _unready("worker_stalled", "a claim or heartbeat loop stopped; see the log")
         try:
             await asyncio.wait_for(store.ping(), READY_TIMEOUT)
         except (errors.DatabaseUnavailable, TimeoutError):
