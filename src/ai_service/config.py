@@ -92,6 +92,17 @@ def _parse_str(text: str) -> str:
 
 
 @dataclass(frozen=True)
+class AudioLLM:
+    """One OpenAI-compatible audio model endpoint (Qwen2-Audio or Voxtral)."""
+
+    name: str
+    variable: str  # the URL's variable, for "not configured" messages
+    base_url: str | None
+    model: str
+    api_key: str | None
+
+
+@dataclass(frozen=True)
 class Settings:
     """Validated process configuration. Field names mirror the variables."""
 
@@ -171,6 +182,26 @@ class Settings:
     def voxtral_effective_key(self) -> str | None:
         """`VOXTRAL_API_KEY`, else `AUDIO_LLM_API_KEY`, else `LLM_API_KEY`."""
         return self.voxtral_api_key or self.audio_llm_api_key or self.llm_api_key
+
+    def audio_llm(self, name: str) -> AudioLLM:
+        """The endpoint of audio provider `name` (`qwen2-audio` or `voxtral-small`)."""
+        if name == "qwen2-audio":
+            return AudioLLM(
+                name,
+                "QWEN_AUDIO_BASE_URL",
+                self.qwen_audio_base_url,
+                self.qwen_audio_model,
+                self.qwen_audio_effective_key,
+            )
+        if name == "voxtral-small":
+            return AudioLLM(
+                name,
+                "VOXTRAL_BASE_URL",
+                self.voxtral_base_url,
+                self.voxtral_model,
+                self.voxtral_effective_key,
+            )
+        raise KeyError(name)
 
     def require_database_url(self) -> str:
         """Return `DATABASE_URL` or stop with a message naming it."""

@@ -112,26 +112,18 @@ def provider_targets(settings: Settings) -> list[ProviderTarget]:
         targets.append(
             ProviderTarget(name="whisperx", kind="whisperx", variable="WHISPERX_URL", url=None)
         )
-    targets.append(
-        ProviderTarget(
-            name="qwen2-audio",
-            kind="openai",
-            variable="QWEN_AUDIO_BASE_URL",
-            url=settings.qwen_audio_base_url,
-            model=settings.qwen_audio_model,
-            api_key=settings.qwen_audio_effective_key,
+    for name in ("qwen2-audio", "voxtral-small"):
+        endpoint = settings.audio_llm(name)
+        targets.append(
+            ProviderTarget(
+                name=name,
+                kind="openai",
+                variable=endpoint.variable,
+                url=endpoint.base_url,
+                model=endpoint.model,
+                api_key=endpoint.api_key,
+            )
         )
-    )
-    targets.append(
-        ProviderTarget(
-            name="voxtral-small",
-            kind="openai",
-            variable="VOXTRAL_BASE_URL",
-            url=settings.voxtral_base_url,
-            model=settings.voxtral_model,
-            api_key=settings.voxtral_effective_key,
-        )
-    )
     return targets
 
 

@@ -46,6 +46,11 @@ from ai_service.worker.handler import HandlerContext, HandlerSpec
 
 TASK_TYPES = frozenset({"transcription", "transcribe"})
 QWEN_MAX_CHUNK_SECONDS = 30.0
+# Audio LLM providers and the longest audio each takes per request (None: any).
+AUDIO_LLM_CHUNK_SECONDS: dict[str, float | None] = {
+    "qwen2-audio": QWEN_MAX_CHUNK_SECONDS,
+    "voxtral-small": None,
+}
 FALLBACK_SKIP_REASON = "fallback mode: an earlier provider succeeded"
 
 _AUDIO_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,15}$")
@@ -147,10 +152,8 @@ def missing_configuration(provider: str, settings: Settings) -> str | None:
     """Why `provider` cannot run with `settings` (the unset variable), or None."""
     if provider == "whisperx" and not settings.whisperx_url:
         return "WHISPERX_URL is not set"
-    if provider == "qwen2-audio" and not settings.qwen_audio_base_url:
-        return "QWEN_AUDIO_BASE_URL is not set"
-    if provider == "voxtral-small" and not settings.voxtral_base_url:
-        return "VOXTRAL_BASE_URL is not set"
+    if provider in AUDIO_LLM_CHUNK_SECONDS and not settings.audio_llm(provider).base_url:
+        return f"{settings.audio_llm(provider).variable} is not set"
     return None
 
 
@@ -452,36 +455,22 @@ async def _run(
             min_speakers=request.min_speakers,
             max_speakers=request.max_speakers,
         )
-    if provider == "qwen2-audio":
-        assert settings.qwen_audio_base_url is not None
-        client = AudioChatClient(
-            ctx.http,
-            provider=provider,
-            base_url=settings.qwen_audio_base_url,
-            model=settings.qwen_audio_model,
-            api_key=settings.qwen_audio_effective_key,
-            prompt=settings.audio_llm_prompt,
-            max_tokens=settings.audio_llm_max_tokens,
-            timeout=settings.transcription_timeout,
-            max_chunk_seconds=QWEN_MAX_CHUNK_SECONDS,
-            secrets=secrets,
-        )
-    elif provider == "voxtral-small":
-        assert settings.voxtral_base_url is not None
-        client = AudioChatClient(
-            ctx.http,
-            provider=provider,
-            base_url=settings.voxtral_base_url,
-            model=settings.voxtral_model,
-            api_key=settings.voxtral_effective_key,
-            prompt=settings.audio_llm_prompt,
-            max_tokens=settings.audio_llm_max_tokens,
-            timeout=settings.transcription_timeout,
-            max_chunk_seconds=None,
-            secrets=secrets,
-        )
-    else:  # parse_input and config validation only let known names through
+    if provider not in AUDIO_LLM_CHUNK_SECONDS:  # parse_input and config only let known names in
         raise JobFailure(ErrorCategory.INVALID_INPUT, f"unknown provider {provider}")
+    endpoint = settings.audio_llm(provider)
+    assert endpoint.base_url is not None
+    client = AudioChatClient(
+        ctx.http,
+        provider=provider,
+        base_url=endpoint.base_url,
+        model=endpoint.model,
+        api_key=endpoint.api_key,
+        prompt=settings.audio_llm_prompt,
+        max_tokens=settings.audio_llm_max_tokens,
+        timeout=settings.transcription_timeout,
+        max_chunk_seconds=AUDIO_LLM_CHUNK_SECONDS[provider],
+        secrets=secrets,
+    )
     return await client.transcribe(clip, language=request.language, prompt=request.prompt)
 
 
