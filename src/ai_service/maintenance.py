@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from ai_service import errors
 from ai_service.config import Settings
-from ai_service.store import Store, retention_cutoffs
+from ai_service.store import RESCUE_BATCH, Store, retention_cutoffs
 
 log = logging.getLogger("ai_service.maintenance")
 
@@ -54,7 +54,7 @@ class Maintenance:
             for job_id, status in rows:
                 log.warning("rescued job %s with expired lease -> %s", job_id, status.value)
             moved += len(rows)
-            if len(rows) < 1000:
+            if len(rows) < RESCUE_BATCH:
                 self.rescued += moved
                 return moved
 

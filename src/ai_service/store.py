@@ -32,6 +32,7 @@ from ai_service.notifier import CONNECT_OPTIONS
 from ai_service.sql import queries
 
 FILTER_BATCH = 5000
+RESCUE_BATCH = 1000
 DEADLOCK_RETRIES = 3
 
 
@@ -445,7 +446,7 @@ class Store:
 
     # -- maintenance ----------------------------------------------------------------
 
-    async def rescue_expired(self, batch: int = 1000) -> list[tuple[UUID, JobStatus]]:
+    async def rescue_expired(self, batch: int = RESCUE_BATCH) -> list[tuple[UUID, JobStatus]]:
         """Return expired running jobs to pending or fail them; returns (id, new status)."""
         rows = await self._fetch(
             "job_rescue_expired",

@@ -106,12 +106,16 @@ class InFlight:
 
 @dataclass
 class Counters:
-    processed: int = 0
     completed: int = 0
     failed: int = 0
     retried: int = 0
     discarded: int = 0
     failed_by_category: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def processed(self) -> int:
+        """Jobs this worker finished an attempt of (completed, failed or retried)."""
+        return self.completed + self.failed + self.retried
 
 
 class Runner:
@@ -319,7 +323,6 @@ class Runner:
                 await self._record_failure(flight, refused)
                 return
             if held:
-                self.counters.processed += 1
                 self.counters.completed += 1
                 self.metrics.observe_finished(
                     job.task_type, job.model_profile, "completed", job.started_at, datetime.now(UTC)
@@ -362,7 +365,6 @@ class Runner:
                 if details is None:
                     raise
                 details = None  # the details held something PostgreSQL refuses: keep the rest
-        self.counters.processed += 1
         by_category = self.counters.failed_by_category
         by_category[failure.category] = by_category.get(failure.category, 0) + 1
         if updated.status == "pending":
