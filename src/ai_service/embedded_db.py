@@ -116,9 +116,10 @@ def _free_port() -> int:
 
 def _make_accessible(path: Path) -> None:
     """Let the unprivileged server user traverse the path and own the data dir."""
-    if os.geteuid() != 0:
+    account = _run_as()
+    if account is None:
         return
-    uid = pwd.getpwnam(SYSTEM_USER).pw_uid
+    uid = account.pw_uid
     for parent in reversed(path.parents):
         mode = parent.stat().st_mode
         if not mode & 0o001:
