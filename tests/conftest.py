@@ -9,7 +9,6 @@ A template database is migrated once per session and cloned for each test.
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -37,7 +36,7 @@ def _remove_stale_servers() -> None:
             os.kill(pid, 0)
         except ProcessLookupError:
             embedded_db.EmbeddedPostgres(path, 0).stop("immediate")
-            shutil.rmtree(path, ignore_errors=True)
+            embedded_db.remove_data_dir(path)
         except PermissionError:
             continue
 
@@ -57,7 +56,7 @@ def pg_admin_url() -> Iterator[str]:
         yield server.url
     finally:
         server.stop("immediate")
-        shutil.rmtree(data_dir, ignore_errors=True)
+        embedded_db.remove_data_dir(data_dir)
 
 
 @pytest.fixture(scope="session")

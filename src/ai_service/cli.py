@@ -89,11 +89,17 @@ def cmd_dev(settings: Settings) -> None:
     server = None
     if not settings.database_url:
         print(f"starting embedded PostgreSQL in {DEV_DATA_DIR}/ ...", file=sys.stderr)
-        server = embedded_db.ensure_running(DEV_DATA_DIR)
-        env["DATABASE_URL"] = server.url
-        print(f"embedded PostgreSQL ready at {server.url}", file=sys.stderr)
-    migrate.upgrade(env["DATABASE_URL"])
-    env["MIGRATE_ON_START"] = "false"
+        try:
+            server = embedded_db.ensure_running(DEV_DATA_DIR)
+            env["DATABASE_URL"] = server.url
+            print(f"embedded PostgreSQL ready at {server.url}", file=sys.stderr)
+            migrate.upgrade(env["DATABASE_URL"])
+        except KeyboardInterrupt:
+            # pg_ctl starts the server in a session of its own, so Ctrl-C does not reach it.
+            embedded_db.EmbeddedPostgres(DEV_DATA_DIR.absolute(), 0).stop()
+            raise
+    else:
+        migrate.upgrade(env["DATABASE_URL"])
     children = [
         subprocess.Popen([sys.executable, "-m", "ai_service", "api"], env=env),
         subprocess.Popen([sys.executable, "-m", "ai_service", "worker"], env=env),
@@ -158,4 +164,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except errors.ConfigError as exc:
             print(f"ai-service: configuration error: {exc.message}", file=sys.stderr)
             raise SystemExit(2) from None
-    COMMANDS[args.command][0](settings)
+    try:
+        COMMANDS[args.command][0](settings)
+    except KeyboardInterrupt:
+        print(f"ai-service {args.command}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

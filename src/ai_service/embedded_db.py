@@ -2,19 +2,27 @@
 
 The server listens on 127.0.0.1 (a free port chosen at first start and kept in
 the data directory) and on a Unix socket inside the data directory. When the
-current user is root, PostgreSQL refuses to run, so the server runs as the
-unprivileged `embedded_postgres` user (created if missing).
+current user is root, PostgreSQL refuses to run, so the server runs as an
+unprivileged system account (`embedded_postgres`, created when missing).
+
+Nothing outside the requested data directory changes mode or owner. When a
+folder above it is closed to that account (a checkout under `/root`, mode
+0700), the data lives in a folder of its own under the system temporary
+directory instead, and the requested path becomes a symbolic link to it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
 import shutil
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +49,7 @@ class EmbeddedPostgres:
 
     data_dir: Path
     port: int
+    account: str = SYSTEM_USER
 
     @property
     def url(self) -> str:
@@ -51,61 +60,78 @@ class EmbeddedPostgres:
 
     def stop(self, mode: str = "fast") -> None:
         """Stop the server (`fast` rolls back clients; `immediate` is a crash stop)."""
-        _pg_ctl(self.data_dir, ["-w", "-m", mode, "stop"], check=False)
+        _pg_ctl(self.account, self.data_dir, ["-w", "-m", mode, "stop"], check=False)
 
     def start(self) -> None:
         """Start the server again after `stop` (same data directory and port)."""
-        _start(self.data_dir, self.port, [])
+        _start(self.account, self.data_dir, self.port, [])
 
     def is_running(self) -> bool:
-        result = _pg_ctl(self.data_dir, ["status"], check=False)
+        result = _pg_ctl(self.account, self.data_dir, ["status"], check=False)
         return result.returncode == 0
 
 
-def _run_as() -> pwd.struct_passwd | None:
-    """The account to run PostgreSQL as: None normally, a system user when root."""
+def _run_as(account: str) -> pwd.struct_passwd | None:
+    """The account to run PostgreSQL as: None normally, a system user when root.
+
+    The account is created on first use (`useradd --system`, its own group, no
+    home, no login shell), so a fresh machine needs no manual step.
+    """
     if os.geteuid() != 0:
         return None
     try:
-        return pwd.getpwnam(SYSTEM_USER)
+        return pwd.getpwnam(account)
     except KeyError:
         subprocess.run(
             [
                 "useradd",
                 "--system",
+                "--user-group",
                 "--no-create-home",
                 "--shell",
                 "/usr/sbin/nologin",
-                SYSTEM_USER,
+                account,
             ],
             check=True,
+            capture_output=True,
         )
-    return pwd.getpwnam(SYSTEM_USER)
+    return pwd.getpwnam(account)
 
 
-def _run(args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(account: str, args: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
     """Run a PostgreSQL program, as the unprivileged account when we are root.
 
     User *and* groups switch: keeping root's group would let the server read
     group-root files and fail on directories closed to that group.
     """
-    account = _run_as()
+    user = _run_as(account)
     return subprocess.run(
         args,
         capture_output=True,
         text=True,
         check=check,
         timeout=120,
-        user=account.pw_uid if account else None,
-        group=account.pw_gid if account else None,
-        extra_groups=[] if account else None,
+        user=user.pw_uid if user else None,
+        group=user.pw_gid if user else None,
+        extra_groups=[] if user else None,
     )
 
 
 def _pg_ctl(
-    data_dir: Path, args: list[str], check: bool = True
+    account: str, data_dir: Path, args: list[str], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    return _run([str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args], check=check)
+    return _run(
+        account, [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args], check=check
+    )
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _free_port() -> int:
@@ -114,20 +140,68 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _make_accessible(path: Path) -> None:
-    """Let the unprivileged server user traverse the path and own the data dir."""
-    account = _run_as()
-    if account is None:
-        return
-    uid = account.pw_uid
+def closed_folder(path: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first folder above `path` that `user` cannot traverse, or None.
+
+    Read from the permission bits (owner, group, others), as the kernel
+    decides; supplementary groups are not used since the server drops them.
+    """
     for parent in reversed(path.parents):
-        mode = parent.stat().st_mode
-        if not mode & 0o001:
-            parent.chmod(mode | 0o001)
-    os.chown(path, uid, -1)
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            bit = 0o100
+        elif st.st_gid == user.pw_gid:
+            bit = 0o010
+        else:
+            bit = 0o001
+        if not st.st_mode & bit:
+            return parent
+    return None
 
 
-def _start(data_dir: Path, port: int, options: list[str]) -> None:
+def _fallback_dir(data_dir: Path) -> Path:
+    """A folder the server account can reach, private to this data directory."""
+    digest = hashlib.sha256(str(data_dir).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"ai-service-pg-{digest}" / data_dir.name
+
+
+def _prepare_data_dir(data_dir: Path, user: pwd.struct_passwd | None) -> Path:
+    """Create an empty data directory the server account owns; return its real path.
+
+    `data_dir` is absolute, not resolved (it may be the link left by an earlier run).
+    """
+    remove_data_dir(data_dir)
+    target = data_dir
+    if user is not None:
+        blocked = closed_folder(data_dir, user)
+        if blocked is not None:
+            target = _fallback_dir(data_dir)
+            print(
+                f"note: {blocked} is closed to the PostgreSQL account {user.pw_name!r}; "
+                f"the data lives in {target} (linked from {data_dir})",
+                file=sys.stderr,
+            )
+            remove_data_dir(target)
+            # Root-owned and 0755 (it holds only the data directory, which is 0700).
+            target.parent.mkdir(mode=0o755, exist_ok=True)
+            data_dir.symlink_to(target, target_is_directory=True)
+    target.mkdir(mode=0o700)
+    if user is not None:
+        os.chown(target, user.pw_uid, user.pw_gid)
+    return target
+
+
+def remove_data_dir(data_dir: Path) -> None:
+    """Delete a data directory, and the folder it links to when it is a link."""
+    if data_dir.is_symlink():
+        target = Path(os.readlink(data_dir))
+        data_dir.unlink()
+        shutil.rmtree(target, ignore_errors=True)
+    elif data_dir.exists():
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _start(account: str, data_dir: Path, port: int, options: list[str]) -> None:
     log = data_dir / "server.log"
     opts = " ".join(
         [
@@ -139,51 +213,49 @@ def _start(data_dir: Path, port: int, options: list[str]) -> None:
             *options,
         ]
     )
-    result = _pg_ctl(data_dir, ["-w", "-t", "60", "-l", str(log), "-o", opts, "start"], check=False)
+    result = _pg_ctl(
+        account, data_dir, ["-w", "-t", "60", "-l", str(log), "-o", opts, "start"], check=False
+    )
     if result.returncode != 0:
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise RuntimeError(f"embedded PostgreSQL did not start: {result.stderr}\n{tail}")
 
 
-def ensure_running(data_dir: Path, options: list[str] | None = None) -> EmbeddedPostgres:
+def ensure_running(
+    data_dir: Path, options: list[str] | None = None, *, account: str = SYSTEM_USER
+) -> EmbeddedPostgres:
     """Initialise `data_dir` if needed and start the server unless it runs already.
 
-    `options` are extra `-c name=value` server settings (tests turn off fsync).
+    `options` are extra `-c name=value` server settings (tests turn off fsync);
+    `account` is the system account the server runs as when we are root.
     """
-    data_dir = data_dir.resolve()
+    data_dir = data_dir.absolute()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     if not (data_dir / "PG_VERSION").exists():
-        if data_dir.exists():
-            shutil.rmtree(data_dir)
-        data_dir.mkdir(mode=0o700)
-        _make_accessible(data_dir)
+        real = _prepare_data_dir(data_dir, _run_as(account))
         _run(
+            account,
             [
                 str(POSTGRES_BIN_PATH / "initdb"),
                 "-D",
-                str(data_dir),
+                str(real),
                 "--auth=trust",
                 "--encoding=UTF8",
                 "-U",
                 DB_USER,
-            ]
+            ],
         )
+    data_dir = data_dir.resolve()
+    server = EmbeddedPostgres(data_dir=data_dir, port=0, account=account)
     port_file = data_dir / "ai_service_port"
     if port_file.exists():
-        port = int(port_file.read_text())
-    else:
-        port = _free_port()
-        port_file.write_text(str(port))
-    server = EmbeddedPostgres(data_dir=data_dir, port=port)
+        server.port = int(port_file.read_text())
     if not server.is_running():
-        try:
-            _start(data_dir, port, options or [])
-        except RuntimeError:
-            # The remembered port may be taken by now: pick another once.
-            port = _free_port()
-            port_file.write_text(str(port))
-            server = EmbeddedPostgres(data_dir=data_dir, port=port)
-            _start(data_dir, port, options or [])
+        if not server.port or not _port_free(server.port):
+            # First start, or the remembered port is taken by now: pick another.
+            server.port = _free_port()
+            port_file.write_text(str(server.port))
+        _start(account, data_dir, server.port, options or [])
     _wait_ready(server)
     return server
 

@@ -24,7 +24,6 @@ import asyncio
 import itertools
 import os
 import random
-import shutil
 import signal
 import threading
 import time
@@ -423,10 +422,8 @@ async def test_postgres_restart_mid_run_answers_503_then_api_and_worker_recover_
     tmp_path: Path,
 ) -> None:
     """A dedicated PostgreSQL, stopped (`immediate`) under an API and a worker, restarted."""
-    # Under the project's .data/ like the session server, not tmp_path: as root,
-    # embedded_db runs PostgreSQL as an unprivileged user but keeps root's group,
-    # and pytest's tmp dirs (root:root, 0700) refuse that group. The pid suffix
-    # lets conftest clean the directory up should this run be killed.
+    # Under the project's .data/ like the session server: the pid suffix lets
+    # conftest clean the directory up should this run be killed.
     data_dir = DATA_ROOT / f"test-pg-restart-{os.getpid()}"
     server = await asyncio.to_thread(embedded_db.ensure_running, data_dir, ["-c fsync=off"])
     try:
@@ -434,7 +431,7 @@ async def test_postgres_restart_mid_run_answers_503_then_api_and_worker_recover_
         await _restart_scenario(server, tmp_path)
     finally:
         await asyncio.to_thread(server.stop, "immediate")
-        shutil.rmtree(data_dir, ignore_errors=True)
+        embedded_db.remove_data_dir(data_dir)
 
 
 async def _restart_scenario(server: embedded_db.EmbeddedPostgres, tmp_path: Path) -> None:
