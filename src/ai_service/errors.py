@@ -8,7 +8,8 @@
     │                          (rescued or retried); a finished job gives InvalidTransition
     ├── Unauthorized           missing or wrong service token
     ├── InvalidRequest         a request is well-formed but not acceptable (names the field)
-    ├── DatabaseUnavailable    PostgreSQL cannot be reached
+    ├── DatabaseUnavailable    PostgreSQL cannot be reached (an outage: retry later)
+    ├── StatementTimeout       one statement ran past its time limit (this request's own cost)
     ├── UpstreamUnavailable    a remote service the API depends on (sidecar) failed
     └── JobFailure             a handler's attempt failed (category, retryable, details)
 
@@ -106,6 +107,12 @@ class DatabaseUnavailable(AIServiceError):
     """PostgreSQL did not answer (down, restarting, pool exhausted)."""
 
     code = "database_unavailable"
+
+
+class StatementTimeout(AIServiceError):
+    """PostgreSQL cancelled one statement (statement timeout): not an outage."""
+
+    code = "statement_timeout"
 
 
 class UpstreamUnavailable(AIServiceError):

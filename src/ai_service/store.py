@@ -14,7 +14,7 @@ import contextlib
 import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -49,6 +49,8 @@ def _dumps(value: Any) -> bytes | str:
 
 
 _LONG_NUMBER = re.compile(rb"\d{19}")
+# An escaped NUL (an odd number of backslashes before u0000): jsonb refuses it.
+_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def _loads(data: bytes | bytearray | memoryview | str) -> Any:
@@ -57,6 +59,10 @@ def _loads(data: bytes | bytearray | memoryview | str) -> Any:
         # orjson reads integers beyond 64 bits as floats; the stdlib keeps them exact.
         return json.loads(raw)
     return orjson.loads(raw)
+
+
+def _raw(value: bytes) -> bytes:
+    return value
 
 
 def jsonb(value: Any) -> Jsonb | None:
@@ -74,11 +80,31 @@ class Created:
 
 @dataclass(frozen=True)
 class Completion:
-    """One fenced completion for `Store.complete_many`."""
+    """One fenced completion for `Store.complete_many`.
+
+    `result_json` is the result already encoded by `encode_result` (the worker
+    encodes each result once, when it is submitted).
+    """
 
     job_id: UUID
     lease_token: UUID
     result: dict[str, Any]
+    result_json: bytes | None = None
+
+    def encoded(self, result_json: bytes) -> Completion:
+        return replace(self, result_json=result_json)
+
+
+def encode_result(result: Any) -> bytes:
+    """A result as JSON that PostgreSQL's jsonb accepts, or `InvalidRequest` naming it."""
+    try:
+        raw = _dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise errors.InvalidRequest("result", f"is not JSON-serialisable: {exc}") from None
+    data = raw.encode() if isinstance(raw, str) else raw
+    if _JSON_NUL.search(data):
+        raise errors.InvalidRequest("result", "contains a NUL character, which jsonb cannot store")
+    return data
 
 
 def encode_cursor(job: Job) -> str:
@@ -168,14 +194,20 @@ class Store:
             # The API validates JSON and text before they get here; this is the backstop.
             message = getattr(getattr(exc, "diag", None), "message_primary", None) or "invalid data"
             raise errors.InvalidRequest("body", f"rejected by the database: {message}") from None
-        except (
-            psycopg.OperationalError,
-            psycopg.InterfaceError,
-            # A demoted primary (failover) refuses writes: unavailable for us too.
-            psycopg.errors.ReadOnlySqlTransaction,
-        ) as exc:
-            raise errors.DatabaseUnavailable(
-                f"database unavailable: {type(exc).__name__}"
+        except psycopg.errors.QueryCanceled:
+            raise errors.StatementTimeout(
+                "the database cancelled the statement (statement timeout)"
+            ) from None
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError) as exc:
+            if is_outage(exc):
+                raise errors.DatabaseUnavailable(
+                    f"database unavailable: {type(exc).__name__}"
+                ) from None
+            # A limit of this statement (e.g. 54000 program_limit_exceeded): the
+            # request's own error, which retrying the same statement cannot cure.
+            message = getattr(getattr(exc, "diag", None), "message_primary", None) or "refused"
+            raise errors.InvalidRequest(
+                "body", f"rejected by the database: {message} (SQLSTATE {exc.sqlstate})"
             ) from None
 
     async def _fetch(
@@ -338,11 +370,19 @@ class Store:
         """
         if not completions:
             return {}
-        records = [
-            {"id": str(c.job_id), "lease_token": str(c.lease_token), "result": c.result}
+        # The batch is assembled from each result's own encoding, not re-encoded.
+        records = b",".join(
+            b'{"id":"%s","lease_token":"%s","result":%s}'
+            % (
+                str(c.job_id).encode(),
+                str(c.lease_token).encode(),
+                c.result_json if c.result_json is not None else encode_result(c.result),
+            )
             for c in completions
-        ]
-        rows = await self._fetch("job_complete_many", {"completions": jsonb(records)})
+        )
+        rows = await self._fetch(
+            "job_complete_many", {"completions": Jsonb(b"[" + records + b"]", dumps=_raw)}
+        )
         return {row["id"]: row for row in rows}
 
     async def fail(
@@ -481,6 +521,21 @@ class Store:
         oldest = (await self._fetch("stats_oldest_pending", {}))[0]
         recent = await self._fetch("stats_recent", {})
         return {"counts": counts, "oldest": oldest, "recent": recent}
+
+
+# SQLSTATEs (or their two-character classes) that mean "the database is not
+# there right now": connection exceptions, shutdown, too many connections or
+# out of resources, a read-only (demoted) server. Retrying later can succeed.
+_OUTAGE_CLASSES = ("08", "53", "58")
+_OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "57P05", "25006", "40001", "55P03"})
+
+
+def is_outage(exc: psycopg.Error) -> bool:
+    """Whether a database error is an outage (retry) rather than this statement's fault."""
+    state = exc.sqlstate
+    if state is None:  # no answer from the server at all: the connection is gone
+        return True
+    return state in _OUTAGE_STATES or state[:2] in _OUTAGE_CLASSES
 
 
 def _filter_params(job_filter: JobFilter) -> dict[str, Any]:

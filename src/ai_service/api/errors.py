@@ -26,6 +26,7 @@ STATUS_BY_ERROR: dict[type[errors.AIServiceError], int] = {
     errors.LeaseLost: 409,
     errors.InvalidRequest: 422,
     errors.DatabaseUnavailable: 503,
+    errors.StatementTimeout: 503,
     errors.UpstreamUnavailable: 502,
 }
 

@@ -2,11 +2,10 @@
 
 - Claims through `Store.claim` (the same statement as `POST /jobs/claim`), as
   soon as a NOTIFY arrives or a slot frees up, polling only as a fallback.
-- Keeps up to `concurrency` jobs in flight and refills a slot the moment a
-  job finishes.
-- Completions go through a group-commit `Completer`: whatever finished while
-  the previous batch was being written goes out in the next single statement,
-  each row still fenced by its own lease token.
+- Holds at most `concurrency` jobs (`leases.Leases`): a slot frees when the
+  job's outcome is recorded, and is refilled at once.
+- Completions go through the group-commit `completer.Completer`; a result the
+  database refuses fails that job alone (`internal`), at once.
 - One heartbeat statement extends every held lease; a job whose lease is gone
   (cancelled, retried, rescued) has its work stopped and its result discarded.
 - `shutdown()` stops claiming, lets in-flight jobs finish within the grace
@@ -21,7 +20,6 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from uuid import UUID
 
 from ai_service import errors
 from ai_service.jobs import ErrorCategory, Job, is_retryable
@@ -29,79 +27,15 @@ from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.redact import redact_text, settings_secrets
 from ai_service.store import Completion, Store
+from ai_service.worker.completer import Completer, Refused
 from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.leases import InFlight, Leases
 
 log = logging.getLogger("ai_service.worker")
 
-COMPLETE_BATCH = 500
 RECORD_RETRY_DELAY = 1.0
 DRAIN_TIMEOUT = 10.0
-
-
-class Completer:
-    """Group commit of completions: one `complete_many` per batch of finished jobs."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._queue: list[tuple[Completion, asyncio.Future[bool]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def submit(self, completion: Completion) -> bool:
-        """Store a result; True when the lease still held (the job is now completed)."""
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append((completion, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush(), name="completer")
-        return await asyncio.shield(future)
-
-    async def _flush(self) -> None:
-        while self._queue:
-            batch, self._queue = self._queue[:COMPLETE_BATCH], self._queue[COMPLETE_BATCH:]
-            try:
-                held = await self._write([c for c, _ in batch])
-                for completion, future in batch:
-                    if not future.done():
-                        future.set_result(completion.job_id in held)
-            except BaseException as exc:
-                # Never leave a submitter waiting (its job would stay running for ever).
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                if isinstance(exc, asyncio.CancelledError):
-                    raise
-
-    async def _write(self, completions: list[Completion]) -> set[UUID]:
-        while True:
-            try:
-                return set(await self.store.complete_many(completions))
-            except errors.DatabaseUnavailable:
-                # Keep the results: the database may come back before the leases end.
-                await asyncio.sleep(RECORD_RETRY_DELAY)
-            except errors.InvalidRequest:
-                if len(completions) == 1:
-                    raise
-                # One result the database refuses must not sink the others.
-                held: set[UUID] = set()
-                for completion in completions:
-                    with contextlib.suppress(errors.InvalidRequest):
-                        held |= await self._write([completion])
-                return held
-
-    async def drain(self) -> None:
-        if self._task is not None:
-            await self._task
-
-
-@dataclass
-class InFlight:
-    """A job being handled by this process."""
-
-    job: Job
-    spec: HandlerSpec
-    started: datetime
-    task: asyncio.Task[None] | None = None
-    lost: bool = False  # lease gone: stop the work, discard the result
-    recording: bool = False  # the handler is done; its outcome is being written
+REFUSED_MESSAGE = "the failure message was refused by the database"
 
 
 @dataclass
@@ -146,7 +80,8 @@ class Runner:
         self.shutdown_timeout = settings.worker_shutdown_timeout
         self.heartbeat_interval = heartbeat_interval or min(self.lease_seconds / 3, 10.0)
         self.completer = Completer(store)
-        self.in_flight: dict[UUID, InFlight] = {}
+        self.leases = Leases(store, self.lease_seconds, self.heartbeat_interval)
+        self.in_flight = self.leases.flights
         self.counters = Counters()
         self.started_at = datetime.now(UTC)
         self.last_claim_at: datetime | None = None
@@ -165,7 +100,7 @@ class Runner:
                 log.warning("handler %s disabled: %s", spec.name, spec.disabled_reason)
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="claim-loop"),
-            asyncio.create_task(self._heartbeat_loop(), name="heartbeat-loop"),
+            asyncio.create_task(self.leases.run(), name="heartbeat-loop"),
         ]
 
     async def shutdown(self) -> None:
@@ -195,7 +130,7 @@ class Runner:
         except (TimeoutError, errors.AIServiceError):
             log.warning("could not write every finished result; their leases will expire")
         if leftovers:
-            leases = [(f.job.id, f.job.lease_token) for f in leftovers if f.job.lease_token]
+            leases = self.leases.tokens(leftovers)
             try:
                 released = await self.store.release_many(leases)
                 log.info("returned %d unfinished jobs to pending", len(released))
@@ -265,9 +200,8 @@ class Runner:
                 w.cancel()
 
     def _handling(self) -> int:
-        """Jobs whose handler still runs: a slot frees up as soon as the handler
-        returns, while the outcome is written in the background."""
-        return sum(1 for flight in self.in_flight.values() if not flight.recording)
+        """Slots in use: a job holds its slot until its outcome is recorded."""
+        return len(self.leases)
 
     def _start_job(self, job: Job, spec: HandlerSpec) -> None:
         earlier = self.in_flight.get(job.id)
@@ -277,7 +211,7 @@ class Runner:
             earlier.lost = True
             earlier.task.cancel()
         flight = InFlight(job=job, spec=spec, started=datetime.now(UTC))
-        self.in_flight[job.id] = flight
+        self.leases.add(flight)
         flight.task = asyncio.create_task(self._execute(flight), name=f"job-{job.id}")
 
     # -- running a job --------------------------------------------------------------
@@ -310,19 +244,15 @@ class Runner:
                 return
             assert job.lease_token is not None
             flight.recording = True
-            self._wake.set()  # the slot is free for the next job
-            try:
-                held = await self.completer.submit(Completion(job.id, job.lease_token, result))
-            except errors.InvalidRequest as exc:
+            outcome = await self.completer.submit(Completion(job.id, job.lease_token, result))
+            if isinstance(outcome, Refused):
                 refused = errors.JobFailure(
                     ErrorCategory.INTERNAL,
-                    f"{flight.spec.name} result refused by the database: {exc.message}",
+                    f"{flight.spec.name} result refused by the database: {outcome.reason}",
                     retryable=False,
                 )
-                flight.recording = False
                 await self._record_failure(flight, refused)
-                return
-            if held:
+            elif outcome:
                 self.counters.completed += 1
                 self.metrics.observe_finished(
                     job.task_type, job.model_profile, "completed", job.started_at, datetime.now(UTC)
@@ -330,10 +260,8 @@ class Runner:
             else:
                 self._discard(job, "it was cancelled, retried or rescued meanwhile")
         finally:
-            # The same job may have been claimed again meanwhile: remove only this attempt.
-            if self.in_flight.get(job.id) is flight:
-                del self.in_flight[job.id]
-            self._wake.set()
+            self.leases.remove(flight)
+            self._wake.set()  # the slot is free for the next job
 
     async def _record_failure(self, flight: InFlight, failure: errors.JobFailure) -> None:
         job = flight.job
@@ -341,7 +269,6 @@ class Runner:
             self._discard(job, "its lease was lost while running")
             return
         flight.recording = True
-        self._wake.set()
         retryable = is_retryable(failure.category, failure.retryable)
         message = _storable(redact_text(failure.message, self._secrets))
         details = failure.details or None
@@ -361,10 +288,14 @@ class Runner:
                 return
             except errors.DatabaseUnavailable:
                 await asyncio.sleep(RECORD_RETRY_DELAY)
-            except errors.InvalidRequest:
-                if details is None:
-                    raise
-                details = None  # the details held something PostgreSQL refuses: keep the rest
+            except (errors.InvalidRequest, errors.StatementTimeout) as exc:
+                if details is not None:
+                    details = None  # the details held something PostgreSQL refuses
+                elif message != REFUSED_MESSAGE:
+                    message = REFUSED_MESSAGE
+                else:  # not even the bare failure can be written: the lease will expire
+                    log.error("could not record the failure of job %s: %s", job.id, exc)
+                    return
         by_category = self.counters.failed_by_category
         by_category[failure.category] = by_category.get(failure.category, 0) + 1
         if updated.status == "pending":
@@ -392,40 +323,14 @@ class Runner:
         self.counters.discarded += 1
         log.info("discarded the work on job %s: %s", job.id, why)
 
-    # -- leases ---------------------------------------------------------------------
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.heartbeat_interval)
-            try:
-                await self.heartbeat()
-            except Exception:
-                # Keep beating: a dead heartbeat loop would let leases expire under
-                # running jobs, which would then run twice.
-                log.exception("heartbeat failed")
-
     @property
     def healthy(self) -> bool:
         """False when a background loop died (readiness reports it)."""
         return all(not task.done() for task in self._tasks) or self.stopping
 
     async def heartbeat(self) -> None:
-        """Extend every held lease; stop the jobs whose lease is gone."""
-        flights = [f for f in self.in_flight.values() if not f.lost and f.job.lease_token]
-        if not flights:
-            return
-        leases = [(f.job.id, f.job.lease_token) for f in flights if f.job.lease_token]
-        try:
-            held = await self.store.heartbeat_many(leases, self.lease_seconds)
-        except errors.DatabaseUnavailable:
-            return  # try again next beat; leases are long compared to the interval
-        for flight in flights:
-            if flight.job.id in held or flight.task is None or flight.task.done():
-                continue
-            flight.lost = True
-            if not flight.recording:
-                # Stop the work; a result already being written is fenced by its token.
-                flight.task.cancel()
+        """Extend every held lease now (tests call it instead of waiting a beat)."""
+        await self.leases.beat()
 
     # -- status ---------------------------------------------------------------------
 
