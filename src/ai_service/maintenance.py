@@ -1,11 +1,15 @@
-"""Background upkeep run by every API and worker process.
+"""Background upkeep: independent services, each run by one elected leader.
 
 - rescuer: expired leases back to pending (or failed as `lease_expired`);
 - counter compaction: trigger-written deltas folded into `job_counts`;
 - retention: finished jobs past their age deleted in batches.
 
-Every step is one guarded statement (or a batch of them), so any number of
-replicas may run this loop at the same time.
+Every API and worker process runs a `Maintenance`, but each service runs only
+in the process that leads it (`leader.Leadership`: an advisory lock per
+service, re-elected when the leader dies). Services run in their own tasks,
+so a long retention backlog never delays the rescuer. Every step is still one
+guarded statement (or a batch of them), so an overlap during a hand-over is
+harmless. Timings go to `/metrics` (`ai_maintenance_seconds{service}`).
 """
 
 from __future__ import annotations
@@ -15,36 +19,63 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from dataclasses import dataclass
 
 from ai_service import errors
 from ai_service.config import Settings
-from ai_service.store import RESCUE_BATCH, Store, retention_cutoffs
+from ai_service.leader import Leadership
+from ai_service.metrics import Metrics
+from ai_service.store import RESCUE_BATCH, Store
 
 log = logging.getLogger("ai_service.maintenance")
 
 COMPACT_INTERVAL = 2.0
+# Advisory lock keys of the services ("AISM" + a number), distinct from the
+# compaction statement's own transaction lock.
+SERVICE_KEYS = {"rescuer": 0x4149534D01, "compaction": 0x4149534D02, "retention": 0x4149534D03}
+
+
+@dataclass(frozen=True)
+class Service:
+    """One periodic step and how often it runs."""
+
+    name: str
+    interval: float
+    step: Callable[[], Awaitable[object]]
 
 
 class Maintenance:
-    """Runs the periodic steps on their own intervals until stopped."""
+    """Runs each service in its own task, while this process leads it."""
 
-    def __init__(self, store: Store, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings, metrics: Metrics | None = None) -> None:
         self.store = store
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
+        self.metrics = metrics or Metrics()
+        self.leadership = Leadership(settings.require_database_url())
+        self._tasks: list[asyncio.Task[None]] = []
         self.rescued = 0
         self.pruned = 0
+        self.leading: set[str] = set()  # services this process led at their last round
+        self.services = [
+            Service("rescuer", settings.rescue_interval, self.rescue),
+            Service("compaction", COMPACT_INTERVAL, store.compact_counts),
+            Service("retention", settings.retention_interval, self.prune),
+        ]
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="maintenance")
+        self._tasks = [
+            asyncio.create_task(self._run(service), name=f"maintenance-{service.name}")
+            for service in self.services
+        ]
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+                await task
+        self._tasks = []
+        await self.leadership.close()
 
     async def rescue(self) -> int:
         """One rescuer pass; returns how many jobs it moved."""
@@ -60,33 +91,33 @@ class Maintenance:
 
     async def prune(self) -> int:
         """One retention pass; returns how many jobs it deleted."""
-        completed_before, failed_before = retention_cutoffs(
-            datetime.now(UTC), self.settings.retention_completed, self.settings.retention_failed
-        )
         deleted = await self.store.prune_finished(
-            completed_before=completed_before, failed_before=failed_before
+            completed_seconds=self.settings.retention_completed,
+            failed_seconds=self.settings.retention_failed,
         )
         if deleted:
             log.info("retention deleted %d finished jobs", deleted)
         self.pruned += deleted
         return deleted
 
-    async def _run(self) -> None:
-        steps: list[tuple[float, Callable[[], Awaitable[object]]]] = [
-            (self.settings.rescue_interval, self.rescue),
-            (COMPACT_INTERVAL, self.store.compact_counts),
-            (self.settings.retention_interval, self.prune),
-        ]
-        due = [0.0 for _ in steps]
+    async def _run(self, service: Service) -> None:
+        key = SERVICE_KEYS[service.name]
+        leader = self.metrics.maintenance_leader.labels(service.name)
+        seconds = self.metrics.maintenance_seconds.labels(service.name)
         while True:
-            now = time.monotonic()
-            for index, (interval, step) in enumerate(steps):
-                if now >= due[index]:
-                    due[index] = now + interval
-                    try:
-                        await step()
-                    except errors.DatabaseUnavailable:
-                        pass  # readiness reports it; try again next round
-                    except Exception:
-                        log.exception("maintenance step %s failed", step.__name__)
-            await asyncio.sleep(max(0.05, min(due) - time.monotonic()))
+            leading = await self.leadership.holds(key)
+            leader.set(1 if leading else 0)
+            if leading:
+                self.leading.add(service.name)
+            else:
+                self.leading.discard(service.name)
+            if leading:
+                started = time.perf_counter()
+                try:
+                    await service.step()
+                except errors.DatabaseUnavailable:
+                    pass  # readiness reports it; try again next round
+                except Exception:
+                    log.exception("maintenance service %s failed", service.name)
+                seconds.observe(time.perf_counter() - started)
+            await asyncio.sleep(service.interval)

@@ -60,6 +60,20 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.maintenance_seconds = Histogram(
+            "ai_maintenance_seconds",
+            "Duration of one round of a maintenance service (rescuer, compaction, retention).",
+            ("service",),
+            buckets=_HTTP_BUCKETS,
+            registry=self.registry,
+        )
+        self.maintenance_leader = Gauge(
+            "ai_maintenance_leader",
+            "1 while this process leads the maintenance service, else 0.",
+            ("service",),
+            registry=self.registry,
+        )
+
     def _child(self, metric: Any, *labels: str) -> Any:
         # labels() costs a lock and a tuple build per call: keep the children.
         key = (id(metric), labels)

@@ -15,7 +15,7 @@ import json
 import re
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -495,11 +495,12 @@ class Store:
         return [(row["id"], JobStatus(row["status"])) for row in rows]
 
     async def prune_finished(
-        self, *, completed_before: datetime, failed_before: datetime, batch: int = 5000
+        self, *, completed_seconds: float, failed_seconds: float, batch: int = 5000
     ) -> int:
-        """Delete finished jobs past retention in batches; returns how many were deleted."""
+        """Delete finished jobs older than their retention (seconds, by the database
+        clock) in batches; returns how many were deleted."""
         total = 0
-        params = {"completed_before": completed_before, "failed_before": failed_before}
+        params = {"completed_seconds": completed_seconds, "failed_seconds": failed_seconds}
         while True:
             rows = await self._fetch("job_prune_finished", params | {"batch": batch})
             total += len(rows)
@@ -549,8 +550,3 @@ def _filter_params(job_filter: JobFilter) -> dict[str, Any]:
         "created_after": job_filter.created_after,
         "created_before": job_filter.created_before,
     }
-
-
-def retention_cutoffs(now: datetime, completed: float, failed: float) -> tuple[datetime, datetime]:
-    """Finished-before timestamps for completed/cancelled and for failed jobs."""
-    return now - timedelta(seconds=completed), now - timedelta(seconds=failed)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any
 from uuid import UUID
 
@@ -12,7 +12,7 @@ import pytest
 
 from ai_service.jobs import Job, JobStatus
 from ai_service.maintenance import Maintenance
-from ai_service.store import Store, retention_cutoffs
+from ai_service.store import Store
 from tests.helpers import make_settings, new_job
 
 BACKOFF_BASE = 20.0
@@ -243,17 +243,70 @@ async def test_prune_works_through_many_batches(store: Store) -> None:
     for o in outcomes:
         await store.cancel(o.job.id)
     await sql(store, "UPDATE jobs SET finished_at = now() - interval '1 day'")
-    completed_before, failed_before = retention_cutoffs(datetime.now(UTC), 3600, 3600)
-    deleted = await store.prune_finished(
-        completed_before=completed_before, failed_before=failed_before, batch=4
-    )
+    deleted = await store.prune_finished(completed_seconds=3600, failed_seconds=3600, batch=4)
     assert deleted == 25
     assert await sql(store, "SELECT id FROM jobs") == []
 
 
-def test_retention_cutoffs_subtract_each_retention_from_now() -> None:
-    now = datetime(2026, 1, 10, tzinfo=UTC)
-    assert retention_cutoffs(now, 3600, 86400) == (
-        now - timedelta(hours=1),
-        now - timedelta(days=1),
-    )
+# -- leadership ------------------------------------------------------------------------
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 10) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_each_service_has_one_leader_and_a_new_one_when_it_stops(
+    store: Store, database_url: str
+) -> None:
+    env = {"RESCUE_INTERVAL": "50ms", "RETENTION_INTERVAL": "50ms"}
+    first, second = maintenance(store, database_url, **env), maintenance(store, database_url, **env)
+    first.start()
+    await _until(lambda: first.leading == {"rescuer", "compaction", "retention"})
+    second.start()
+    try:
+        await asyncio.sleep(0.3)  # several rounds of the second: it never leads
+        assert second.leading == set()
+        samples = first.metrics.registry.get_sample_value(
+            "ai_maintenance_seconds_count", {"service": "rescuer"}
+        )
+        assert samples is not None
+        assert samples >= 2
+        assert (
+            first.metrics.registry.get_sample_value(
+                "ai_maintenance_leader", {"service": "retention"}
+            )
+            == 1
+        )
+        await first.stop()  # a leader leaving (or dying: its session ends either way)
+        await _until(lambda: second.leading == {"rescuer", "compaction", "retention"}, timeout=5)
+        [job] = await running_jobs(store, 1)
+        await expire(store, [job.id])
+        await _until(lambda: second.rescued == 1)
+    finally:
+        await first.stop()
+        await second.stop()
+
+
+async def test_a_long_retention_round_does_not_delay_the_rescuer(
+    store: Store, database_url: str
+) -> None:
+    m = maintenance(store, database_url, RESCUE_INTERVAL="50ms", RETENTION_INTERVAL="50ms")
+    slow_started = asyncio.Event()
+
+    async def slow_prune() -> int:
+        slow_started.set()
+        await asyncio.sleep(30)
+        return 0
+
+    m.services = [s if s.name != "retention" else replace(s, step=slow_prune) for s in m.services]
+    m.start()
+    try:
+        await asyncio.wait_for(slow_started.wait(), 5)
+        [job] = await running_jobs(store, 1)
+        await expire(store, [job.id])
+        await _until(lambda: m.rescued == 1, timeout=5)
+    finally:
+        await m.stop()

@@ -727,11 +727,7 @@ async def test_counters_equal_a_group_by_over_jobs_before_and_after_compaction(
         store,
         "UPDATE jobs SET finished_at = now() - interval '1 day' WHERE finished_at IS NOT NULL",
     )
-    await store.prune_finished(
-        completed_before=datetime.now(UTC) - timedelta(hours=1),
-        failed_before=datetime.now(UTC) + timedelta(hours=1),
-        batch=7,
-    )
+    await store.prune_finished(completed_seconds=3600, failed_seconds=0, batch=7)
     await sql(store, "DELETE FROM jobs WHERE task_type = 'transcription' AND status = 'pending'")
     await _assert_counts_match(store)
     await store.compact_counts()

@@ -164,7 +164,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
         )
         notifier = JobNotifier(database_url)
         notifier.start()
-        maintenance = Maintenance(store, settings)
+        maintenance = Maintenance(store, settings, metrics)
         if run_maintenance:
             maintenance.start()
         http = httpx.AsyncClient(timeout=settings.provider_probe_timeout, follow_redirects=False)

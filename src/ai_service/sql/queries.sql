@@ -341,17 +341,27 @@ UPDATE jobs j
 RETURNING j.id, j.status;
 
 -- name: job_prune_finished
--- Delete a batch of finished jobs older than their retention; never pending or running.
--- Rows another statement holds are skipped (next round), so it never waits or deadlocks.
+-- Delete a batch of finished jobs older than their retention (database clock); never pending
+-- or running. Each status class is read oldest first from its own partial index, so a pass
+-- with nothing to delete touches a few index pages whatever the history holds. Rows another
+-- statement holds are skipped (next round), so it never waits or deadlocks.
+WITH done AS (
+    SELECT id FROM jobs
+     WHERE status IN ('completed', 'cancelled')
+       AND finished_at < now() - make_interval(secs => %(completed_seconds)s::float8)
+     ORDER BY finished_at
+     LIMIT %(batch)s
+       FOR UPDATE SKIP LOCKED
+), failed AS (
+    SELECT id FROM jobs
+     WHERE status = 'failed'
+       AND finished_at < now() - make_interval(secs => %(failed_seconds)s::float8)
+     ORDER BY finished_at
+     LIMIT %(batch)s
+       FOR UPDATE SKIP LOCKED
+)
 DELETE FROM jobs
- WHERE id IN (SELECT id FROM jobs
-               WHERE finished_at < greatest(%(completed_before)s::timestamptz,
-                                            %(failed_before)s::timestamptz)
-                 AND ((status IN ('completed', 'cancelled')
-                       AND finished_at < %(completed_before)s::timestamptz)
-                      OR (status = 'failed' AND finished_at < %(failed_before)s::timestamptz))
-               LIMIT %(batch)s
-                 FOR UPDATE SKIP LOCKED)
+ WHERE id IN (SELECT id FROM done UNION ALL SELECT id FROM failed)
    AND status IN ('completed', 'cancelled', 'failed')
 RETURNING id;
 

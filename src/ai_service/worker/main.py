@@ -53,14 +53,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         backoff_max=settings.retry_backoff_max,
     )
     notifier = JobNotifier(database_url)
-    maintenance = Maintenance(store, settings)
+    metrics = Metrics()
+    maintenance = Maintenance(store, settings, metrics)
     limits = httpx.Limits(max_connections=concurrency + 16, max_keepalive_connections=concurrency)
     try:
         async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
             ctx = HandlerContext(settings=settings, http=http)
-            runner = Runner(
-                store, ctx, handler_specs(settings), notifier=notifier, metrics=Metrics()
-            )
+            runner = Runner(store, ctx, handler_specs(settings), notifier=notifier, metrics=metrics)
             server = _StatusServer(
                 uvicorn.Config(
                     create_status_app(runner, store),
