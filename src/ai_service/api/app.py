@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ai_service import migrate
+from ai_service.api import docs as api_docs
 from ai_service.api import errors as api_errors
 from ai_service.api.deps import token_accepted
 from ai_service.api.routes_infra import router as infra_router
@@ -185,12 +186,16 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
         version="0.1.0",
         description="Job service for AI workloads (LLM chat, transcription) on PostgreSQL.",
         lifespan=lifespan,
+        # FastAPI's pages load their assets from a CDN; `api_docs` serves its own.
+        docs_url=None,
+        redoc_url=None,
     )
     app.openapi = lambda: _openapi_with_bearer(app)  # type: ignore[method-assign]
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.notifier = None
     api_errors.install(app)
+    api_docs.install(app)
     app.include_router(probes)
     app.include_router(jobs_router)
     app.include_router(stats_router)
