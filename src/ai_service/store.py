@@ -13,6 +13,8 @@ import binascii
 import contextlib
 import json
 import re
+import time
+import weakref
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -32,6 +34,11 @@ from ai_service.notifier import CONNECT_OPTIONS
 from ai_service.sql import queries
 
 FILTER_BATCH = 5000
+IDLE_CHECK_AFTER = 2.0  # seconds a pooled connection may idle before it is checked
+# When each pooled connection was last returned (see `Store._checked`).
+_RETURNED: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
+    weakref.WeakKeyDictionary()
+)
 RESCUE_BATCH = 1000
 DEADLOCK_RETRIES = 3
 
@@ -158,6 +165,9 @@ class Store:
         async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
             set_json_loads(_loads, conn)
 
+        async def reset(conn: psycopg.AsyncConnection[Any]) -> None:
+            _RETURNED[conn] = time.monotonic()
+
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
             database_url,
             min_size=min_size,
@@ -165,6 +175,7 @@ class Store:
             timeout=timeout,
             kwargs={"autocommit": True, "row_factory": dict_row, **CONNECT_OPTIONS},
             configure=configure,
+            reset=reset,
             # When reconnection attempts give up, the pool still grows again on
             # demand: requests answer 503 until PostgreSQL is back, then recover.
             open=False,
@@ -179,9 +190,30 @@ class Store:
     # -- plumbing -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
+    async def _checked(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection known to be alive.
+
+        A connection that sat idle may have died with a database restart: it
+        gets one empty round trip before use, and a dead one is closed (the
+        pool replaces it) and the next one tried at once, so the first requests
+        after a restart do not fail. Connections in steady use skip the check.
+        """
+        for _ in range(self.pool.max_size + 1):
+            async with self.pool.connection() as conn:
+                if time.monotonic() - _RETURNED.get(conn, 0.0) > IDLE_CHECK_AFTER:
+                    try:
+                        await conn.execute("")
+                    except psycopg.Error:
+                        await conn.close()
+                        continue
+                yield conn
+                return
+        raise errors.DatabaseUnavailable("database unavailable: no live connection")
+
+    @contextlib.asynccontextmanager
     async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         try:
-            async with self.pool.connection() as conn:
+            async with self._checked() as conn:
                 yield conn
         except PoolTimeout:
             raise errors.DatabaseUnavailable("no database connection available") from None
