@@ -100,8 +100,10 @@ class Job:
     max_attempts: int
     run_after: datetime
     worker_id: str | None
-    lease_token: UUID | None
+    lease_token: UUID | None  # of the running attempt, or of the last one once finished
     lease_expires_at: datetime | None
+    lease_seconds: float | None  # the lease length the last claim asked for
+    timeout_seconds: int | None  # deadline of one attempt, from its start (None: handler's)
     idempotency_key: str | None
     created_at: datetime
     updated_at: datetime
@@ -156,13 +158,27 @@ class JobFilter:
         return not any(getattr(self, f.name) for f in fields(self))
 
 
+_last_id = 0
+
+
 def new_job_id() -> UUID:
-    """A UUIDv7: time-ordered, so new rows land at the right edge of the primary key index."""
-    millis = time.time_ns() // 1_000_000
+    """A UUIDv7: time-ordered, so new rows land at the right edge of the primary key index.
+
+    The 12 bits after the millisecond hold its fraction (RFC 9562, method 3), and ids
+    from one process strictly increase, so creation order is id order: lists page by
+    id, and jobs created in one batch are claimed in the order given.
+    """
+    global _last_id
+    ns = time.time_ns()
+    millis, fraction = divmod(ns, 1_000_000)
     value = (millis & ((1 << 48) - 1)) << 80
-    value |= int.from_bytes(os.urandom(10), "big") & ((1 << 80) - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
+    value |= 0x7 << 76  # version 7
+    value |= (fraction * 4096 // 1_000_000) << 64
+    value |= 0x2 << 62  # RFC 4122 variant
+    value |= int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    if value <= _last_id:
+        value = _last_id + 1
+    _last_id = value
     return UUID(int=value)
 
 

@@ -1,7 +1,16 @@
-"""Wake-ups from PostgreSQL `NOTIFY ai_service_jobs` (sent by the jobs triggers).
+"""Wake-ups through PostgreSQL `NOTIFY ai_service_jobs`, one payload per task type.
 
-One dedicated `LISTEN` connection per process; any number of waiters. When
-the connection drops it reconnects with a short backoff and wakes every waiter
+Sending (`Announcer`): the store announces the task types of jobs that became
+runnable *now* (created, retried, released), after their statement committed,
+in one short statement of its own: the notify lock PostgreSQL takes until
+commit is held for a moment, not for the inserting transaction. Leading-edge
+debounced: the first announcement goes out at once, then at most one
+statement per `window` carries every type gathered meanwhile. Jobs scheduled
+for later and retries waiting out their backoff are found by polling.
+
+Receiving (`JobNotifier`): one dedicated `LISTEN` connection per process; any
+number of waiters, each for the task types it can take (or all). When the
+connection drops it reconnects with a short backoff and wakes every waiter
 once, so that nothing sleeps through jobs created while it was away.
 """
 
@@ -10,6 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -28,12 +40,52 @@ CONNECT_OPTIONS: dict[str, Any] = {
 log = logging.getLogger("ai_service.notifier")
 
 
+class Announcer:
+    """Debounced sender of "jobs of these task types are runnable now"."""
+
+    def __init__(self, send: Callable[[list[str]], Awaitable[None]], window: float = 0.005):
+        self._send = send
+        self.window = window
+        self._pending: set[str] = set()
+        self._last = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def announce(self, task_types: Iterable[str]) -> None:
+        """Queue a wake-up for `task_types`; never waits and never fails the caller."""
+        self._pending.update(task_types)
+        if self._pending and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._flush(), name="announcer")
+
+    async def _flush(self) -> None:
+        while self._pending:
+            delay = self._last + self.window - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)  # gather what else comes in this window
+            types, self._pending = sorted(self._pending), set()
+            self._last = time.monotonic()
+            try:
+                await self._send(types)
+            except Exception as exc:
+                # Workers also poll: a lost wake-up delays a job, it never loses one.
+                log.warning("could not send a wake-up: %s", exc)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class JobNotifier:
     """Broadcasts "new runnable jobs may exist" to coroutines waiting in `wait`."""
 
     def __init__(self, database_url: str) -> None:
         self._url = database_url
-        self._event = asyncio.Event()
+        # Interest (None: every task type) -> the event its next wake-up sets. Weak:
+        # an interest nobody waits for any more disappears by itself.
+        self._events: weakref.WeakValueDictionary[frozenset[str] | None, asyncio.Event] = (
+            weakref.WeakValueDictionary()
+        )
         self._task: asyncio.Task[None] | None = None
         self.connected = asyncio.Event()
 
@@ -47,22 +99,32 @@ class JobNotifier:
                 await self._task
             self._task = None
 
-    def _wake(self) -> None:
-        # Swap the event so that waiters that start after this wake-up wait for the next.
-        event, self._event = self._event, asyncio.Event()
-        event.set()
+    def _wake(self, task_type: str | None = None) -> None:
+        """Wake the waiters interested in `task_type` (None: every waiter).
 
-    def waiter(self) -> asyncio.Event:
-        """The event the next notification sets.
+        The woken events are dropped, so that waiters that start after this
+        wake-up wait for the next one.
+        """
+        for interest, event in list(self._events.items()):
+            if task_type is None or interest is None or task_type in interest:
+                self._events.pop(interest, None)
+                event.set()
+
+    def waiter(self, task_types: Iterable[str] | None = None) -> asyncio.Event:
+        """The event the next notification for one of `task_types` (None: any) sets.
 
         Take it *before* looking for work and pass it to `wait`, so that a
         notification arriving in between is not missed.
         """
-        return self._event
+        interest = frozenset(task_types) if task_types is not None else None
+        event = self._events.get(interest)
+        if event is None:
+            event = self._events[interest] = asyncio.Event()
+        return event
 
     async def wait(self, timeout: float, event: asyncio.Event | None = None) -> bool:
         """Wait for a notification; True if one came before `timeout` seconds."""
-        event = event or self._event
+        event = event or self.waiter()
         try:
             await asyncio.wait_for(event.wait(), timeout)
             return True
@@ -81,8 +143,8 @@ class JobNotifier:
                     self.connected.set()
                     self._wake()  # catch up on anything missed while disconnected
                     delay = 0.1
-                    async for _ in conn.notifies():
-                        self._wake()
+                    async for notify in conn.notifies():
+                        self._wake(notify.payload or None)
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as exc:

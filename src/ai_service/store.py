@@ -30,10 +30,11 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ai_service import errors
 from ai_service.jobs import ALLOWED_FROM, Job, JobFilter, JobStatus, NewJob, new_job_id
-from ai_service.notifier import CONNECT_OPTIONS
+from ai_service.notifier import CONNECT_OPTIONS, Announcer
 from ai_service.sql import queries
 
 FILTER_BATCH = 5000
+CLAIM_ROUNDS = 4
 IDLE_CHECK_AFTER = 2.0  # seconds a pooled connection may idle before it is checked
 # When each pooled connection was last returned (see `Store._checked`).
 _RETURNED: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
@@ -115,20 +116,23 @@ def encode_result(result: Any) -> bytes:
 
 
 def encode_cursor(job: Job) -> str:
-    """Opaque keyset cursor pointing just after `job` in newest-first order."""
-    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    """Opaque keyset cursor pointing just after `job` in newest-first (id) order."""
+    return base64.urlsafe_b64encode(str(job.id).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
-    """Inverse of `encode_cursor`; raises `InvalidRequest` naming `cursor`."""
+def decode_cursor(cursor: str) -> UUID:
+    """Inverse of `encode_cursor`; raises `InvalidRequest` naming `cursor`.
+
+    Cursors of the earlier `created_at|id` form are read by their id.
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        created, job_id = raw.split("|")
-        parsed = datetime.fromisoformat(created)
-        if parsed.tzinfo is None:
-            raise ValueError("naive timestamp")
-        return parsed, UUID(job_id)
+        if "|" in raw:  # the earlier form: an aware timestamp, then the id
+            created, job_id = raw.split("|")
+            if datetime.fromisoformat(created).tzinfo is None:
+                raise ValueError("naive timestamp")
+            return UUID(job_id)
+        return UUID(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise errors.InvalidRequest("cursor", "is not a cursor returned by this API") from None
 
@@ -147,6 +151,7 @@ class Store:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._q = queries()
+        self.announcer = Announcer(self._send_wakeups)
 
     @classmethod
     async def open(
@@ -185,7 +190,11 @@ class Store:
         return cls(pool, backoff_base=backoff_base, backoff_max=backoff_max)
 
     async def close(self) -> None:
+        await self.announcer.close()
         await self.pool.close()
+
+    async def _send_wakeups(self, task_types: list[str]) -> None:
+        await self._fetch("jobs_notify", {"task_types": task_types})
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -260,9 +269,14 @@ class Store:
         rows = await self._fetch(name, params)
         return Job.from_row(rows[0]) if rows else None
 
-    async def _explain_miss(self, job_id: UUID, action: str, lease_token: UUID | None) -> Exception:
-        """Why a guarded statement changed nothing: unknown job, lost lease or bad status."""
-        job = await self._one_job("job_get", {"id": job_id})
+    async def _explain_miss(
+        self, job_id: UUID, action: str, lease_token: UUID | None, job: Job | None = None
+    ) -> Exception:
+        """Why a guarded statement changed nothing: unknown job, lost lease or bad status.
+
+        `job` is the job as just read, when the caller has it.
+        """
+        job = job or await self._one_job("job_get", {"id": job_id})
         if job is None:
             return errors.JobNotFound(job_id)
         if lease_token is not None and job.status in (JobStatus.RUNNING, JobStatus.PENDING):
@@ -303,6 +317,9 @@ class Store:
         ]
         rows = await self._fetch("job_create_many", {"jobs": jsonb(records)})
         inserted = {row["id"]: Job.from_row(row) for row in rows}
+        self.announcer.announce(
+            {j.task_type for j in inserted.values() if j.run_after <= j.created_at}
+        )
         by_key: dict[tuple[str, str], Job] = {
             (job.owner_service, job.idempotency_key): job
             for job in inserted.values()
@@ -345,11 +362,9 @@ class Store:
         self, job_filter: JobFilter, *, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[Job], str | None]:
         """Newest first; returns the page and the cursor of the next page (or None)."""
-        cursor_created, cursor_id = decode_cursor(cursor) if cursor else (None, None)
         params = _filter_params(job_filter) | {
             "statuses": [s.value for s in job_filter.statuses] or None,
-            "cursor_created_at": cursor_created,
-            "cursor_id": cursor_id,
+            "cursor_id": decode_cursor(cursor) if cursor else None,
             "limit": limit + 1,
         }
         # Not prepared: each call is planned with its own values, so unused filters
@@ -368,20 +383,32 @@ class Store:
         task_types: Iterable[str] | None = None,
         model_profiles: Iterable[str] | None = None,
     ) -> list[Job]:
-        """Atomically move up to `limit` runnable jobs to running for `worker_id`."""
-        types = sorted(set(task_types)) if task_types is not None else None
-        rows = await self._fetch(
-            "job_claim" if types is None else "job_claim_typed",
-            {
-                "worker_id": worker_id,
-                "limit": limit,
-                "lease_seconds": lease_seconds,
-                "task_types": types,
-                "model_profiles": list(model_profiles) if model_profiles is not None else None,
-            },
-        )
-        jobs = [Job.from_row(row) for row in rows]
-        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.created_at))
+        """Atomically move up to `limit` runnable jobs to running for `worker_id`.
+
+        Jobs come in claim order: priority (highest first), then run_after, then id.
+        """
+        params = {
+            "worker_id": worker_id,
+            "limit": limit,
+            "lease_seconds": lease_seconds,
+            "task_types": sorted(set(task_types)) if task_types is not None else None,
+            "model_profiles": sorted(set(model_profiles)) if model_profiles is not None else None,
+        }
+        jobs: list[Job] = []
+        # Candidates are read without locks, a bounded excess over what is wanted; when
+        # concurrent claimers took them all, look again, further down the queue.
+        scan = 2 * limit + 8
+        for _ in range(CLAIM_ROUNDS):
+            wanted = limit - len(jobs)
+            rows = await self._fetch(
+                "job_claim", params | {"limit": wanted, "scan": scan}, prepare=True
+            )
+            got = [Job.from_row(row) for row in rows if row["id"] is not None]
+            jobs.extend(got)
+            if len(got) == wanted or rows[0]["seen"] < scan:
+                break  # satisfied, or every runnable job was among the candidates
+            scan *= 4
+        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
         return jobs
 
     async def complete(
@@ -391,7 +418,15 @@ class Store:
             "job_complete", {"id": job_id, "result": jsonb(result), "lease_token": lease_token}
         )
         if job is None:
-            raise await self._explain_miss(job_id, "complete", lease_token)
+            current = await self._one_job("job_get", {"id": job_id})
+            if (
+                current is not None
+                and lease_token is not None
+                and current.status is JobStatus.COMPLETED
+                and current.lease_token == lease_token
+            ):
+                return current  # a repeat of the completion that finished it
+            raise await self._explain_miss(job_id, "complete", lease_token, current)
         return job
 
     async def complete_many(self, completions: Sequence[Completion]) -> dict[UUID, dict[str, Any]]:
@@ -413,7 +448,11 @@ class Store:
             for c in completions
         )
         rows = await self._fetch(
-            "job_complete_many", {"completions": Jsonb(b"[" + records + b"]", dumps=_raw)}
+            "job_complete_many",
+            {
+                "completions": Jsonb(b"[" + records + b"]", dumps=_raw),
+                "ids": [c.job_id for c in completions],
+            },
         )
         return {row["id"]: row for row in rows}
 
@@ -442,10 +481,22 @@ class Store:
             },
         )
         if job is None:
-            raise await self._explain_miss(job_id, "fail", lease_token)
+            current = await self._one_job("job_get", {"id": job_id})
+            if (
+                current is not None
+                and lease_token is not None
+                and current.status in (JobStatus.FAILED, JobStatus.PENDING)
+                and current.lease_token == lease_token
+                and current.error_category == category
+            ):
+                return current  # a repeat of the failure that ended this attempt
+            raise await self._explain_miss(job_id, "fail", lease_token, current)
         return job
 
-    async def heartbeat(self, job_id: UUID, lease_token: UUID, extend_seconds: float) -> Job:
+    async def heartbeat(
+        self, job_id: UUID, lease_token: UUID, extend_seconds: float | None = None
+    ) -> Job:
+        """Extend a lease by `extend_seconds`, or by its claim's lease length."""
         job = await self._one_job(
             "job_heartbeat",
             {"id": job_id, "lease_token": lease_token, "extend_seconds": extend_seconds},
@@ -455,7 +506,7 @@ class Store:
         return job
 
     async def heartbeat_many(
-        self, leases: Sequence[tuple[UUID, UUID]], extend_seconds: float
+        self, leases: Sequence[tuple[UUID, UUID]], extend_seconds: float | None = None
     ) -> set[UUID]:
         """Extend many leases at once; returns the ids still held (the rest were lost)."""
         if not leases:
@@ -478,12 +529,14 @@ class Store:
             "job_release_many",
             {"ids": [job_id for job_id, _ in leases], "lease_tokens": [t for _, t in leases]},
         )
+        self.announcer.announce({row["task_type"] for row in rows})
         return {row["id"] for row in rows}
 
     async def retry(self, job_id: UUID) -> Job:
         job = await self._one_job("job_retry", {"id": job_id})
         if job is None:
             raise await self._explain_miss(job_id, "retry", None)
+        self.announcer.announce([job.task_type])
         return job
 
     async def cancel(self, job_id: UUID) -> Job:
@@ -510,6 +563,8 @@ class Store:
         after = UUID(int=0)
         while True:
             rows = await self._fetch(name, params | {"after": after}, prepare=False)
+            if action == "retry":
+                self.announcer.announce({row["task_type"] for row in rows})
             ids = sorted(row["id"] for row in rows)
             changed.extend(ids)
             if len(rows) < FILTER_BATCH:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
 
+from ai_service.jobs import JobStatus
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
 from tests.helpers import new_job
@@ -102,3 +104,46 @@ async def test_reconnect_after_a_dropped_connection_wakes_waiters(
     waiter = notifier.waiter()
     await store.create_jobs([new_job()])
     assert await notifier.wait(5, waiter) is True
+
+
+async def test_a_waiter_is_woken_only_for_the_task_types_it_takes(
+    notifier: JobNotifier, store: Store
+) -> None:
+    llm = notifier.waiter(["llm_chat", "call_analysis"])
+    audio = notifier.waiter(["transcription"])
+    anything = notifier.waiter()
+    await store.create_jobs([new_job(task_type="call_analysis")])
+    assert await notifier.wait(5, llm) is True
+    assert await notifier.wait(5, anything) is True
+    assert await notifier.wait(QUIET, audio) is False
+
+
+async def test_jobs_scheduled_for_later_and_retries_in_backoff_wake_nobody(
+    notifier: JobNotifier, store: Store
+) -> None:
+    waiter = notifier.waiter()
+    later = datetime.now(UTC) + timedelta(hours=1)
+    [scheduled] = await store.create_jobs([new_job(run_after=later)])
+    assert scheduled.job.status is JobStatus.PENDING
+    assert await notifier.wait(QUIET, waiter) is False
+    [now] = await store.create_jobs([new_job(owner_ref="now")])
+    assert await notifier.wait(5, waiter) is True
+    [running] = await store.claim("w", limit=1, lease_seconds=60)
+    assert running.id == now.job.id
+    waiter = notifier.waiter()
+    await store.fail(
+        running.id, category="timeout", message="t", lease_token=running.lease_token, retryable=True
+    )
+    assert await notifier.wait(QUIET, waiter) is False
+
+
+async def test_bursts_of_creates_are_announced_in_few_statements(
+    store: Store, database_url: str
+) -> None:
+    """Debounced: 200 creates in a burst send far fewer than 200 notifications."""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as listener:
+        await listener.execute("LISTEN ai_service_jobs")
+        await asyncio.gather(*(store.create_jobs([new_job(owner_ref=str(i))]) for i in range(200)))
+        received = [n.payload async for n in listener.notifies(timeout=0.5)]
+    assert set(received) == {"llm_chat"}
+    assert 1 <= len(received) < 50

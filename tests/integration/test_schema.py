@@ -79,7 +79,6 @@ async def test_valid_rows_of_every_status_are_accepted(conn: Conn, kind: str) ->
         # lifecycle invariants
         ({**RUNNING, "lease_token": None}, "jobs_lease_iff_running"),
         ({**RUNNING, "lease_expires_at": None}, "jobs_lease_iff_running"),
-        ({"lease_token": RUNNING["lease_token"]}, "jobs_lease_iff_running"),
         ({"lease_expires_at": NOW}, "jobs_lease_iff_running"),
         ({**RUNNING, "worker_id": None}, "jobs_running_has_worker"),
         ({**RUNNING, "started_at": None}, "jobs_running_has_worker"),
@@ -216,23 +215,36 @@ async def _notified(listener: Conn, timeout: float) -> list[str]:
     return [n.channel async for n in listener.notifies(timeout=timeout, stop_after=1)]
 
 
-async def test_inserting_or_updating_to_pending_notifies_the_channel(
+async def test_the_table_sends_no_notification_the_application_does(
     conn: Conn, database_url: str
 ) -> None:
+    """Wake-ups are sent by the store after commit, per task type (see test_notifier)."""
     async with await psycopg.AsyncConnection.connect(
         database_url, autocommit=True, row_factory=dict_row
     ) as listener:
         await listener.execute("LISTEN ai_service_jobs")
         row = await insert(conn)
-        assert await _notified(listener, 5) == ["ai_service_jobs"]
-
         await conn.execute(
             "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = %s", [row["id"]]
         )
-        await insert(conn, **VALID["completed"])
-        assert await _notified(listener, 0.3) == []  # nothing runnable appeared
-
         await conn.execute(
             "UPDATE jobs SET status = 'pending', finished_at = NULL WHERE id = %s", [row["id"]]
         )
-        assert await _notified(listener, 5) == ["ai_service_jobs"]
+        assert await _notified(listener, 0.3) == []
+
+
+async def test_a_pending_or_finished_row_may_keep_its_last_lease_token(conn: Conn) -> None:
+    row = await insert(conn, lease_token=RUNNING["lease_token"])
+    assert row["lease_token"] == RUNNING["lease_token"]
+
+
+async def test_payload_shapes_are_checked_when_a_payload_is_written(conn: Conn) -> None:
+    row = await insert(conn, **RUNNING)
+    for column, value, constraint in (
+        ("result", Jsonb([1]), "jobs_result_check"),
+        ("error_details", Jsonb("x"), "jobs_error_details_check"),
+        ("errors", Jsonb({}), "jobs_errors_check"),
+    ):
+        with pytest.raises(psycopg.errors.CheckViolation) as info:
+            await conn.execute(f"UPDATE jobs SET {column} = %s WHERE id = %s", [value, row["id"]])
+        assert info.value.diag.constraint_name == constraint

@@ -94,7 +94,8 @@ async def test_complete_with_the_lease_token_stores_the_result(store: Store) -> 
     assert done.status is JobStatus.COMPLETED
     assert done.result == {"content": "ok"}
     assert done.finished_at == done.updated_at
-    assert (done.lease_token, done.lease_expires_at) == (None, None)
+    # The last attempt's token stays (a repeat of this completion is recognised).
+    assert (done.lease_token, done.lease_expires_at) == (token(running), None)
     assert done.attempt == 1
     assert done.worker_id == "w1"
     assert done.errors == []
@@ -132,7 +133,7 @@ async def test_retryable_failure_with_attempts_left_backs_off_to_pending(store: 
         assert failed.attempt == attempt
         delay = (failed.run_after - failed.updated_at).total_seconds()
         assert 0.5 * window <= delay <= window
-        assert failed.lease_token is None
+        assert failed.lease_token == token(running)  # until the next claim
         assert failed.lease_expires_at is None
         assert failed.finished_at is None
         assert (failed.error_category, failed.error_message) == (
@@ -166,7 +167,8 @@ async def test_permanent_failure_fails_the_job(store: Store) -> None:
     )
     assert failed.status is JobStatus.FAILED
     assert failed.finished_at == failed.updated_at
-    assert failed.lease_token is None
+    assert failed.lease_token == token(running)
+    assert failed.lease_expires_at is None
     assert (failed.error_category, failed.error_message) == ("invalid_input", "no audio")
     assert failed.error_details is None
     [entry] = failed.errors
@@ -413,7 +415,7 @@ async def test_complete_many_fences_each_job_by_its_own_token(store: Store) -> N
         now = await store.get_job(job.id)
         assert now.status is JobStatus.COMPLETED
         assert now.result == {"n": name}
-        assert now.lease_token is None
+        assert now.lease_token == token(job)
     for job in (c, d, e, g, h):
         assert await store.get_job(job.id) == job
     assert (await store.get_job(f.id)).status is JobStatus.CANCELLED

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from ai_service import jobs as jobs_module
 from ai_service.jobs import (
     ALLOWED_FROM,
     JOB_COLUMNS,
@@ -113,9 +114,21 @@ def test_new_job_id_is_a_version_7_rfc_4122_uuid() -> None:
 def test_new_job_id_carries_the_unix_milliseconds(monkeypatch: pytest.MonkeyPatch) -> None:
     millis = 1_767_225_600_123  # 2026-01-01T00:00:00.123Z
     monkeypatch.setattr(time, "time_ns", lambda: millis * 1_000_000 + 456_789)
+    monkeypatch.setattr(jobs_module, "_last_id", 0)  # a process whose clock starts here
     job_id = new_job_id()
     assert job_id.int >> 80 == millis
     assert job_id.version == 7
+
+
+def test_new_job_ids_strictly_increase_within_one_millisecond(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: 1_767_225_600_123_000_000)
+    monkeypatch.setattr(jobs_module, "_last_id", 0)
+    ids = [new_job_id() for _ in range(1000)]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == 1000
+    assert {i.int >> 80 for i in ids} == {1_767_225_600_123}
 
 
 def test_new_job_ids_are_ordered_by_creation_time(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,6 +193,8 @@ def _row(**overrides: Any) -> dict[str, Any]:
         "worker_id": None,
         "lease_token": None,
         "lease_expires_at": None,
+        "lease_seconds": None,
+        "timeout_seconds": None,
         "idempotency_key": None,
         "created_at": NOW,
         "updated_at": NOW,

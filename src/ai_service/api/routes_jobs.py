@@ -219,7 +219,7 @@ async def claim_jobs(
     lease = body.lease_seconds or settings.worker_lease_timeout
     deadline = time.monotonic() + body.wait_seconds
     while True:
-        waiter = notifier.waiter() if notifier is not None else None
+        waiter = notifier.waiter(body.task_types) if notifier is not None else None
         jobs = await store.claim(
             body.worker_id,
             limit=body.limit,
@@ -324,8 +324,8 @@ async def fail_job(
 async def heartbeat_job(
     job_id: UUID, body: schemas.HeartbeatRequest, store: StoreDep, settings: SettingsDep
 ) -> schemas.HeartbeatOut:
-    extend = body.extend_seconds or settings.worker_lease_timeout
-    job = await store.heartbeat(job_id, body.lease_token, extend)
+    # Without a length: the lease length its claim asked for.
+    job = await store.heartbeat(job_id, body.lease_token, body.extend_seconds)
     assert job.lease_expires_at is not None  # a running job always has a lease
     return schemas.HeartbeatOut(id=job.id, status=job.status, lease_expires_at=job.lease_expires_at)
 

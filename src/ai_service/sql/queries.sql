@@ -29,7 +29,7 @@ SELECT j.*
 SELECT * FROM jobs WHERE id = %(id)s;
 
 -- name: job_list
--- Jobs matching optional filters, newest first, after a keyset cursor.
+-- Jobs matching optional filters, newest first (ids are UUIDv7), after a keyset cursor.
 SELECT *
   FROM jobs
  WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
@@ -41,77 +41,117 @@ SELECT *
    AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
    AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
    AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
-   AND (%(cursor_created_at)s::timestamptz IS NULL
-        OR (created_at, id) < (%(cursor_created_at)s::timestamptz, %(cursor_id)s::uuid))
- ORDER BY created_at DESC, id DESC
+   AND (%(cursor_id)s::uuid IS NULL OR id < %(cursor_id)s::uuid)
+ ORDER BY id DESC
  LIMIT %(limit)s;
 
 -- name: job_claim
--- Atomically take up to `limit` runnable pending jobs of any task type, with fresh leases.
-WITH picked AS (
-    SELECT id
-      FROM jobs
-     WHERE status = 'pending'
-       AND run_after <= now()
-       AND (%(model_profiles)s::text[] IS NULL OR model_profile = ANY(%(model_profiles)s::text[]))
-     ORDER BY priority DESC, run_after, created_at
+-- Atomically take up to `limit` runnable pending jobs, optionally of the given task types
+-- and model profiles, in priority order, with fresh leases. Index-driven whatever the
+-- table holds: the (task_type, model_profile) pairs present are found by skip scans of
+-- jobs_claim_idx (or taken from the filters), then each pair's priority levels, and each
+-- level's runnable range (run_after <= now()) is read in order, so neither other types'
+-- or profiles' backlogs nor jobs scheduled for later are ever visited. The candidates
+-- (`scan`, a bounded excess over `limit`) are read without locks; only the rows returned
+-- are locked (SKIP LOCKED: concurrent claimers never wait for each other).
+WITH RECURSIVE
+all_types(t) AS (
+    SELECT min(task_type) FROM jobs
+     WHERE status = 'pending' AND %(task_types)s::text[] IS NULL
+  UNION ALL
+    SELECT (SELECT min(task_type) FROM jobs WHERE status = 'pending' AND task_type > a.t)
+      FROM all_types a
+     WHERE a.t IS NOT NULL
+),
+types(t) AS (
+    SELECT unnest(%(task_types)s::text[])
+  UNION ALL
+    SELECT t FROM all_types WHERE t IS NOT NULL
+),
+all_pairs(t, p) AS (
+    SELECT types.t,
+           (SELECT min(model_profile) FROM jobs WHERE status = 'pending' AND task_type = types.t)
+      FROM types
+     WHERE %(model_profiles)s::text[] IS NULL
+  UNION ALL
+    SELECT a.t,
+           (SELECT min(model_profile) FROM jobs
+             WHERE status = 'pending' AND task_type = a.t AND model_profile > a.p)
+      FROM all_pairs a
+     WHERE a.p IS NOT NULL
+),
+pairs(t, p) AS (
+    SELECT types.t, m.p FROM types CROSS JOIN unnest(%(model_profiles)s::text[]) AS m(p)
+  UNION ALL
+    SELECT t, p FROM all_pairs WHERE p IS NOT NULL
+),
+levels(t, p, pr) AS (
+    SELECT pairs.t, pairs.p,
+           (SELECT max(priority) FROM jobs
+             WHERE status = 'pending' AND task_type = pairs.t AND model_profile = pairs.p)
+      FROM pairs
+  UNION ALL
+    SELECT l.t, l.p,
+           (SELECT max(priority) FROM jobs
+             WHERE status = 'pending' AND task_type = l.t AND model_profile = l.p
+               AND priority < l.pr)
+      FROM levels l
+     WHERE l.pr IS NOT NULL
+),
+candidates AS (
+    SELECT c.id, c.priority, c.run_after
+      FROM levels l
+     CROSS JOIN LATERAL (
+        SELECT id, priority, run_after
+          FROM jobs
+         WHERE status = 'pending' AND task_type = l.t AND model_profile = l.p
+           AND priority = l.pr AND run_after <= now()
+         ORDER BY run_after, id
+         LIMIT %(scan)s
+     ) AS c
+     WHERE l.pr IS NOT NULL
+     ORDER BY c.priority DESC, c.run_after, c.id
+     LIMIT %(scan)s
+),
+picked AS (
+    SELECT j.id
+      FROM jobs j
+     WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
+       AND j.status = 'pending'
+       AND j.run_after <= now()
+     ORDER BY j.priority DESC, j.run_after, j.id
      LIMIT %(limit)s
        FOR UPDATE SKIP LOCKED
+),
+claimed AS (
+    UPDATE jobs j
+       SET status = 'running',
+           attempt = j.attempt + 1,
+           worker_id = %(worker_id)s,
+           lease_token = gen_random_uuid(),
+           lease_seconds = %(lease_seconds)s,
+           lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
+           started_at = now(),
+           updated_at = now()
+      FROM picked
+     WHERE j.id = picked.id
+    RETURNING j.*
 )
-UPDATE jobs j
-   SET status = 'running',
-       attempt = j.attempt + 1,
-       worker_id = %(worker_id)s,
-       lease_token = gen_random_uuid(),
-       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-       started_at = now(),
-       updated_at = now()
-  FROM picked
- WHERE j.id = picked.id
-RETURNING j.*;
-
--- name: job_claim_typed
--- Like job_claim for the given task types: each type is read from its own index range, so
--- a large backlog of other types is never scanned.
-WITH picked AS (
-    SELECT c.id
-      FROM unnest(%(task_types)s::text[]) AS t(task_type)
-     CROSS JOIN LATERAL (
-        SELECT id, priority, run_after, created_at
-          FROM jobs
-         WHERE status = 'pending'
-           AND task_type = t.task_type
-           AND run_after <= now()
-           AND (%(model_profiles)s::text[] IS NULL
-                OR model_profile = ANY(%(model_profiles)s::text[]))
-         ORDER BY priority DESC, run_after, created_at
-         LIMIT %(limit)s
-           FOR UPDATE SKIP LOCKED
-     ) AS c
-     ORDER BY c.priority DESC, c.run_after, c.created_at
-     LIMIT %(limit)s
-)
-UPDATE jobs j
-   SET status = 'running',
-       attempt = j.attempt + 1,
-       worker_id = %(worker_id)s,
-       lease_token = gen_random_uuid(),
-       lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-       started_at = now(),
-       updated_at = now()
-  FROM picked
- WHERE j.id = picked.id
-RETURNING j.*;
+-- Always one row at least: `seen` tells the caller how many candidates there were, so
+-- that a claim that lost its candidates to concurrent claimers can look further.
+SELECT claimed.*, c.seen
+  FROM (SELECT count(*) AS seen FROM candidates) AS c
+  LEFT JOIN claimed ON true;
 
 -- name: job_complete
 -- Store a result: a running job whose lease matches, or a pending job (mirror path, no token).
+-- The token stays on the row, so a repeat of this completion is recognised.
 UPDATE jobs
    SET status = 'completed',
        result = %(result)s,
        error_category = NULL,
        error_message = NULL,
        error_details = NULL,
-       lease_token = NULL,
        lease_expires_at = NULL,
        finished_at = now(),
        updated_at = now()
@@ -121,32 +161,44 @@ UPDATE jobs
 RETURNING *;
 
 -- name: job_complete_many
--- Complete many running jobs, each fenced by its own lease token; returns the ids done.
--- Rows are locked in id order first, like every multi-row statement, so that concurrent
--- batches and bulk actions cannot deadlock.
-WITH locked AS (
-    SELECT j.id, u.result
+-- Complete many running jobs, each fenced by its own lease token. Returns the jobs done,
+-- and those this batch had already completed under the same token (a repeat after a lost
+-- reply). Driven by the batch's ids (primary-key lookups), so its cost follows the batch
+-- size, whatever the statistics say; rows are locked in id order, like every multi-row
+-- statement, so that concurrent batches and bulk actions cannot deadlock.
+WITH batch AS (
+    SELECT *
+      FROM jsonb_to_recordset(%(completions)s::jsonb) AS u(id uuid, lease_token uuid, result jsonb)
+), locked AS (
+    SELECT j.id, b.result
       FROM jobs j
-      JOIN jsonb_to_recordset(%(completions)s::jsonb) AS u(id uuid, lease_token uuid, result jsonb)
-        ON j.id = u.id AND j.lease_token = u.lease_token
-     WHERE j.status = 'running'
+      JOIN batch b ON b.id = j.id AND b.lease_token = j.lease_token
+     WHERE j.id = ANY(%(ids)s::uuid[])
+       AND j.status = 'running'
      ORDER BY j.id
        FOR UPDATE OF j
+), done AS (
+    UPDATE jobs j
+       SET status = 'completed',
+           result = locked.result,
+           error_category = NULL,
+           error_message = NULL,
+           error_details = NULL,
+           lease_expires_at = NULL,
+           finished_at = now(),
+           updated_at = now()
+      FROM locked
+     WHERE j.id = ANY(%(ids)s::uuid[])
+       AND j.id = locked.id
+    RETURNING j.id, j.task_type, j.model_profile, j.started_at, j.finished_at
 )
-UPDATE jobs j
-   SET status = 'completed',
-       result = locked.result,
-       error_category = NULL,
-       error_message = NULL,
-       error_details = NULL,
-       lease_token = NULL,
-       lease_expires_at = NULL,
-       finished_at = now(),
-       updated_at = now()
-  FROM locked
- WHERE j.id = locked.id
-   AND j.status = 'running'
-RETURNING j.id, j.task_type, j.model_profile, j.started_at, j.finished_at;
+SELECT * FROM done
+UNION ALL
+SELECT j.id, j.task_type, j.model_profile, j.started_at, j.finished_at
+  FROM jobs j
+  JOIN batch b ON b.id = j.id AND b.lease_token = j.lease_token
+ WHERE j.id = ANY(%(ids)s::uuid[])
+   AND j.status = 'completed';
 
 -- name: job_fail
 -- Record a failed attempt. Running jobs with attempts left and a retryable error go back
@@ -167,7 +219,6 @@ UPDATE jobs
        errors = errors || jsonb_build_array(jsonb_build_object(
                     'attempt', attempt, 'category', %(category)s::text,
                     'message', %(message)s::text, 'worker', worker_id, 'at', now())),
-       lease_token = NULL,
        lease_expires_at = NULL,
        updated_at = now()
  WHERE id = %(id)s
@@ -176,43 +227,56 @@ UPDATE jobs
 RETURNING *;
 
 -- name: job_heartbeat
--- Extend the lease of a running job held by the caller's token.
-UPDATE jobs
-   SET lease_expires_at = now() + make_interval(secs => %(extend_seconds)s),
+-- Extend the lease of a running job held by the caller's token: by `extend_seconds`, or by
+-- the lease length of its claim; never past the job's deadline (started_at + timeout).
+UPDATE jobs j
+   SET lease_expires_at = CASE WHEN j.timeout_seconds IS NULL
+                               THEN now() + make_interval(secs => coalesce(%(extend_seconds)s::float8, j.lease_seconds))
+                               ELSE least(now() + make_interval(secs => coalesce(%(extend_seconds)s::float8, j.lease_seconds)),
+                                          j.started_at + make_interval(secs => j.timeout_seconds))
+                          END,
        updated_at = now()
- WHERE id = %(id)s
-   AND status = 'running'
-   AND lease_token = %(lease_token)s::uuid
+ WHERE j.id = %(id)s
+   AND j.status = 'running'
+   AND j.lease_token = %(lease_token)s::uuid
 RETURNING *;
 
 -- name: job_heartbeat_many
--- Extend the leases of many running jobs (locked in id order); returns the ids still held.
+-- Extend the leases of many running jobs, as job_heartbeat; returns the ids still held.
+-- Driven by the ids (primary-key lookups), rows locked in id order. Touches no indexed
+-- column, so each row update is HOT.
 WITH locked AS (
     SELECT j.id
       FROM jobs j
       JOIN unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[]) AS u(id, lease_token)
         ON j.id = u.id AND j.lease_token = u.lease_token
-     WHERE j.status = 'running'
+     WHERE j.id = ANY(%(ids)s::uuid[])
+       AND j.status = 'running'
      ORDER BY j.id
        FOR UPDATE OF j
 )
 UPDATE jobs j
-   SET lease_expires_at = now() + make_interval(secs => %(extend_seconds)s),
+   SET lease_expires_at = CASE WHEN j.timeout_seconds IS NULL
+                               THEN now() + make_interval(secs => coalesce(%(extend_seconds)s::float8, j.lease_seconds))
+                               ELSE least(now() + make_interval(secs => coalesce(%(extend_seconds)s::float8, j.lease_seconds)),
+                                          j.started_at + make_interval(secs => j.timeout_seconds))
+                          END,
        updated_at = now()
   FROM locked
- WHERE j.id = locked.id
-   AND j.status = 'running'
+ WHERE j.id = ANY(%(ids)s::uuid[])
+   AND j.id = locked.id
 RETURNING j.id;
 
 -- name: job_release_many
 -- Give running jobs back to pending without counting the attempt (graceful shutdown);
--- rows locked in id order.
+-- driven by the ids, rows locked in id order.
 WITH locked AS (
     SELECT j.id
       FROM jobs j
       JOIN unnest(%(ids)s::uuid[], %(lease_tokens)s::uuid[]) AS u(id, lease_token)
         ON j.id = u.id AND j.lease_token = u.lease_token
-     WHERE j.status = 'running'
+     WHERE j.id = ANY(%(ids)s::uuid[])
+       AND j.status = 'running'
      ORDER BY j.id
        FOR UPDATE OF j
 )
@@ -225,9 +289,9 @@ UPDATE jobs j
        started_at = NULL,
        updated_at = now()
   FROM locked
- WHERE j.id = locked.id
-   AND j.status = 'running'
-RETURNING j.id;
+ WHERE j.id = ANY(%(ids)s::uuid[])
+   AND j.id = locked.id
+RETURNING j.id, j.task_type;
 
 -- name: job_retry
 -- Manual retry of a failed or running job: back to pending, one more attempt granted.
@@ -270,7 +334,7 @@ UPDATE jobs
                LIMIT %(batch)s
                  FOR UPDATE)
    AND status IN ('failed', 'running')
-RETURNING id;
+RETURNING id, task_type;
 
 -- name: job_cancel
 -- Cancel one pending or running job.
@@ -414,6 +478,10 @@ SELECT task_type,
   FROM jobs
  WHERE finished_at >= now() - interval '24 hours'
  GROUP BY task_type;
+
+-- name: jobs_notify
+-- Wake the listeners of these task types (payload: the task type).
+SELECT pg_notify('ai_service_jobs', t) FROM unnest(%(task_types)s::text[]) AS t;
 
 -- name: db_ping
 -- Readiness probe: the server answers and accepts writes (not a standby).

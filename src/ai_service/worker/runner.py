@@ -150,8 +150,9 @@ class Runner:
         if not self.enabled:
             return
         order = list(self.enabled)
+        interest = set().union(*(spec.task_types for spec in self.enabled))
         while not self.stopping:
-            waiter = self.notifier.waiter() if self.notifier is not None else None
+            waiter = self.notifier.waiter(interest) if self.notifier is not None else None
             self._wake.clear()
             more = False
             # Rotate which handler claims first, so one backlog cannot starve the others.
