@@ -8,11 +8,13 @@ variable, so the process stops with a clear message instead of failing later.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from typing import Any, TypeVar
 
 from ai_service.errors import ConfigError
@@ -91,6 +93,92 @@ def _parse_str(text: str) -> str:
     return text.strip()
 
 
+def _parse_token(text: str) -> str | None:
+    # Empty means "not configured" (the seed's rule: auth off). A value of only
+    # blanks is a mistake (an unfilled template, a stray newline): refuse it
+    # rather than silently running without auth.
+    if text and not text.strip():
+        raise ValueError(
+            "is only whitespace: set a real token, or leave it unset (or empty) to run "
+            "without auth (local development only)"
+        )
+    return text.strip() or None
+
+
+class Role(StrEnum):
+    """What a scoped token (`AI_SERVICE_TOKENS`) may do; see `ai_service.api.auth`."""
+
+    ADMIN = "admin"
+    SUBMITTER = "submitter"
+    WORKER = "worker"
+    READER = "reader"
+
+
+@dataclass(frozen=True)
+class ScopedToken:
+    """One `token:role[:owner_service]` entry of `AI_SERVICE_TOKENS`.
+
+    `token_id` (first 8 hex digits of the token's SHA-256) names the token in
+    logs; the token itself is kept out of `repr`.
+    """
+
+    token: str = field(repr=False)
+    role: Role
+    owner_service: str | None = None
+
+    @property
+    def token_id(self) -> str:
+        """Log-safe name of the token."""
+        return token_id(self.token)
+
+
+def token_id(token: str) -> str:
+    """First 8 hex digits of the SHA-256 of `token`: names a token without revealing it."""
+    return hashlib.sha256(token.encode()).hexdigest()[:8]
+
+
+def _parse_scoped_tokens(text: str) -> tuple[ScopedToken, ...]:
+    """`token:role[:owner_service]`, comma-separated. Errors name entries by position only:
+    a misplaced field could be the token, and no part of an entry is ever echoed."""
+    if not text:
+        return ()
+    entries = [entry.strip() for entry in text.split(",")]
+    if not any(entries):
+        raise ValueError("has no entries: use token:role[:owner_service], comma-separated")
+    known = ", ".join(r.value for r in Role)
+    parsed: list[ScopedToken] = []
+    first_seen: dict[str, int] = {}
+    for number, entry in enumerate(entries, start=1):
+        if not entry:
+            continue  # a trailing comma
+        where = f"entry {number}"
+        parts = entry.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"{where} must be token:role or token:submitter:owner_service")
+        token, role_text = parts[0], parts[1].strip()
+        owner = parts[2].strip() if len(parts) == 3 else None
+        if not token:
+            raise ValueError(f"{where} has an empty token")
+        if any(c.isspace() for c in token):
+            raise ValueError(f"{where} has a token containing whitespace")
+        if role_text not in {r.value for r in Role}:
+            raise ValueError(f"{where} has an unknown role (known: {known})")
+        role = Role(role_text)
+        if role is Role.SUBMITTER and not owner:
+            raise ValueError(
+                f"{where}: role submitter needs an owner_service (token:submitter:owner)"
+            )
+        if role is not Role.SUBMITTER and owner is not None:
+            raise ValueError(f"{where}: only role submitter takes an owner_service")
+        if owner is not None and (len(owner) > 100 or "\x00" in owner):
+            raise ValueError(f"{where}: owner_service must be 1 to 100 characters")
+        if token in first_seen:
+            raise ValueError(f"{where} repeats the token of entry {first_seen[token]}")
+        first_seen[token] = number
+        parsed.append(ScopedToken(token, role, owner))
+    return tuple(parsed)
+
+
 @dataclass(frozen=True)
 class AudioLLM:
     """One OpenAI-compatible audio model endpoint (Qwen2-Audio or Voxtral)."""
@@ -113,6 +201,7 @@ class Settings:
     database_url: str | None = None
     migrate_on_start: bool = True
     ai_service_token: str | None = None
+    ai_service_tokens: tuple[ScopedToken, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
     db_pool_min: int = 2
     db_pool_max: int = 10
@@ -169,6 +258,11 @@ class Settings:
     docker_socket: str = "/var/run/docker.sock"
 
     @property
+    def auth_enabled(self) -> bool:
+        """Whether `/api/v1/*` needs a token: `AI_SERVICE_TOKEN` or `AI_SERVICE_TOKENS` is set."""
+        return self.ai_service_token is not None or bool(self.ai_service_tokens)
+
+    @property
     def effective_worker_concurrency(self) -> int:
         """Jobs a worker keeps in flight: `WORKER_CONCURRENCY` or the claim limit."""
         return self.worker_concurrency or self.worker_claim_limit
@@ -217,7 +311,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "HTTP_WORKERS": ("http_workers", _parse_int),
     "DATABASE_URL": ("database_url", _parse_optional),
     "MIGRATE_ON_START": ("migrate_on_start", _parse_bool),
-    "AI_SERVICE_TOKEN": ("ai_service_token", _parse_optional),
+    "AI_SERVICE_TOKEN": ("ai_service_token", _parse_token),
+    "AI_SERVICE_TOKENS": ("ai_service_tokens", _parse_scoped_tokens),
     "MAX_BODY_BYTES": ("max_body_bytes", _parse_int),
     "DB_POOL_MIN": ("db_pool_min", _parse_int),
     "DB_POOL_MAX": ("db_pool_max", _parse_int),
@@ -268,6 +363,11 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
 
 ENV_NAMES: dict[str, str] = {field_name: env for env, (field_name, _) in _VARIABLES.items()}
 
+# Parsers that see blank values themselves (the others keep the default).
+_BLANK_AWARE: frozenset[Callable[[str], Any]] = frozenset(
+    {_parse_optional, _parse_token, _parse_scoped_tokens}
+)
+
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build validated `Settings` from an environment mapping.
@@ -278,7 +378,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     values: dict[str, Any] = {}
     for env, (name, parse) in _VARIABLES.items():
         raw = environ.get(env)
-        if raw is None or (raw.strip() == "" and parse is not _parse_optional):
+        if raw is None or (raw.strip() == "" and parse not in _BLANK_AWARE):
             continue
         try:
             values[name] = parse(raw)
@@ -348,6 +448,11 @@ def _validate(s: Settings) -> None:
                 name,
                 f"every entry must be an http(s) URL, got {redact_url(url)!r}",
             )
+    check(
+        all(t.token != s.ai_service_token for t in s.ai_service_tokens),
+        "ai_service_tokens",
+        "repeats the value of AI_SERVICE_TOKEN (the admin token): give every token once",
+    )
     if s.database_url is not None:
         check(
             s.database_url.startswith(("postgresql://", "postgres://")),

@@ -7,6 +7,7 @@
     ├── LeaseLost              the lease token no longer holds a job that is still active
     │                          (rescued or retried); a finished job gives InvalidTransition
     ├── Unauthorized           missing or wrong service token
+    ├── Forbidden              the caller's token (its role or owner_service) does not allow it
     ├── InvalidRequest         a request is well-formed but not acceptable (names the field)
     ├── DatabaseUnavailable    PostgreSQL cannot be reached (an outage: retry later)
     ├── StatementTimeout       one statement ran past its time limit (this request's own cost)
@@ -101,6 +102,12 @@ class Unauthorized(AIServiceError):
     """The caller did not present the configured service token."""
 
     code = "unauthorized"
+
+
+class Forbidden(AIServiceError):
+    """The caller is known, but its token's role or owner_service does not allow the request."""
+
+    code = "forbidden"
 
 
 class DatabaseUnavailable(AIServiceError):

@@ -73,6 +73,7 @@ def settings_secrets(settings: Settings) -> list[str | None]:
         settings.audio_llm_api_key,
         settings.infra_status_token,
         settings.sidecar_token,
+        *(scoped.token for scoped in settings.ai_service_tokens),
     ]
     urls = [
         settings.database_url,

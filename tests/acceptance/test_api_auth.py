@@ -1,20 +1,31 @@
-"""Acceptance tests of the bearer token (`AI_SERVICE_TOKEN`) over HTTP.
+"""Acceptance tests of auth over HTTP: `AI_SERVICE_TOKEN` and the scoped `AI_SERVICE_TOKENS`.
 
-Every `/api/v1/*` route needs `Authorization: Bearer <token>` when the token is
-configured; probes, metrics and the OpenAPI document stay open; the token
-never shows up in an answer.
+Every `/api/v1/*` route needs `Authorization: Bearer <token>` when a token is
+configured; probes, metrics and the OpenAPI document stay open; each role
+reaches exactly the routes of its row in `MATRIX`; a submitter is confined to
+its owner_service; no token ever shows up in an answer or a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import re
 import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from fastapi.routing import iter_route_contexts
 
+from ai_service.api.app import create_app
+from ai_service.config import token_id
 from tests.conftest import ApiFactory
-from tests.helpers import job_body
+from tests.helpers import job_body, make_settings
+from tests.processes import START_TIMEOUT, ServiceGroup
 
 API = "/api/v1"
 TOKEN = f"tok-{uuid.uuid4().hex}"
@@ -280,3 +291,509 @@ async def test_without_the_token_an_oversized_body_is_still_401(api_factory: Api
     async with api_factory(AI_SERVICE_TOKEN=TOKEN, MAX_BODY_BYTES="2048") as client:
         response = await client.post("/api/v1/jobs", json=job_body(input={"x": "y" * 10_000}))
     assert response.status_code == 401
+
+
+# -- scoped tokens (AI_SERVICE_TOKENS): the role matrix ----------------------------
+
+ADMIN = f"adm-{uuid.uuid4().hex}"
+ADMIN_SCOPED = f"adms-{uuid.uuid4().hex}"
+SUBMITTER = f"sub-{uuid.uuid4().hex}"
+OTHER_SUBMITTER = f"crm-{uuid.uuid4().hex}"
+WORKER = f"wrk-{uuid.uuid4().hex}"
+READER = f"rdr-{uuid.uuid4().hex}"
+OWNER = "telephony"
+OTHER_OWNER = "crm"
+SCOPED_ENV = {
+    "AI_SERVICE_TOKEN": ADMIN,
+    "AI_SERVICE_TOKENS": (
+        f"{ADMIN_SCOPED}:admin,{SUBMITTER}:submitter:{OWNER},"
+        f"{OTHER_SUBMITTER}:submitter:{OTHER_OWNER},{WORKER}:worker,{READER}:reader"
+    ),
+}
+ALL_TOKENS = (ADMIN, ADMIN_SCOPED, SUBMITTER, OTHER_SUBMITTER, WORKER, READER)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+CALLERS: dict[str, dict[str, str]] = {
+    "none": {},
+    "wrong": bearer(WRONG),
+    "admin": bearer(ADMIN),
+    "admin-scoped": bearer(ADMIN_SCOPED),
+    "submitter": bearer(SUBMITTER),
+    "worker": bearer(WORKER),
+    "reader": bearer(READER),
+}
+
+# Every /api/v1 route -> (success status, the non-admin roles that may call it).
+# Written out by hand: it is the specification the code is held to. A route
+# missing here fails test_the_matrix_covers_every_api_v1_route.
+MATRIX: dict[tuple[str, str], tuple[int, set[str]]] = {
+    ("POST", "/api/v1/jobs"): (201, {"submitter"}),
+    ("POST", "/api/v1/jobs/batch"): (201, {"submitter"}),
+    ("GET", "/api/v1/jobs"): (200, {"submitter", "worker", "reader"}),
+    ("GET", "/api/v1/jobs/{job_id}"): (200, {"submitter", "worker", "reader"}),
+    ("POST", "/api/v1/jobs/retry"): (200, {"submitter"}),
+    ("POST", "/api/v1/jobs/cancel"): (200, {"submitter"}),
+    ("POST", "/api/v1/jobs/{job_id}/retry"): (200, {"submitter"}),
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): (200, {"submitter"}),
+    ("POST", "/api/v1/jobs/claim"): (200, {"worker"}),
+    ("POST", "/api/v1/jobs/complete"): (200, {"worker"}),
+    ("POST", "/api/v1/jobs/{job_id}/complete"): (200, {"worker"}),
+    ("POST", "/api/v1/jobs/{job_id}/fail"): (200, {"worker"}),
+    ("POST", "/api/v1/jobs/{job_id}/heartbeat"): (200, {"worker"}),
+    ("GET", "/api/v1/stats"): (200, {"worker", "reader"}),
+    ("GET", "/api/v1/providers/status"): (200, {"worker", "reader"}),
+    ("GET", "/api/v1/infra/status"): (200, {"worker", "reader"}),
+}
+# Routes where a submitter naming another owner_service gets 403 (body or query).
+OWNER_FORBIDDEN_ROUTES = {
+    ("POST", "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs/batch"),
+    ("GET", "/api/v1/jobs"),
+    ("POST", "/api/v1/jobs/retry"),
+    ("POST", "/api/v1/jobs/cancel"),
+}
+
+
+def expected_status(route: tuple[str, str], caller: str) -> int:
+    success, allowed = MATRIX[route]
+    if caller in ("none", "wrong"):
+        return 401
+    if caller.startswith("admin") or caller in allowed:
+        return success
+    return 403
+
+
+def app_api_v1_routes() -> set[tuple[str, str]]:
+    """Every (method, path) under /api/v1 that the app routes (not only the documented ones).
+
+    HEAD is left out: auth answers it as the GET of the same path.
+    """
+    app = create_app(make_settings("postgresql://unused/db", **SCOPED_ENV))
+    return {
+        (method, str(route.path))
+        for route in iter_route_contexts(app.routes)
+        if str(route.path).startswith(f"{API}/")
+        for method in (route.methods or set()) - {"HEAD"}
+    }
+
+
+def test_the_matrix_covers_every_api_v1_route() -> None:
+    routes = app_api_v1_routes()
+    assert routes == set(MATRIX), {
+        "missing from MATRIX": sorted(routes - set(MATRIX)),
+        "not a route": sorted(set(MATRIX) - routes),
+    }
+    assert set(REQUESTS) == set(MATRIX)
+
+
+class Admin:
+    """Set-up calls with the admin token: fresh jobs of a unique task type for each request."""
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+
+    async def job(self, owner: str = OWNER) -> tuple[str, str]:
+        task_type = f"t-{uuid.uuid4().hex[:12]}"
+        response = await self.client.post(
+            f"{API}/jobs",
+            headers=bearer(ADMIN),
+            json=job_body(owner_service=owner, owner_ref=task_type, task_type=task_type),
+        )
+        assert response.status_code == 201, response.text
+        return response.json()["id"], task_type
+
+    async def running(self, owner: str = OWNER) -> tuple[str, str]:
+        """A claimed job: its id and lease token."""
+        job_id, task_type = await self.job(owner)
+        response = await self.client.post(
+            f"{API}/jobs/claim",
+            headers=bearer(ADMIN),
+            json={"worker_id": "setup", "task_types": [task_type], "limit": 1},
+        )
+        [job] = response.json()["jobs"]
+        assert job["id"] == job_id
+        return job_id, job["lease_token"]
+
+    async def snapshot(self) -> list[tuple[Any, ...]]:
+        """Every job's state, to prove that a refused request changed nothing."""
+        response = await self.client.get(f"{API}/jobs?limit=500", headers=bearer(ADMIN))
+        return [
+            (j["id"], j["status"], j["updated_at"], j["attempt"], j["max_attempts"])
+            for j in response.json()["jobs"]
+        ]
+
+
+Request = tuple[str, dict[str, Any] | None]  # (URL, JSON body)
+
+
+async def _create(admin: Admin) -> Request:
+    return f"{API}/jobs", job_body(owner_ref=uuid.uuid4().hex)
+
+
+async def _batch(admin: Admin) -> Request:
+    return f"{API}/jobs/batch", {"jobs": [job_body(owner_ref=uuid.uuid4().hex)]}
+
+
+async def _list(admin: Admin) -> Request:
+    return f"{API}/jobs", None
+
+
+async def _get(admin: Admin) -> Request:
+    job_id, _ = await admin.job()
+    return f"{API}/jobs/{job_id}", None
+
+
+async def _bulk_retry(admin: Admin) -> Request:
+    _, task_type = await admin.running()
+    return f"{API}/jobs/retry", {"owner_service": OWNER, "task_type": task_type}
+
+
+async def _bulk_cancel(admin: Admin) -> Request:
+    _, task_type = await admin.job()
+    return f"{API}/jobs/cancel", {"owner_service": OWNER, "task_type": task_type}
+
+
+async def _retry(admin: Admin) -> Request:
+    job_id, _ = await admin.running()
+    return f"{API}/jobs/{job_id}/retry", None
+
+
+async def _cancel(admin: Admin) -> Request:
+    job_id, _ = await admin.job()
+    return f"{API}/jobs/{job_id}/cancel", None
+
+
+async def _claim(admin: Admin) -> Request:
+    _, task_type = await admin.job()
+    return f"{API}/jobs/claim", {"worker_id": "w", "task_types": [task_type], "limit": 1}
+
+
+async def _complete_many(admin: Admin) -> Request:
+    job_id, lease = await admin.running()
+    return f"{API}/jobs/complete", {
+        "jobs": [{"id": job_id, "lease_token": lease, "result": {"ok": True}}]
+    }
+
+
+async def _complete(admin: Admin) -> Request:
+    job_id, lease = await admin.running()
+    return f"{API}/jobs/{job_id}/complete", {"lease_token": lease, "result": {"ok": True}}
+
+
+async def _fail(admin: Admin) -> Request:
+    job_id, lease = await admin.running()
+    body = {"lease_token": lease, "category": "invalid_input", "message": "bad"}
+    return f"{API}/jobs/{job_id}/fail", body
+
+
+async def _heartbeat(admin: Admin) -> Request:
+    job_id, lease = await admin.running()
+    return f"{API}/jobs/{job_id}/heartbeat", {"lease_token": lease}
+
+
+async def _plain(path: str) -> Request:
+    return f"{API}{path}", None
+
+
+REQUESTS: dict[tuple[str, str], Callable[[Admin], Awaitable[Request]]] = {
+    ("POST", "/api/v1/jobs"): _create,
+    ("POST", "/api/v1/jobs/batch"): _batch,
+    ("GET", "/api/v1/jobs"): _list,
+    ("GET", "/api/v1/jobs/{job_id}"): _get,
+    ("POST", "/api/v1/jobs/retry"): _bulk_retry,
+    ("POST", "/api/v1/jobs/cancel"): _bulk_cancel,
+    ("POST", "/api/v1/jobs/{job_id}/retry"): _retry,
+    ("POST", "/api/v1/jobs/{job_id}/cancel"): _cancel,
+    ("POST", "/api/v1/jobs/claim"): _claim,
+    ("POST", "/api/v1/jobs/complete"): _complete_many,
+    ("POST", "/api/v1/jobs/{job_id}/complete"): _complete,
+    ("POST", "/api/v1/jobs/{job_id}/fail"): _fail,
+    ("POST", "/api/v1/jobs/{job_id}/heartbeat"): _heartbeat,
+    ("GET", "/api/v1/stats"): lambda admin: _plain("/stats"),
+    ("GET", "/api/v1/providers/status"): lambda admin: _plain("/providers/status"),
+    ("GET", "/api/v1/infra/status"): lambda admin: _plain("/infra/status"),
+}
+
+
+async def test_every_route_answers_each_role_as_the_matrix_says(api_factory: ApiFactory) -> None:
+    record = Recorder()
+    outcome: dict[tuple[tuple[str, str], str], int] = {}
+    async with api_factory(**SCOPED_ENV) as client:
+        admin = Admin(client)
+        for route in sorted(MATRIX):
+            method, template = route
+            for caller, headers in CALLERS.items():
+                url, body = await REQUESTS[route](admin)
+                before = await admin.snapshot()
+                response = record(await client.request(method, url, headers=headers, json=body))
+                outcome[(route, caller)] = response.status_code
+                want = expected_status(route, caller)
+                assert response.status_code == want, (route, caller, response.text)
+                if want == 401:
+                    assert_unauthorized(response)
+                elif want == 403:
+                    error = response.json()
+                    assert error["error"] == "forbidden"
+                    assert error["message"] == f"role {caller} may not {method} {template}"
+                if want in (401, 403):
+                    # Refused before the body was read: nothing changed.
+                    assert await admin.snapshot() == before, (route, caller)
+        doc = (await client.get("/openapi.json")).json()
+    assert len(outcome) == len(MATRIX) * len(CALLERS)
+    record.assert_never_shows(*ALL_TOKENS, WRONG)
+    # The OpenAPI document declares 403 exactly where it can happen, and names the roles.
+    can_403 = {route for (route, _), status in outcome.items() if status == 403}
+    for method, template in MATRIX:
+        operation = doc["paths"][template][method.lower()]
+        declared = "403" in operation["responses"]
+        assert declared == ((method, template) in can_403 | OWNER_FORBIDDEN_ROUTES), template
+        assert "Roles: admin" in operation["description"], template
+        assert operation["security"] == [{"bearer": []}]
+
+
+async def test_scoped_tokens_alone_turn_auth_on(api_factory: ApiFactory) -> None:
+    async with api_factory(AI_SERVICE_TOKENS=f"{READER}:reader,{SUBMITTER}:submitter:x") as client:
+        assert_unauthorized(await client.get(f"{API}/stats"))
+        assert_unauthorized(await client.get(f"{API}/stats", headers=bearer(ADMIN)))
+        assert (await client.get(f"{API}/stats", headers=bearer(READER))).status_code == 200
+        refused = await client.post(f"{API}/jobs", headers=bearer(READER), json=job_body())
+        assert refused.status_code == 403
+        assert refused.json()["message"] == "role reader may not POST /api/v1/jobs"
+
+
+async def test_an_unknown_path_under_api_v1_is_admin_only(api_factory: ApiFactory) -> None:
+    async with api_factory(**SCOPED_ENV) as client:
+        for token in (SUBMITTER, WORKER, READER):
+            response = await client.delete(f"{API}/jobs", headers=bearer(token))
+            assert response.status_code == 403, token
+            assert response.json()["error"] == "forbidden"
+        assert (await client.delete(f"{API}/jobs", headers=bearer(ADMIN))).status_code == 405
+        assert (await client.get(f"{API}/nowhere", headers=bearer(ADMIN))).status_code == 404
+        # HEAD follows the rule of GET on the same path.
+        head = await client.head(f"{API}/stats", headers=bearer(SUBMITTER))
+        assert head.status_code == 403
+        for token in (READER, WORKER, ADMIN):
+            head = await client.head(f"{API}/stats", headers=bearer(token))
+            assert head.status_code not in (401, 403), token
+
+
+# -- submitter isolation ------------------------------------------------------------
+
+
+async def test_a_submitter_acts_only_for_its_own_owner_service(api_factory: ApiFactory) -> None:
+    record = Recorder()
+    async with api_factory(**SCOPED_ENV) as client:
+        admin = Admin(client)
+        sub = bearer(SUBMITTER)
+
+        async def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
+            return record(await client.request(method, f"{API}{path}", headers=sub, **kwargs))
+
+        theirs, _ = await admin.job(OTHER_OWNER)
+        ours, _ = await admin.job(OWNER)
+        before = await admin.snapshot()
+
+        # Create for another owner: 403 naming the field; nothing created.
+        refused = await call("POST", "/jobs", json=job_body(owner_service=OTHER_OWNER))
+        assert refused.status_code == 403
+        assert refused.json()["error"] == "forbidden"
+        assert refused.json()["message"].startswith("owner_service: ")
+        # A batch with one foreign item (directly or through defaults): 403 naming the item.
+        mixed = {"jobs": [job_body(owner_ref="a"), job_body(owner_ref="b", owner_service="crm")]}
+        refused = await call("POST", "/jobs/batch", json=mixed)
+        assert refused.status_code == 403
+        assert refused.json()["message"].startswith("jobs[1].owner_service: ")
+        assert refused.json()["details"]["field"] == "jobs[1].owner_service"
+        by_default = {
+            "defaults": {"owner_service": OTHER_OWNER},
+            "jobs": [{k: v for k, v in job_body().items() if k != "owner_service"}],
+        }
+        refused = await call("POST", "/jobs/batch", json=by_default)
+        assert refused.status_code == 403
+        assert refused.json()["message"].startswith("jobs[0].owner_service: ")
+        assert await admin.snapshot() == before
+
+        # Another owner's job is "not found", exactly like a job that does not exist.
+        hidden = await call("GET", f"/jobs/{theirs}")
+        missing_id = str(uuid.uuid4())
+        missing = await call("GET", f"/jobs/{missing_id}")
+        assert hidden.status_code == missing.status_code == 404
+        assert hidden.json() == {
+            k: v.replace(missing_id, theirs) if isinstance(v, str) else v
+            for k, v in missing.json().items()
+        } | {"details": {"job_id": theirs}}
+        assert (await call("GET", f"/jobs/{ours}")).status_code == 200
+
+        # The list holds only its own jobs; naming another owner is 403.
+        listed = await call("GET", "/jobs", params={"limit": 500})
+        assert {j["owner_service"] for j in listed.json()["jobs"]} == {OWNER}
+        assert ours in {j["id"] for j in listed.json()["jobs"]}
+        own_filter = await call("GET", "/jobs", params={"owner_service": OWNER})
+        assert own_filter.status_code == 200
+        assert (await call("GET", "/jobs", params={"owner_service": "crm"})).status_code == 403
+
+        # Cancel and retry of another owner's job: 404, and the job is untouched.
+        assert (await call("POST", f"/jobs/{theirs}/cancel")).status_code == 404
+        running_theirs, _ = await admin.running(OTHER_OWNER)
+        before = await admin.snapshot()
+        assert (await call("POST", f"/jobs/{running_theirs}/retry")).status_code == 404
+        assert (await call("POST", f"/jobs/{theirs}/cancel")).status_code == 404
+        assert await admin.snapshot() == before
+
+        # Bulk: another owner in the filter is 403; without one, only its own jobs change.
+        for action in ("cancel", "retry"):
+            refused = await call("POST", f"/jobs/{action}", json={"owner_service": OTHER_OWNER})
+            assert refused.status_code == 403, action
+        assert await admin.snapshot() == before
+        cancelled = await call("POST", "/jobs/cancel", json={"status": ["pending"]})
+        assert cancelled.status_code == 200
+        assert ours in cancelled.json()["ids"]
+        assert theirs not in cancelled.json()["ids"]
+        still = await client.get(f"{API}/jobs/{theirs}", headers=bearer(ADMIN))
+        assert still.json()["status"] == "pending"
+        retried = await call("POST", "/jobs/retry", json={"status": ["running"]})
+        assert running_theirs not in retried.json()["ids"]
+        # An empty filter is refused with a hint, as for every caller.
+        empty = await call("POST", "/jobs/cancel", json={})
+        assert empty.status_code == 422
+        assert OWNER in empty.json()["message"]
+
+        # Own jobs: cancel works; queue-wide stats are not for submitters.
+        mine, _ = await admin.job(OWNER)
+        assert (await call("POST", f"/jobs/{mine}/cancel")).status_code == 200
+        assert (await call("GET", "/stats")).status_code == 403
+
+        # The other submitter sees its job and not ours.
+        crm = bearer(OTHER_SUBMITTER)
+        assert (await client.get(f"{API}/jobs/{theirs}", headers=crm)).status_code == 200
+        assert (await client.get(f"{API}/jobs/{ours}", headers=crm)).status_code == 404
+    record.assert_never_shows(*ALL_TOKENS)
+
+
+async def test_bulk_with_all_true_is_admin_only(api_factory: ApiFactory) -> None:
+    async with api_factory(**SCOPED_ENV) as client:
+        admin = Admin(client)
+        await admin.job(OWNER)
+        await admin.job(OTHER_OWNER)
+        for action in ("cancel", "retry"):
+            before = await admin.snapshot()
+            for token in (SUBMITTER, WORKER, READER):
+                for body in ({"all": True}, {"all": True, "owner_service": OWNER}):
+                    refused = await client.post(
+                        f"{API}/jobs/{action}", headers=bearer(token), json=body
+                    )
+                    assert refused.status_code == 403, (action, token, body)
+                    assert refused.json()["error"] == "forbidden"
+            submitter = await client.post(
+                f"{API}/jobs/{action}", headers=bearer(SUBMITTER), json={"all": True}
+            )
+            assert submitter.json()["message"].startswith("all: role submitter may not")
+            assert await admin.snapshot() == before
+        for token in (ADMIN_SCOPED, ADMIN):
+            done = await client.post(
+                f"{API}/jobs/cancel", headers=bearer(token), json={"all": True}
+            )
+            assert done.status_code == 200, token
+        assert {status for _, status, *_ in await admin.snapshot()} == {"cancelled"}
+
+
+# -- start-up warning and logs --------------------------------------------------------
+
+
+async def test_api_start_without_a_token_logs_a_warning(
+    api_factory: ApiFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="ai_service.api"):
+        async with api_factory():
+            pass
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert [r.name for r in warnings] == ["ai_service.api.auth"]
+        assert "AUTH IS OFF" in warnings[0].getMessage()
+        assert "AI_SERVICE_TOKEN" in warnings[0].getMessage()
+        caplog.clear()
+        async with api_factory(AI_SERVICE_TOKEN=TOKEN):
+            pass
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+async def test_access_log_names_the_role_and_never_the_token(
+    api_factory: ApiFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Every record of every logger, unredacted: the token must never be logged at all.
+    with caplog.at_level(logging.DEBUG):
+        async with api_factory(**SCOPED_ENV) as client:
+            admin = Admin(client)
+            for route in sorted(MATRIX):
+                for headers in CALLERS.values():
+                    url, body = await REQUESTS[route](admin)
+                    await client.request(route[0], url, headers=headers, json=body)
+    text = caplog.text + "\n".join(repr(r.__dict__) for r in caplog.records)
+    for token in (*ALL_TOKENS, WRONG):
+        assert token not in text
+    access = [r.getMessage() for r in caplog.records if r.name == "ai_service.api.access"]
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name.endswith("access"))
+    assert "POST /api/v1/jobs 201 " in "\n".join(access)
+    for caller in (
+        f"role=submitter owner={OWNER} token_id={token_id(SUBMITTER)}",
+        f"role=worker token_id={token_id(WORKER)}",
+        f"role=reader token_id={token_id(READER)}",
+        f"role=admin token_id={token_id(ADMIN)}",
+        f"role=admin token_id={token_id(ADMIN_SCOPED)}",
+        "auth=rejected",
+    ):
+        assert any(line.endswith(caller) for line in access), caller
+    assert not any("?" in line for line in access)  # query strings are not logged
+
+
+# -- the real `ai-service api` process ------------------------------------------------
+
+
+async def test_ai_service_api_warns_at_start_when_auth_is_off(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with ServiceGroup(tmp_path, database_url) as services:
+        open_api = await services.start("api", "open")
+        closed_api = await services.start("api", "closed", **SCOPED_ENV)
+        async with httpx.AsyncClient(base_url=closed_api.base_url, timeout=10) as client:
+            ok = await client.post(f"{API}/jobs", headers=bearer(SUBMITTER), json=job_body())
+            assert ok.status_code == 201
+            assert (await client.get(f"{API}/stats", headers=bearer(READER))).status_code == 200
+        await open_api.terminate()
+        await closed_api.terminate()
+        open_lines = [json.loads(line) for line in open_api.log().splitlines() if line]
+        closed_log = closed_api.log()
+    [warning] = [e for e in open_lines if e["level"] == "warning"]
+    assert warning["logger"] == "ai_service.api.auth"
+    assert warning["message"].startswith("AUTH IS OFF")
+    entries = [json.loads(line) for line in closed_log.splitlines() if line]
+    assert not [e for e in entries if e["level"] == "warning"]
+    access = [e["message"] for e in entries if e["logger"] == "ai_service.api.access"]
+    assert any(
+        m.endswith(f"role=submitter owner={OWNER} token_id={token_id(SUBMITTER)}") for m in access
+    )
+    assert any(m.endswith(f"role=reader token_id={token_id(READER)}") for m in access)
+    for token in ALL_TOKENS:
+        assert token not in closed_log
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"AI_SERVICE_TOKEN": "   "}, "AI_SERVICE_TOKEN"),
+        ({"AI_SERVICE_TOKENS": f"{SUBMITTER}:submitter"}, "AI_SERVICE_TOKENS"),
+    ],
+)
+async def test_ai_service_api_refuses_to_start_with_a_bad_token_setting(
+    tmp_path: Path, database_url: str, env: dict[str, str], variable: str
+) -> None:
+    async with ServiceGroup(tmp_path, database_url) as services:
+        api = await services.spawn("api", "api", **env)
+        assert await asyncio.wait_for(api.proc.wait(), START_TIMEOUT) == 2
+        output = api.log()
+    assert f"configuration error: {variable} " in output
+    for token in ALL_TOKENS:
+        assert token not in output

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import socket
 from typing import Any
 
 import pytest
 
-from ai_service.config import describe_defaults, load_settings, parse_duration
+from ai_service.config import Role, describe_defaults, load_settings, parse_duration, token_id
 from ai_service.errors import ConfigError
 
 # Every variable of seed.md "Configuration" with its documented default
@@ -247,3 +248,99 @@ def test_worker_concurrency_defaults_to_the_claim_limit() -> None:
     assert load_settings({"WORKER_CLAIM_LIMIT": "7"}).effective_worker_concurrency == 7
     settings = load_settings({"WORKER_CLAIM_LIMIT": "7", "WORKER_CONCURRENCY": "20"})
     assert settings.effective_worker_concurrency == 20
+
+
+# -- AI_SERVICE_TOKEN and AI_SERVICE_TOKENS ------------------------------------------
+
+SUB = "sub-4b1c0f6a"
+WRK = "wrk-9d2e7a31"
+
+
+@pytest.mark.parametrize("raw", [" ", "   ", "\t", "\n", " \r\n "])
+def test_whitespace_only_service_token_is_a_config_error_naming_the_variable(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"AI_SERVICE_TOKEN": raw})
+    assert info.value.variable == "AI_SERVICE_TOKEN"
+    assert str(info.value).startswith("AI_SERVICE_TOKEN ")
+    assert "whitespace" in str(info.value)
+
+
+def test_unset_or_empty_service_token_means_auth_off() -> None:
+    for env in ({}, {"AI_SERVICE_TOKEN": ""}, {"AI_SERVICE_TOKEN": "", "AI_SERVICE_TOKENS": ""}):
+        settings = load_settings(env)
+        assert settings.ai_service_token is None
+        assert settings.ai_service_tokens == ()
+        assert settings.auth_enabled is False
+
+
+def test_service_token_is_stripped_and_turns_auth_on() -> None:
+    settings = load_settings({"AI_SERVICE_TOKEN": "  s3cret-token\n"})
+    assert settings.ai_service_token == "s3cret-token"
+    assert settings.auth_enabled is True
+
+
+def test_scoped_tokens_are_parsed_with_role_and_owner() -> None:
+    raw = f" {SUB}:submitter:telephony , {WRK}:worker,rdr-1:reader,adm-1:admin,"
+    settings = load_settings({"AI_SERVICE_TOKENS": raw})
+    assert [(t.token, t.role, t.owner_service) for t in settings.ai_service_tokens] == [
+        (SUB, Role.SUBMITTER, "telephony"),
+        (WRK, Role.WORKER, None),
+        ("rdr-1", Role.READER, None),
+        ("adm-1", Role.ADMIN, None),
+    ]
+    # Scoped tokens alone turn auth on (only the listed tokens are accepted).
+    assert settings.ai_service_token is None
+    assert settings.auth_enabled is True
+
+
+def test_scoped_token_id_is_a_sha256_prefix_and_repr_hides_the_token() -> None:
+    [scoped] = load_settings({"AI_SERVICE_TOKENS": f"{SUB}:submitter:telephony"}).ai_service_tokens
+    assert scoped.token_id == hashlib.sha256(SUB.encode()).hexdigest()[:8]
+    assert token_id(SUB) == scoped.token_id
+    assert SUB not in repr(scoped)
+    assert "submitter" in repr(scoped)
+
+
+def test_scoped_tokens_default_to_none() -> None:
+    assert describe_defaults()["AI_SERVICE_TOKENS"] == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (f"{SUB}:superuser", "entry 1 has an unknown role"),
+        (f"{WRK}:worker,{SUB}:Submitter:telephony", "entry 2 has an unknown role"),
+        (f"{SUB}", "entry 1 must be token:role"),
+        (f"{SUB}:submitter:telephony:extra", "entry 1 must be token:role"),
+        (f":reader,{WRK}:worker", "entry 1 has an empty token"),
+        (f"{WRK}:worker, :reader", "entry 2 has an empty token"),
+        (f"{WRK}:worker,{WRK}:reader", "entry 2 repeats the token of entry 1"),
+        (f"{SUB} x:reader", "entry 1 has a token containing whitespace"),
+        (f"{SUB}\t:reader", "entry 1 has a token containing whitespace"),
+        (f"{SUB}:submitter", "entry 1: role submitter needs an owner_service"),
+        (f"{SUB}:submitter: ", "entry 1: role submitter needs an owner_service"),
+        (f"{WRK}:worker:telephony", "entry 1: only role submitter takes an owner_service"),
+        (f"{SUB}:submitter:{'o' * 101}", "entry 1: owner_service must be 1 to 100 characters"),
+        ("  ", "has no entries"),
+        (" , ,", "has no entries"),
+    ],
+)
+def test_bad_scoped_token_entries_are_config_errors_that_never_echo_the_token(
+    raw: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"AI_SERVICE_TOKENS": raw})
+    message = str(info.value)
+    assert info.value.variable == "AI_SERVICE_TOKENS"
+    assert message.startswith("AI_SERVICE_TOKENS ")
+    assert problem in message
+    for secret in (SUB, WRK, "superuser", "Submitter"):
+        assert secret not in message
+        assert secret not in repr(info.value.details)
+
+
+def test_a_scoped_token_may_not_repeat_the_admin_token() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"AI_SERVICE_TOKEN": SUB, "AI_SERVICE_TOKENS": f"{SUB}:reader"})
+    assert info.value.variable == "AI_SERVICE_TOKENS"
+    assert SUB not in str(info.value)

@@ -37,9 +37,13 @@ SEED_COMMANDS = (
 GPU_SERVICES = ("vllm", "whisperx-1", "whisperx-2", "sidecar", "qwen-audio", "voxtral-small")
 VLLM_SERVICES = ("vllm", "qwen-audio", "voxtral-small")
 MODEL_SERVICES = ("vllm", "whisperx-1", "whisperx-2", "qwen-audio", "voxtral-small")
+# Secrets a pod must not start without: the database, and the API's admin token
+# (an absent token would turn auth off).
+REQUIRED_SECRETS = {"DATABASE_URL", "AI_SERVICE_TOKEN"}
 SECRET_VARIABLES = (
     "DATABASE_URL",
     "AI_SERVICE_TOKEN",
+    "AI_SERVICE_TOKENS",
     "LLM_API_KEY",
     "QWEN_AUDIO_API_KEY",
     "VOXTRAL_API_KEY",
@@ -353,8 +357,8 @@ def test_secrets_come_from_secret_key_refs() -> None:
             ref = env[name]["valueFrom"]["secretKeyRef"]
             assert ref["name"] == secret["metadata"]["name"]
             assert ref["key"] in secret["stringData"]
-            # Only DATABASE_URL is required; every other secret may be absent.
-            assert ref.get("optional", False) is (name != "DATABASE_URL")
+            # DATABASE_URL and AI_SERVICE_TOKEN are required; every other secret may be absent.
+            assert ref.get("optional", False) is (name not in REQUIRED_SECRETS), name
         assert all("value" not in e for e in env.values()), component
 
 

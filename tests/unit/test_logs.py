@@ -42,3 +42,11 @@ def test_keys_tokens_and_url_credentials_are_masked() -> None:
     ):
         assert secret not in line
     assert line.count("***") == 6
+
+
+def test_scoped_tokens_are_masked_like_the_admin_token() -> None:
+    env = {"AI_SERVICE_TOKENS": "sub-token-321:submitter:telephony,wrk-token-654:worker"}
+    line = _format(env, "sub-token-321 and wrk-token-654")
+    assert "sub-token-321" not in line
+    assert "wrk-token-654" not in line
+    assert line.count("***") == 2

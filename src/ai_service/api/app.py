@@ -16,9 +16,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ai_service import migrate
+from ai_service.api import auth
 from ai_service.api import docs as api_docs
 from ai_service.api import errors as api_errors
-from ai_service.api.deps import token_accepted
+from ai_service.api.access_log import AccessLogMiddleware
 from ai_service.api.routes_infra import router as infra_router
 from ai_service.api.routes_jobs import router as jobs_router
 from ai_service.api.routes_ops import probes, stats_router
@@ -89,34 +90,6 @@ class BodyLimitMiddleware:
                 await too_large(scope, receive, send)
 
 
-class AuthMiddleware:
-    """401 for `/api/v1/*` without the service token, before anything else is looked at."""
-
-    def __init__(self, app: ASGIApp, token: str | None) -> None:
-        self.app = app
-        self.token = token
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and self.token is not None
-            and scope["path"].startswith("/api/v1/")
-        ):
-            header = next(
-                (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
-            )
-            if not token_accepted(self.token, header):
-                response = api_errors.envelope(
-                    401,
-                    "unauthorized",
-                    "missing or wrong bearer token",
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 class MetricsMiddleware:
     """Observe request latency by method, route template and status."""
 
@@ -154,6 +127,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        auth.announce(settings)  # once per process, on every start
         if settings.migrate_on_start:
             await asyncio.to_thread(migrate.upgrade, database_url)
         store = await Store.open(
@@ -201,29 +175,26 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.include_router(stats_router)
     app.include_router(infra_router)
     # The last added runs first: metrics see every answer, auth comes before the
-    # body-size check so that an unauthenticated caller learns nothing else.
+    # body-size check so that an unauthenticated caller learns nothing else, and
+    # the access log wraps auth to name the caller it identified.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(AuthMiddleware, token=settings.ai_service_token)
+    app.add_middleware(
+        auth.AuthMiddleware,
+        authenticator=auth.Authenticator(settings),
+        policy=auth.RoutePolicy.for_app(app),
+    )
+    app.add_middleware(AccessLogMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app
 
 
 def _openapi_with_bearer(app: FastAPI) -> dict[str, Any]:
-    """The OpenAPI document, with the bearer scheme on every `/api/v1/*` operation."""
+    """The OpenAPI document, with the bearer scheme, roles and 403s on `/api/v1/*` operations."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-        schemes["bearer"] = {
-            "type": "http",
-            "scheme": "bearer",
-            "description": "AI_SERVICE_TOKEN, when it is configured",
-        }
-        for path, operations in schema["paths"].items():
-            if path.startswith("/api/v1/"):
-                for operation in operations.values():
-                    operation["security"] = [{"bearer": []}]
+        auth.document(schema)
         app.openapi_schema = schema
     return app.openapi_schema
 

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the process resources held in `app.state`, and auth.
+"""FastAPI dependencies: the process resources held in `app.state`, and the caller.
 
 All are `async def`: FastAPI runs plain `def` dependencies in a thread pool,
 a thread hop per dependency per request.
@@ -6,12 +6,13 @@ a thread hop per dependency per request.
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 import httpx
 from fastapi import Depends, Request
 
+from ai_service import errors
+from ai_service.api.auth import Principal
 from ai_service.config import Settings
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
@@ -43,23 +44,17 @@ async def get_http(request: Request) -> httpx.AsyncClient:
     return client
 
 
+async def get_principal(request: Request) -> Principal:
+    """The caller identified by `auth.AuthMiddleware` (fails closed if it did not run)."""
+    principal = getattr(request.state, "principal", None)
+    if not isinstance(principal, Principal):
+        raise errors.Forbidden("the caller could not be identified")
+    return principal
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 NotifierDep = Annotated[JobNotifier | None, Depends(get_notifier)]
 HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
-
-
-def token_accepted(expected: str | None, authorization: str | None) -> bool:
-    """Whether an `Authorization` header value carries the expected bearer token.
-
-    Constant-time comparison; no token configured means every caller is accepted.
-    `api.app.AuthMiddleware` applies it to every `/api/v1/*` request before the
-    body is read or a route is chosen.
-    """
-    if expected is None:
-        return True
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer":
-        given = ""
-    return hmac.compare_digest(given.strip().encode(), expected.encode())
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

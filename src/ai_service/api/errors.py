@@ -21,6 +21,7 @@ log = logging.getLogger("ai_service.api")
 
 STATUS_BY_ERROR: dict[type[errors.AIServiceError], int] = {
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.JobNotFound: 404,
     errors.InvalidTransition: 409,
     errors.LeaseLost: 409,
@@ -124,6 +125,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for code, desc in {
         400: "Malformed JSON",
         401: "Missing or wrong bearer token",
+        403: "The token's role or owner_service does not allow this (scoped tokens)",
         404: "Job not found",
         409: "Illegal transition or lost lease",
         413: "Request body too large",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -10,15 +11,17 @@ from fastapi import APIRouter, Query, Request, Response, status
 
 from ai_service import errors
 from ai_service.api import schemas
+from ai_service.api.auth import Principal, require_all_allowed, scoped_owner
 from ai_service.api.deps import (
     MetricsDep,
     NotifierDep,
+    PrincipalDep,
     SettingsDep,
     StoreDep,
 )
 from ai_service.api.errors import responses
 from ai_service.jobs import JobFilter, JobStatus, NewJob, is_retryable
-from ai_service.store import Completion
+from ai_service.store import Completion, Store
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
@@ -70,8 +73,13 @@ def _merge(defaults: schemas.JobPatch, item: schemas.JobPatch, index: int) -> Ne
     summary="Create one job",
 )
 async def create_job(
-    body: schemas.JobCreate, store: StoreDep, metrics: MetricsDep, response: Response
+    body: schemas.JobCreate,
+    store: StoreDep,
+    metrics: MetricsDep,
+    response: Response,
+    principal: PrincipalDep,
 ) -> schemas.CreatedJobOut:
+    scoped_owner(principal, body.owner_service, "owner_service")
     [outcome] = await store.create_jobs([_new_job(body)])
     response.headers["Location"] = f"/api/v1/jobs/{outcome.job.id}"
     if outcome.created:
@@ -90,9 +98,12 @@ async def create_job(
     summary="Create up to 1000 jobs with shared defaults (all or nothing)",
 )
 async def create_batch(
-    body: schemas.JobBatchCreate, store: StoreDep, metrics: MetricsDep
+    body: schemas.JobBatchCreate, store: StoreDep, metrics: MetricsDep, principal: PrincipalDep
 ) -> schemas.BatchOut:
     new_jobs = [_merge(body.defaults, item, i) for i, item in enumerate(body.jobs)]
+    for i, job in enumerate(new_jobs):
+        # All or nothing, like validation: one foreign item refuses the batch.
+        scoped_owner(principal, job.owner_service, f"jobs[{i}].owner_service")
     outcomes = await store.create_jobs(new_jobs)
     metrics.observe_created(o.job for o in outcomes if o.created)
     items = [
@@ -119,6 +130,7 @@ async def create_batch(
 async def list_jobs(
     request: Request,
     store: StoreDep,
+    principal: PrincipalDep,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
     owner_service: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
     owner_ref: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
@@ -137,7 +149,8 @@ async def list_jobs(
         raise errors.InvalidRequest(unknown[0], "is not a filter of this endpoint")
     job_filter = JobFilter(
         statuses=tuple(status_ or ()),
-        owner_service=owner_service,
+        # A submitter lists its own owner_service only (403 for a filter naming another).
+        owner_service=scoped_owner(principal, owner_service, "owner_service"),
         owner_ref=owner_ref,
         task_type=task_type,
         model_profile=model_profile,
@@ -173,13 +186,22 @@ def _bulk_out(ids: list[UUID]) -> schemas.BulkOut:
     )
 
 
-def _bulk_filter(body: schemas.BulkRequest) -> JobFilter:
+def _bulk_filter(body: schemas.BulkRequest, principal: Principal) -> JobFilter:
+    require_all_allowed(principal, body.all)
     job_filter = body.to_filter()
     if job_filter.is_empty and not body.all:
+        if principal.owner_service is not None:
+            raise errors.InvalidRequest(
+                "all",
+                "an empty filter selects every job of owner_service "
+                f"{principal.owner_service!r}: name a filter (for example owner_service)",
+            )
         raise errors.InvalidRequest(
             "all", 'an empty filter selects every job: pass "all": true to confirm'
         )
-    return job_filter
+    # A submitter acts on its own owner_service only (403 for a filter naming another).
+    owner = scoped_owner(principal, job_filter.owner_service, "owner_service")
+    return replace(job_filter, owner_service=owner)
 
 
 @router.post(
@@ -188,8 +210,10 @@ def _bulk_filter(body: schemas.BulkRequest) -> JobFilter:
     responses=responses(body=True),
     summary="Retry failed/running jobs matching a filter",
 )
-async def retry_by_filter(body: schemas.BulkRequest, store: StoreDep) -> schemas.BulkOut:
-    return _bulk_out(await store.retry_by_filter(_bulk_filter(body)))
+async def retry_by_filter(
+    body: schemas.BulkRequest, store: StoreDep, principal: PrincipalDep
+) -> schemas.BulkOut:
+    return _bulk_out(await store.retry_by_filter(_bulk_filter(body, principal)))
 
 
 @router.post(
@@ -198,8 +222,10 @@ async def retry_by_filter(body: schemas.BulkRequest, store: StoreDep) -> schemas
     responses=responses(body=True),
     summary="Cancel pending/running jobs matching a filter",
 )
-async def cancel_by_filter(body: schemas.BulkRequest, store: StoreDep) -> schemas.BulkOut:
-    return _bulk_out(await store.cancel_by_filter(_bulk_filter(body)))
+async def cancel_by_filter(
+    body: schemas.BulkRequest, store: StoreDep, principal: PrincipalDep
+) -> schemas.BulkOut:
+    return _bulk_out(await store.cancel_by_filter(_bulk_filter(body, principal)))
 
 
 @router.post(
@@ -272,8 +298,22 @@ async def complete_many(
     responses=responses(404),
     summary="Technical state and result of one job",
 )
-async def get_job(job_id: UUID, store: StoreDep) -> schemas.JobOut:
-    return schemas.JobOut.of(await store.get_job(job_id))
+async def get_job(job_id: UUID, store: StoreDep, principal: PrincipalDep) -> schemas.JobOut:
+    job = await store.get_job(job_id)
+    if not principal.owns(job.owner_service):
+        raise errors.JobNotFound(job_id)  # the same 404 as a missing job: existence not revealed
+    return schemas.JobOut.of(job)
+
+
+async def _require_visible(store: Store, principal: Principal, job_id: UUID) -> None:
+    """404 when a submitter names a job of another owner_service (as if it did not exist).
+
+    owner_service never changes, so checking before acting cannot race.
+    """
+    if principal.owner_service is not None:
+        job = await store.get_job(job_id)
+        if not principal.owns(job.owner_service):
+            raise errors.JobNotFound(job_id)
 
 
 @router.post(
@@ -336,7 +376,8 @@ async def heartbeat_job(
     responses=responses(404, 409),
     summary="Reset a failed or running job to pending (one more attempt granted)",
 )
-async def retry_job(job_id: UUID, store: StoreDep) -> schemas.JobOut:
+async def retry_job(job_id: UUID, store: StoreDep, principal: PrincipalDep) -> schemas.JobOut:
+    await _require_visible(store, principal, job_id)
     return schemas.JobOut.of(await store.retry(job_id))
 
 
@@ -346,5 +387,6 @@ async def retry_job(job_id: UUID, store: StoreDep) -> schemas.JobOut:
     responses=responses(404, 409),
     summary="Cancel a pending or running job",
 )
-async def cancel_job(job_id: UUID, store: StoreDep) -> schemas.JobOut:
+async def cancel_job(job_id: UUID, store: StoreDep, principal: PrincipalDep) -> schemas.JobOut:
+    await _require_visible(store, principal, job_id)
     return schemas.JobOut.of(await store.cancel(job_id))
