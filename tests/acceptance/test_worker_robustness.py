@@ -53,3 +53,82 @@ async def test_a_refused_result_fails_its_job_and_the_rest_of_the_batch_complete
         assert jobs[ref].status is JobStatus.COMPLETED
         assert jobs[ref].result == {"text": "fine"}
     assert runner.in_flight == {}
+
+
+async def _hang(job: Job, ctx: HandlerContext) -> dict[str, Any]:
+    await asyncio.sleep(60)
+    return {"never": True}
+
+
+async def _own_timeout(job: Job, ctx: HandlerContext) -> dict[str, Any]:
+    raise TimeoutError("the handler's own time-out")
+
+
+async def _run_until_finished(
+    store: Store, database_url: str, spec: HandlerSpec, ids: list[Any], **env: str
+) -> tuple[dict[Any, Job], Runner]:
+    # A short lease, heartbeats every 0.1 s: the attempt stays alive by its leases,
+    # so only the deadline can end it.
+    settings = make_settings(
+        database_url, WORKER_LEASE_TIMEOUT="2s", RETRY_BACKOFF_BASE="60s", **env
+    )
+    async with httpx.AsyncClient() as http:
+        runner = Runner(
+            store,
+            HandlerContext(settings=settings, http=http),
+            [spec],
+            metrics=Metrics(),
+            heartbeat_interval=0.1,
+        )
+        runner.start()
+        deadline = asyncio.get_running_loop().time() + 20
+        try:
+            while True:
+                jobs = {i: await store.get_job(i) for i in ids}
+                if all(j.attempt >= 1 and j.status is not JobStatus.RUNNING for j in jobs.values()):
+                    return jobs, runner
+                assert asyncio.get_running_loop().time() < deadline, jobs
+                await asyncio.sleep(0.05)
+        finally:
+            await runner.shutdown()
+
+
+async def test_a_job_past_its_deadline_is_ended_although_it_keeps_heartbeating(
+    store: Store, database_url: str
+) -> None:
+    created = await store.create_jobs(
+        [new_job(task_type="slow", owner_ref="own"), new_job(task_type="slow", owner_ref="spec")]
+    )
+    own, by_spec = (c.job.id for c in created)
+    async with store.pool.connection() as conn:
+        await conn.execute("UPDATE jobs SET timeout_seconds = 1 WHERE id = %s", [own])
+    spec = HandlerSpec(
+        name="slow",
+        task_types=frozenset({"slow"}),
+        model_profiles=None,
+        handle=_hang,
+        timeout=1.5,
+    )
+    started = asyncio.get_running_loop().time()
+    jobs, _ = await _run_until_finished(store, database_url, spec, [own, by_spec])
+    assert asyncio.get_running_loop().time() - started < 10
+    for job_id, seconds in ((own, "1"), (by_spec, "1.5")):
+        job = jobs[job_id]
+        assert job.status is JobStatus.PENDING  # timeouts are retried (backoff 60 s)
+        assert job.error_category == "timeout"
+        assert f"deadline of {seconds}s" in (job.error_message or "")
+
+
+async def test_a_handlers_own_timeout_error_is_an_internal_failure(
+    store: Store, database_url: str
+) -> None:
+    [created] = await store.create_jobs([new_job(task_type="own")])
+    spec = HandlerSpec(
+        name="own", task_types=frozenset({"own"}), model_profiles=None, handle=_own_timeout
+    )
+    jobs, runner = await _run_until_finished(store, database_url, spec, [created.job.id])
+    job = jobs[created.job.id]
+    assert job.status is JobStatus.FAILED
+    assert job.error_category == "internal"
+    assert "TimeoutError" in (job.error_message or "")
+    assert runner.in_flight == {}

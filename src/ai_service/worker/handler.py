@@ -48,3 +48,6 @@ class HandlerSpec:
     providers: dict[str, Any] = field(default_factory=dict)
     # Releases the handler's own clients (called once at shutdown).
     close: Callable[[], Awaitable[None]] | None = None
+    # Deadline of one attempt in seconds, unless the job sets `timeout_seconds`;
+    # None: no deadline beyond the providers' own timeouts.
+    timeout: float | None = None

@@ -220,8 +220,20 @@ class Runner:
     async def _execute(self, flight: InFlight) -> None:
         job = flight.job
         try:
+            deadline = job.timeout_seconds or flight.spec.timeout
             try:
-                result = await flight.spec.handle(job, self.ctx)
+                async with asyncio.timeout(deadline) as scope:
+                    result = await flight.spec.handle(job, self.ctx)
+            except TimeoutError as exc:
+                if not scope.expired():  # the handler's own, not the deadline
+                    await self._record_failure(flight, self._crash(flight, exc))
+                    return
+                overdue = errors.JobFailure(
+                    ErrorCategory.TIMEOUT,
+                    f"{flight.spec.name}: the attempt ran past its deadline of {deadline:g}s",
+                )
+                await self._record_failure(flight, overdue)
+                return
             except asyncio.CancelledError:
                 if flight.lost:
                     self._discard(job, "its lease was lost while running")
@@ -231,14 +243,7 @@ class Runner:
                 await self._record_failure(flight, failure)
                 return
             except Exception as exc:
-                detail = redact_text(str(exc), self._secrets)[:300]
-                log.exception("handler %s crashed on job %s", flight.spec.name, job.id)
-                crash = errors.JobFailure(
-                    ErrorCategory.INTERNAL,
-                    f"{flight.spec.name} handler error: {type(exc).__name__}: {detail}",
-                    retryable=False,
-                )
-                await self._record_failure(flight, crash)
+                await self._record_failure(flight, self._crash(flight, exc))
                 return
             if flight.lost:
                 self._discard(job, "its lease was lost while running")
@@ -263,6 +268,16 @@ class Runner:
         finally:
             self.leases.remove(flight)
             self._wake.set()  # the slot is free for the next job
+
+    def _crash(self, flight: InFlight, exc: Exception) -> errors.JobFailure:
+        """An unexpected exception of a handler, as a permanent `internal` failure."""
+        detail = redact_text(str(exc), self._secrets)[:300]
+        log.exception("handler %s crashed on job %s", flight.spec.name, flight.job.id)
+        return errors.JobFailure(
+            ErrorCategory.INTERNAL,
+            f"{flight.spec.name} handler error: {type(exc).__name__}: {detail}",
+            retryable=False,
+        )
 
     async def _record_failure(self, flight: InFlight, failure: errors.JobFailure) -> None:
         job = flight.job
