@@ -456,3 +456,14 @@ def test_dockerignore_keeps_the_build_inputs_and_drops_local_state() -> None:
     assert {".git", ".venv", ".data", "tests"} <= patterns
     for needed in ("src", "pyproject.toml", "uv.lock", "README.md"):
         assert needed not in patterns
+
+
+def test_a_rollout_lets_the_longest_attempt_finish() -> None:
+    """WORKER_SHUTDOWN_TIMEOUT covers the longest provider attempt, and Kubernetes
+    waits longer than that before it kills the worker."""
+    [config_map] = [d for d in k8s_documents() if d["kind"] == "ConfigMap"]
+    settings = load_settings(config_map["data"])
+    longest = max(settings.llm_timeout, settings.transcription_timeout)
+    assert settings.worker_shutdown_timeout >= longest
+    grace = deployment("worker")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= settings.worker_shutdown_timeout + 30
