@@ -269,7 +269,8 @@ async def test_a_failed_probe_is_not_cached() -> None:
 def test_settings_secrets_cover_keys_tokens_and_url_credentials() -> None:
     settings = make_settings(
         AI_SERVICE_TOKEN="svc-token",
-        LLM_BASE_URL="http://u:llm-pw@h:8000?api_key=llm-q",
+        LLM_BASE_URL="http://h:8000?api_key=llm-q",
+        WHISPERX_URL="http://u:llm-pw@h:9000",
         VLLM_METRICS_URLS="http://m:metrics-pw@h:8000/metrics",
         INFRA_STATUS_TOKEN="infra-tok",
     )
