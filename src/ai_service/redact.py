@@ -57,6 +57,7 @@ _MIN_SECRET = 4
 # Shortest base64 fragment masked (a fragment is what a secret inside a longer
 # base64 text always encodes to, whatever its offset).
 _MIN_BASE64_FRAGMENT = 6
+_PERCENT_ESCAPE = re.compile(r"%[0-9A-F]{2}")
 
 
 def is_harmless_param(name: str) -> bool:
@@ -93,10 +94,13 @@ def _split_pair(item: str) -> tuple[str, str]:
 
 
 def url_secrets(url: str | None) -> list[str]:
-    """Secret parts of a URL: user, password, `user:password`, non-harmless query values.
+    """Secret parts of a URL: password, `user:password`, non-harmless query values.
 
-    Both spellings of each are returned (as written in the URL and decoded):
-    error texts may quote the URL raw or percent-decoded.
+    The user name alone counts only without a password (a token written as
+    `https://TOKEN@host`); with a password it is an account name, and masking
+    it everywhere (`postgres`) would garble ordinary log text. Both spellings
+    of each are returned (as written in the URL and decoded): error texts may
+    quote the URL raw or percent-decoded.
     """
     if not url:
         return []
@@ -105,9 +109,7 @@ def url_secrets(url: str | None) -> list[str]:
         username, password = parts.username or "", parts.password or ""
     except ValueError:
         return []
-    found = [username, password]
-    if username and password:
-        found.append(f"{username}:{password}")
+    found = [password, f"{username}:{password}"] if password else [username]
     for item in parts.query.split("&"):
         raw_name, _, raw_value = item.partition("=")
         if raw_value and not is_harmless_param(unquote_plus(raw_name)):
@@ -145,7 +147,7 @@ class Redactor:
     """Masks known secret values, and the encoded forms they take, in text.
 
     For each secret of at least 4 characters it masks: the value, its
-    percent-encodings (`quote`, `quote_plus`, either case of hex), its base64
+    percent-encodings (`quote`, `quote_plus`, upper- or lower-case hex), its base64
     encodings (standard and URL-safe, with and without padding) and the
     base64 fragments it turns into inside a longer base64 text at each of the
     three possible byte offsets (a `Basic` header encodes `user:password` as
@@ -159,10 +161,7 @@ class Redactor:
             if secret and len(secret) >= _MIN_SECRET:
                 forms.update(_forms(secret))
         ordered = sorted(forms, key=lambda form: (-len(form), form))
-        # Case-insensitive: some encoders write percent escapes in lower case
-        # (%2f); masking a differently-cased look-alike too costs nothing.
-        pattern = "|".join(map(re.escape, ordered))
-        self._pattern = re.compile(pattern, re.IGNORECASE) if ordered else None
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def text(self, text: str) -> str:
         """`text` with every form of every secret replaced by `***`."""
@@ -183,6 +182,8 @@ class Redactor:
 
 def _forms(secret: str) -> set[str]:
     forms = {secret, quote(secret, safe=""), quote(secret), quote_plus(secret)}
+    # Some encoders write the escapes' hex digits in lower case (%2f).
+    forms |= {_PERCENT_ESCAPE.sub(lambda m: m.group(0).lower(), form) for form in forms}
     raw = secret.encode("utf-8")
     for encode in (base64.b64encode, base64.urlsafe_b64encode):
         whole = encode(raw).decode("ascii")

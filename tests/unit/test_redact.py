@@ -97,7 +97,7 @@ KEY = "sk-live/Zq+9=tok"
     [
         KEY,
         quote(KEY, safe=""),
-        quote(KEY, safe="").replace("%2F", "%2f"),
+        "sk-live%2fZq%2b9%3dtok",
         quote_plus(KEY),
         base64.b64encode(KEY.encode()).decode(),
         base64.b64encode(KEY.encode()).decode().rstrip("="),
@@ -140,7 +140,7 @@ def test_url_secrets_are_user_password_pair_and_non_harmless_query_values() -> N
     secrets = url_secrets(
         "https://me:p%40ss@b.example/a.wav?X-Amz-Credential=AKIA%2F2024&jwt=eyJ.x.y&format=wav"
     )
-    assert {"me", "p@ss", "me:p@ss", "AKIA/2024", "AKIA%2F2024", "eyJ.x.y"} <= set(secrets)
+    assert {"p@ss", "me:p@ss", "AKIA/2024", "AKIA%2F2024", "eyJ.x.y"} <= set(secrets)
     assert "wav" not in secrets
 
 
