@@ -27,8 +27,9 @@ layer is replaced. Names like `2130706433`, `0x7f000001` and `127.1` are
 resolved by the system resolver exactly as a connect would, and the result
 is what is checked. Redirects are followed by hand, at most `max_redirects`
 hops, each hop checked the same way (a connect to a new host goes through the
-same backend). The client has no cookie jar, no proxy and no `.netrc` (nothing
-of one download can reach another, nor the environment's credentials).
+same backend). The client has no cookie jar, no proxy (it would connect past
+the check) and no `.netrc`: nothing of one download can reach another, nor the
+environment's credentials.
 
     policy = UrlPolicy.from_setting("files.internal, 10.20.0.0/16")
     async with OutboundClient(policy) as client:
@@ -337,7 +338,8 @@ def cookieless_jar() -> http.cookiejar.CookieJar:
 @functools.cache
 def _ssl_context() -> ssl.SSLContext:
     # One verified context for every client: building one loads the CA bundle (ms).
-    return httpx.create_ssl_context(trust_env=False)
+    # SSL_CERT_FILE / SSL_CERT_DIR are honoured (a private CA); proxies and .netrc are not.
+    return httpx.create_ssl_context()
 
 
 class _PolicyTransport(httpx.AsyncHTTPTransport):

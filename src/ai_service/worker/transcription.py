@@ -311,7 +311,7 @@ async def _download(url: str, ctx: HandlerContext) -> bytes:
         # enough to never trip httpx's per-read timeout.
         async with (
             asyncio.timeout(deadline),
-            outbound.OutboundClient(settings.audio_url_allow, max_connections=1) as client,
+            outbound.OutboundClient(settings.audio_url_allow) as client,
             client.stream("GET", url, timeout=deadline) as response,
         ):
             status = response.status_code
