@@ -1,4 +1,4 @@
-"""`python -m ai_service api|worker` as real subprocesses, for fault-injection tests.
+"""`python -m ai_service api|worker|sidecar` as real subprocesses, for fault-injection tests.
 
     async with ServiceGroup(tmp_path, database_url, LLM_BASE_URL=...) as services:
         api = await services.start("api", "api", RESCUE_INTERVAL="0.3s")
@@ -7,10 +7,11 @@
         worker.pause(); ...; worker.resume()     # SIGSTOP / SIGCONT
 
 Each process gets a free loopback port (`HTTP_PORT` for the API,
-`WORKER_HTTP_PORT` for a worker), the group's environment plus its own, and
-none of the calling shell's AI Service variables. Its stdout and stderr (JSON
-logs) go to `<log_dir>/<name>.log`, so a failing test can show them. `start`
-returns once `/readyz` answers 200. Leaving the group kills (SIGKILL) every
+`WORKER_HTTP_PORT` for a worker, `SIDECAR_HTTP_PORT` for the sidecar), the
+group's environment plus its own, and none of the calling shell's AI Service
+variables. Its stdout and stderr (JSON logs) go to `<log_dir>/<name>.log`, so
+a failing test can show them. `start` returns once `/readyz` (the sidecar:
+`/healthz`) answers 200. Leaving the group kills (SIGKILL) every
 process still running, whatever happened in the test.
 """
 
@@ -33,7 +34,9 @@ from ai_service.config import ENV_NAMES
 from tests.helpers import free_port
 
 START_TIMEOUT = 45.0  # python start-up on a loaded 2-core machine takes a few seconds
-PORT_VARIABLE = {"api": "HTTP_PORT", "worker": "WORKER_HTTP_PORT"}
+PORT_VARIABLE = {"api": "HTTP_PORT", "worker": "WORKER_HTTP_PORT", "sidecar": "SIDECAR_HTTP_PORT"}
+# The sidecar has no readiness of its own (it reads no database): its health will do.
+READY_PATH = {"api": "/readyz", "worker": "/readyz", "sidecar": "/healthz"}
 
 
 @dataclass
@@ -121,6 +124,7 @@ class ServiceGroup:
             MIGRATE_ON_START="false",
             HTTP_HOST="127.0.0.1",
             WORKER_HTTP_HOST="127.0.0.1",
+            SIDECAR_HTTP_HOST="127.0.0.1",
         )
         full_env.update(self.env)
         full_env.update(env)
@@ -142,14 +146,14 @@ class ServiceGroup:
         return process
 
     async def start(self, command: str, name: str, **env: str) -> ServiceProcess:
-        """Start the process and return once its `/readyz` answers 200."""
+        """Start the process and return once it is ready (`/readyz`, sidecar `/healthz`)."""
         process = await self.spawn(command, name, **env)
         await wait_ready(process)
         return process
 
 
 async def wait_ready(process: ServiceProcess, timeout: float = START_TIMEOUT) -> None:
-    """Poll `/readyz` until 200; fail with the process's log if it exits or times out."""
+    """Poll `/readyz` (sidecar: `/healthz`) until 200; fail with the log if it exits or hangs."""
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(base_url=process.base_url, timeout=2) as http:
         while True:
@@ -158,7 +162,7 @@ async def wait_ready(process: ServiceProcess, timeout: float = START_TIMEOUT) ->
                     f"{process.name} exited with {process.proc.returncode}:\n{process.log()}"
                 )
             try:
-                if (await http.get("/readyz")).status_code == 200:
+                if (await http.get(READY_PATH[process.command])).status_code == 200:
                     return
             except httpx.TransportError:
                 pass

@@ -7,13 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
-
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
 from ai_service.worker.handler import HandlerContext
-from ai_service.worker.main import handler_specs
+from ai_service.worker.main import handler_specs, provider_client
 from ai_service.worker.runner import Runner
 from tests.helpers import make_settings
 
@@ -40,7 +38,7 @@ async def running_worker(database_url: str, **env: str) -> AsyncIterator[Runner]
     notifier = JobNotifier(database_url)
     notifier.start()
     try:
-        async with httpx.AsyncClient() as http:
+        async with provider_client(settings) as http:
             runner = Runner(
                 store,
                 HandlerContext(settings=settings, http=http),

@@ -18,7 +18,9 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from ai_service.errors import ConfigError
+from ai_service.outbound import UrlPolicy
 from ai_service.redact import redact_url
+from ai_service.urls import has_userinfo
 
 T = TypeVar("T")
 
@@ -228,6 +230,7 @@ class Settings:
     audio_llm_max_tokens: int = 4096
     audio_max_bytes: int = 200 * 1024 * 1024
     audio_download_timeout: float = 60.0
+    audio_url_allow: UrlPolicy = field(default_factory=UrlPolicy)
     transcription_timeout: float = 1800.0
     # Worker
     worker_id: str = field(default_factory=socket.gethostname)
@@ -335,6 +338,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AUDIO_LLM_MAX_TOKENS": ("audio_llm_max_tokens", _parse_int),
     "AUDIO_MAX_BYTES": ("audio_max_bytes", _parse_int),
     "AUDIO_DOWNLOAD_TIMEOUT": ("audio_download_timeout", parse_duration),
+    "AUDIO_URL_ALLOW": ("audio_url_allow", UrlPolicy.from_setting),
     "TRANSCRIPTION_TIMEOUT": ("transcription_timeout", parse_duration),
     "WORKER_ID": ("worker_id", _parse_str),
     "WORKER_HTTP_HOST": ("worker_http_host", _parse_str),
@@ -441,6 +445,17 @@ def _validate(s: Settings) -> None:
     for name in ("llm_base_url", "qwen_audio_base_url", "voxtral_base_url", "infra_status_url"):
         url = getattr(s, name)
         check(url is None or _is_http_url(url), name, "must be an http:// or https:// URL")
+    # OpenAI-compatible servers authenticate with a bearer key. Credentials in the
+    # URL would be sent as HTTP Basic instead of the key (httpx turns them into
+    # an Authorization header that replaces the key's), so they are refused.
+    for name, key in _KEY_VARIABLES.items():
+        url = getattr(s, name)
+        check(
+            url is None or not has_userinfo(url),
+            name,
+            f"must not contain user:password@ (credentials would replace the API key); "
+            f"put the key in {key}",
+        )
     for name in ("whisperx_url", "vllm_metrics_urls"):
         for url in getattr(s, name):
             check(
@@ -459,6 +474,14 @@ def _validate(s: Settings) -> None:
             "database_url",
             "must start with postgresql:// or postgres://",
         )
+
+
+# OpenAI-compatible base URL field -> the variable(s) that hold its key.
+_KEY_VARIABLES = {
+    "llm_base_url": "LLM_API_KEY",
+    "qwen_audio_base_url": "QWEN_AUDIO_API_KEY (or AUDIO_LLM_API_KEY)",
+    "voxtral_base_url": "VOXTRAL_API_KEY (or AUDIO_LLM_API_KEY)",
+}
 
 
 def _is_http_url(url: str) -> bool:

@@ -17,15 +17,17 @@ storm the AI server.
 
 Secrets never leave this module: base URLs are shown through `redact_url`,
 and error texts (which may quote URLs) have URLs redacted and every known
-secret masked. Credentials embedded in a URL (`user:password@`) are sent as
-HTTP Basic auth, unless an API key is configured, in which case the Bearer key
-wins.
+secret masked (`redact.Redactor`: values and their encoded forms). Probe
+URLs are built with `urls.request_target`, as the workers build theirs (the
+path goes before a base URL's query string). Credentials embedded in a
+WhisperX URL (`user:password@`, a basic-auth proxy) are sent as HTTP Basic
+auth; OpenAI-compatible base URLs cannot hold any (refused at start, their
+key variables carry the Bearer key).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import re
 import time
@@ -38,6 +40,7 @@ import httpx
 
 from ai_service.config import Settings
 from ai_service.redact import redact_text, redact_url, settings_secrets
+from ai_service.urls import request_target, url_path
 
 log = logging.getLogger("ai_service.provider_status")
 
@@ -154,25 +157,9 @@ def describe_error(exc: BaseException, secrets: Sequence[str | None], timeout: f
     return f"{prefix}: {message}" if message else prefix
 
 
-def request_target(url: str, path: str) -> tuple[httpx.URL, dict[str, str]]:
-    """`url` with `path` appended (query kept, user info removed) and its Basic auth header.
-
-    Credentials are moved out of the URL so that nothing that logs request
-    URLs (httpx logs them at INFO) can print a password.
-    """
-    parsed = httpx.URL(url)
-    headers: dict[str, str] = {}
-    if parsed.username or parsed.password:
-        pair = f"{parsed.username}:{parsed.password}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
-    base_path = parsed.path.rstrip("/")
-    return parsed.copy_with(username=None, password=None, path=base_path + path), headers
-
-
 def models_path(url: str) -> str:
     """`/v1/models`, or `/models` when the base URL already ends with `/v1`."""
-    path = httpx.URL(url).path.rstrip("/")
-    return "/models" if path.endswith("/v1") else "/v1/models"
+    return "/models" if url_path(url).endswith("/v1") else "/v1/models"
 
 
 # -- probes ---------------------------------------------------------------------

@@ -180,15 +180,12 @@ async def test_without_cache_time_every_call_probes(api_factory: ApiFactory) -> 
 
 
 SECRETS = (
-    "llmuser",
-    "llm-pw-1001",
+    "llm-jwt-1001",
     "llm-q-1002",
     "sk-llm-1003",
-    "wxuser",
     "wx-pw-2001",
     "wx-q-2002",
-    "qwenuser",
-    "qwen-pw-3001",
+    "qwen-sig-3001",
     "qwen-q-3002",
     "sk-audio-3003",
     "vox-q-4001",
@@ -208,13 +205,13 @@ async def test_no_secret_in_the_answer_or_the_logs(
         dead = closed_port_url().removeprefix("http://")
         env = {
             "AI_SERVICE_TOKEN": "svc-token-5001",
-            "LLM_BASE_URL": f"http://llmuser:llm-pw-1001@{llm.base_url[7:]}/v1?api_key=llm-q-1002",
+            "LLM_BASE_URL": f"{llm.base_url}/v1?api_key=llm-q-1002&jwt=llm-jwt-1001",
             "LLM_API_KEY": "sk-llm-1003",
             "WHISPERX_URL": (
                 f"http://wxuser:wx-pw-2001@{wx.base_url[7:]}/?token=wx-q-2002,"
                 f"http://wxuser:wx-pw-2001@{dead}/?token=wx-q-2002"
             ),
-            "QWEN_AUDIO_BASE_URL": f"http://qwenuser:qwen-pw-3001@{dead}/v1?api_key=qwen-q-3002",
+            "QWEN_AUDIO_BASE_URL": f"http://{dead}/v1?api_key=qwen-q-3002&sig=qwen-sig-3001",
             "AUDIO_LLM_API_KEY": "sk-audio-3003",
             "VOXTRAL_BASE_URL": f"{vox.base_url}/v1?access_token=vox-q-4001",
             "PROVIDER_PROBE_TIMEOUT": "2s",
@@ -231,7 +228,7 @@ async def test_no_secret_in_the_answer_or_the_logs(
     assert by_key[("whisperx", 2)]["ok"] is False
     assert by_key[("qwen2-audio", None)]["ok"] is False
     assert "401" in by_key[("voxtral-small", None)]["detail"]
-    assert by_key[("llm", None)]["base_url"] == f"{llm.base_url}/v1?api_key=%2A%2A%2A"
+    assert by_key[("llm", None)]["base_url"] == f"{llm.base_url}/v1?api_key=%2A%2A%2A&jwt=%2A%2A%2A"
     for text in (response.text, caplog.text):
         for secret in SECRETS:
             assert secret not in text

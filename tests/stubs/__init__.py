@@ -13,6 +13,11 @@ sockets, HTTP parsing, keep-alive and timeouts. Use one as a context manager
 
     with FileServer() as files:                  # audio for `audio_url` jobs
         url = files.add("/call.wav", wav_bytes)
+        files.redirect("/old.wav", url)          # 302 to another URL
+
+Every stub listens on 127.0.0.1 unless given another loopback `host`
+(`FileServer(host="127.0.0.2")`: a second address for tests that allow one
+loopback address and not another).
 
 `closed_port_url()` gives a URL nobody listens on (connection refused);
 `sine_wav(seconds)` makes real audio for them to receive, `transcode(wav,
@@ -66,7 +71,10 @@ class StubServer:
     # Failure kinds a subclass understands (see its `fail_next`/`fail_always`).
     FAILURES: tuple[str, ...] = ()
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, *, host: str = "127.0.0.1") -> None:
+        if not host.startswith("127."):
+            raise ValueError("stubs listen on loopback (127.0.0.0/8) only")
+        self.host = host
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -109,10 +117,10 @@ class StubServer:
 
     @property
     def base_url(self) -> str:
-        """`http://127.0.0.1:PORT` (no trailing slash)."""
+        """`http://127.0.0.1:PORT` (no trailing slash; the stub's `host`)."""
         if not self.port:
             raise RuntimeError("the stub is not started")
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> Self:
         """Bind an ephemeral port, start serving, return once it accepts requests."""
@@ -120,7 +128,7 @@ class StubServer:
         # says TCP; without it, small responses stall ~40 ms (Nagle + delayed ACK).
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self._requested_port))
+        sock.bind((self.host, self._requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self.build_app(),
@@ -272,19 +280,23 @@ class _File:
     content_type: str
     chunked: bool
     delay: float
+    headers: dict[str, str]
 
 
 class FileServer(StubServer):
     """Serves fixed bodies at paths (audio for `audio_url` jobs).
 
-    `add(path, body, status=..., chunked=..., delay=...)` returns the full
-    URL. Unknown paths answer 404. `hits[path]` counts GET requests.
+    `add(path, body, status=..., chunked=..., delay=..., headers=...)` returns
+    the full URL; `redirect(path, location)` answers a redirect. Unknown paths
+    answer 404 with the body `not found`. `hits[path]` counts GET requests,
+    `seen` keeps `(path, request headers)` of each one, in order.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, host: str = "127.0.0.1") -> None:
+        super().__init__(host=host)
         self._files: dict[str, _File] = {}
         self.hits: Counter[str] = Counter()
+        self.seen: list[tuple[str, dict[str, str]]] = []
 
     def add(
         self,
@@ -295,10 +307,15 @@ class FileServer(StubServer):
         content_type: str = "audio/wav",
         chunked: bool = False,
         delay: float = 0.0,
+        headers: dict[str, str] | None = None,
     ) -> str:
         """Serve `body` at `path`; `chunked` omits Content-Length; `delay` stalls first."""
-        self._files[path] = _File(body, status, content_type, chunked, delay)
+        self._files[path] = _File(body, status, content_type, chunked, delay, headers or {})
         return self.url(path)
+
+    def redirect(self, path: str, location: str, *, status: int = 302) -> str:
+        """Answer `path` with a redirect to `location`; returns the URL of `path`."""
+        return self.add(path, b"", status=status, headers={"Location": location})
 
     def url(self, path: str) -> str:
         """The full URL of `path` on this server (whether or not it is served)."""
@@ -308,6 +325,7 @@ class FileServer(StubServer):
         async def serve(request: Request) -> Response:
             path = request.url.path
             self.hits[path] += 1
+            self.seen.append((path, dict(request.headers)))
             served = self._files.get(path)
             if served is None:
                 return Response("not found", status_code=404, media_type="text/plain")
@@ -320,8 +338,16 @@ class FileServer(StubServer):
                         yield served.body[pos : pos + 64 * 1024]
 
                 return StreamingResponse(
-                    pieces(), status_code=served.status, media_type=served.content_type
+                    pieces(),
+                    status_code=served.status,
+                    media_type=served.content_type,
+                    headers=served.headers,
                 )
-            return Response(served.body, status_code=served.status, media_type=served.content_type)
+            return Response(
+                served.body,
+                status_code=served.status,
+                media_type=served.content_type,
+                headers=served.headers,
+            )
 
         return Starlette(routes=[Route("/{path:path}", serve, methods=["GET"])])

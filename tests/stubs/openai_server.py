@@ -80,6 +80,7 @@ class RecordedRequest:
 
     headers: dict[str, str]
     body: dict[str, Any]
+    query: dict[str, str] = field(default_factory=dict)
     text: str = ""  # the user messages' text, joined with newlines
     audio_seconds: list[float] = field(default_factory=list)  # one per audio part
     audio_formats: list[str] = field(default_factory=list)
@@ -181,7 +182,9 @@ class OpenAIStub(StubServer):
             with self._lock:
                 self.requests_received += 1
                 failure = self._next_failure()
-            recorded = RecordedRequest(headers=dict(request.headers), body={})
+            recorded = RecordedRequest(
+                headers=dict(request.headers), body={}, query=dict(request.query_params)
+            )
             with self._lock:
                 self.requests.append(recorded)
             expected = f"Bearer {self.api_key}"

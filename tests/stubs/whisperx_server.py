@@ -3,7 +3,7 @@
     with WhisperXStub("wx-a", segment_seconds=10.0) as wx:
         wx.base_url                       # http://127.0.0.1:PORT (the WHISPERX_URL)
         wx.fail_next("server_error")      # kinds: FAILURES
-        wx.requests_received, wx.successes, wx.requests[-1].query
+        wx.requests_received, wx.successes, wx.requests[-1].query, .headers
 
 Like the real server: `POST /asr` takes the multipart field `audio_file` and
 query parameters (`output`, `task`, `language`, `initial_prompt`, `encode`,
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.applications import Starlette
@@ -48,6 +48,7 @@ class RecordedAsr:
     """What the stub saw of one `/asr` request."""
 
     query: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)
     filename: str | None = None
     content_type: str | None = None
     size: int = 0
@@ -103,7 +104,7 @@ class WhisperXStub(StubServer):
 
         async def asr(request: Request) -> Response:
             raw = await request.body()
-            recorded = RecordedAsr(query=dict(request.query_params))
+            recorded = RecordedAsr(query=dict(request.query_params), headers=dict(request.headers))
             with self._lock:
                 self.requests_received += 1
                 self.requests.append(recorded)

@@ -105,8 +105,10 @@ def test_request_target_without_credentials_has_no_header() -> None:
 
 def test_url_secrets_finds_user_info_and_secret_query_values() -> None:
     secrets = url_secrets("http://alice:pa%40ss@h/v1?api_key=abc123&model=m&access_token=tok9")
-    assert {"alice", "pa%40ss", "pa@ss", "abc123", "tok9"} <= set(secrets)
+    assert {"pa%40ss", "pa@ss", "alice:pa@ss", "abc123", "tok9"} <= set(secrets)
     assert "m" not in secrets
+    assert "alice" not in secrets  # an account name, not a secret, next to a password
+    assert url_secrets("https://ghp_token123@h/") == ["ghp_token123"]
 
 
 def test_clean_text_redacts_urls_and_masks_known_secrets() -> None:
@@ -269,7 +271,8 @@ async def test_a_failed_probe_is_not_cached() -> None:
 def test_settings_secrets_cover_keys_tokens_and_url_credentials() -> None:
     settings = make_settings(
         AI_SERVICE_TOKEN="svc-token",
-        LLM_BASE_URL="http://u:llm-pw@h:8000?api_key=llm-q",
+        LLM_BASE_URL="http://h:8000?api_key=llm-q",
+        WHISPERX_URL="http://u:llm-pw@h:9000",
         VLLM_METRICS_URLS="http://m:metrics-pw@h:8000/metrics",
         INFRA_STATUS_TOKEN="infra-tok",
     )

@@ -15,7 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ai_service import migrate
+from ai_service import migrate, outbound
 from ai_service.api import auth
 from ai_service.api import docs as api_docs
 from ai_service.api import errors as api_errors
@@ -142,7 +142,12 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
         maintenance = Maintenance(store, settings, metrics)
         if run_maintenance:
             maintenance.start()
-        http = httpx.AsyncClient(timeout=settings.provider_probe_timeout, follow_redirects=False)
+        # No cookies: a probe's answer must not change the next probe's request.
+        http = httpx.AsyncClient(
+            timeout=settings.provider_probe_timeout,
+            follow_redirects=False,
+            cookies=outbound.cookieless_jar(),
+        )
         app.state.store = store
         app.state.notifier = notifier
         app.state.maintenance = maintenance

@@ -30,6 +30,7 @@ from ai_service.sidecar.schemas import (
     VllmSection,
     WhisperxSection,
 )
+from ai_service.urls import request_target, url_path
 
 # The sidecar bounds each of its sources by PROVIDER_PROBE_TIMEOUT; give it a
 # little longer than that to answer so that a slow source shows up as an
@@ -156,10 +157,9 @@ async def infra_status(settings: SettingsDep, http: HttpDep) -> InfraStatusOut:
     )
 
 
-def sidecar_status_target(url: str) -> tuple[httpx.URL, dict[str, str]]:
+def sidecar_status_target(url: str) -> tuple[str, dict[str, str]]:
     """`INFRA_STATUS_URL` as given when its path ends with `/status`, else with `/status` added."""
-    path = httpx.URL(url).path.rstrip("/")
-    return provider_status.request_target(url, "" if path.endswith("/status") else "/status")
+    return request_target(url, "" if url_path(url).endswith("/status") else "/status")
 
 
 async def fetch_sidecar(settings: Settings, http: httpx.AsyncClient) -> SidecarStatus:

@@ -28,16 +28,20 @@ import httpx
 
 from ai_service.providers import http_errors
 from ai_service.providers.audio import AudioClip, Transcript
+from ai_service.urls import join_url, url_path
 
 
 def chat_completions_url(base_url: str) -> str:
-    """`{base}/v1/chat/completions`, whether or not `base_url` ends with `/v1`."""
-    base = base_url.rstrip("/")
-    if base.endswith("/chat/completions"):
-        return base
-    if not base.endswith("/v1"):
-        base += "/v1"
-    return base + "/chat/completions"
+    """`{base}/v1/chat/completions`, whether or not `base_url` ends with `/v1`.
+
+    A query string of `base_url` stays at the end (`join_url`).
+    """
+    path = url_path(base_url)
+    if path.endswith("/chat/completions"):
+        return join_url(base_url, "")
+    return join_url(
+        base_url, "/chat/completions" if path.endswith("/v1") else "/v1/chat/completions"
+    )
 
 
 def instruction(prompt: str, *, language: str | None, context: str | None) -> str:

@@ -55,12 +55,14 @@ def category_for_status(status_code: int) -> ErrorCategory:
     return ErrorCategory.PROVIDER_ERROR
 
 
-def server_message(response: httpx.Response) -> str:
+def server_message(response: httpx.Response, secrets: Sequence[str | None] = ()) -> str:
     """The human-readable error a server put in its body, or '' when none.
 
     Reads `{"error": {"message": ...}}` (OpenAI, current vLLM),
     `{"object": "error", "message": ...}` (older vLLM), `{"error": "..."}`,
-    `{"detail": ...}` (FastAPI) and falls back to the body text.
+    `{"detail": ...}` (FastAPI) and falls back to the body text. `secrets`
+    are masked before the text is shortened (a cut through a secret would
+    leave a piece of it unmasked).
     """
     try:
         text = response.text
@@ -72,8 +74,8 @@ def server_message(response: httpx.Response) -> str:
     try:
         body: Any = json.loads(text)
     except ValueError:
-        return _shorten(text)
-    return _shorten(_message_from_json(body) or text)
+        return _shorten(text, secrets)
+    return _shorten(_message_from_json(body) or text, secrets)
 
 
 def _message_from_json(body: Any) -> str | None:
@@ -97,10 +99,16 @@ def _message_from_json(body: Any) -> str | None:
     return None
 
 
-def _shorten(text: str) -> str:
-    text = " ".join(text.split())
-    if len(text) > _MAX_SERVER_MESSAGE:
-        return text[: _MAX_SERVER_MESSAGE - 3] + "..."
+def _shorten(text: str, secrets: Sequence[str | None], limit: int = _MAX_SERVER_MESSAGE) -> str:
+    """`text` on one line, `secrets` masked, at most `limit` characters.
+
+    Masked before the final cut (a cut through a secret would leave a piece
+    of it unmasked); only the first `4 * limit` characters are masked, so a
+    secret cut at that point lies beyond what is kept.
+    """
+    text = redact_text(" ".join(text.split())[: 4 * limit], secrets)
+    if len(text) > limit:
+        return text[: limit - 3] + "..."
     return text
 
 
@@ -133,7 +141,7 @@ def failure_from_response(
     message = f"{provider}: HTTP {status} {response.reason_phrase}".rstrip()
     if where:
         message += f" from {where}"
-    said = server_message(response)
+    said = server_message(response, secrets)
     if said:
         message += f": {said}"
     details: dict[str, Any] = {"provider": provider, "status_code": status}
@@ -174,7 +182,7 @@ def failure_from_exception(
     if where:
         message += f" ({where})"
     reason = str(exc).strip()
-    message += f": {type(exc).__name__}" + (f": {_shorten(reason)}" if reason else "")
+    message += f": {type(exc).__name__}" + (f": {_shorten(reason, secrets)}" if reason else "")
     return JobFailure(category, redact_text(message, list(secrets)), details={"provider": provider})
 
 
@@ -200,7 +208,7 @@ def malformed_response(
         except (httpx.ResponseNotRead, UnicodeDecodeError, LookupError):
             body = ""
         if body:
-            message += f" (body starts: {_shorten(body)[:120]!r})"
+            message += f" (body starts: {_shorten(body, secrets, 120)!r})"
     details: dict[str, Any] = {"provider": provider}
     if response is not None:
         details["status_code"] = response.status_code

@@ -27,6 +27,7 @@ from ai_service.jobs import ErrorCategory
 from ai_service.providers import http_errors
 from ai_service.providers.audio import AudioClip, Transcript
 from ai_service.redact import redact_url
+from ai_service.urls import request_target, url_path
 
 PROVIDER = "whisperx"
 
@@ -98,9 +99,14 @@ class WhisperXClient:
         count = len(self._urls)
         for step in range(count):
             url = self._urls[(start + step) % count]
+            # `user:password@` of WHISPERX_URL (a basic-auth proxy) goes in a header.
+            endpoint, headers = request_target(url, _asr_path(url))
+            # Merged by hand: httpx's `params=` would replace the URL's own query
+            # (a gateway's `?api_key=`) instead of adding to it.
+            target = httpx.URL(endpoint).copy_merge_params(params)
             try:
                 response = await self._http.post(
-                    _asr_endpoint(url), params=params, files=files, timeout=self._timeout
+                    target, files=files, headers=headers, timeout=self._timeout
                 )
             except httpx.HTTPError as exc:
                 failure = http_errors.failure_from_exception(PROVIDER, exc, secrets=self._secrets)
@@ -116,9 +122,9 @@ class WhisperXClient:
         raise failure
 
 
-def _asr_endpoint(url: str) -> str:
-    base = url.rstrip("/")
-    return base if base.endswith("/asr") else base + "/asr"
+def _asr_path(url: str) -> str:
+    # WHISPERX_URL may name the endpoint itself or the server.
+    return "" if url_path(url).endswith("/asr") else "/asr"
 
 
 def _parse(response: httpx.Response, *, instance: str, secrets: Sequence[str | None]) -> Transcript:

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from ai_service.provider_status import clean_text, describe_error, request_target
+from ai_service.provider_status import clean_text, describe_error
 from ai_service.redact import redact_url, url_secrets
 from ai_service.sidecar.schemas import VllmInstance, VllmSection
+from ai_service.urls import request_target, url_path
 
 _KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _TTFT = "vllm:time_to_first_token_seconds"
@@ -95,10 +96,9 @@ def _mean(total: float | None, count: float | None) -> float | None:
     return total / count
 
 
-def metrics_url(url: str) -> tuple[httpx.URL, dict[str, str]]:
+def metrics_url(url: str) -> tuple[str, dict[str, str]]:
     """The URL to fetch: `url` itself when it ends with `/metrics`, else `url` + `/metrics`."""
-    path = httpx.URL(url).path.rstrip("/")
-    return request_target(url, "" if path.endswith("/metrics") else "/metrics")
+    return request_target(url, "" if url_path(url).endswith("/metrics") else "/metrics")
 
 
 async def read_vllm(client: httpx.AsyncClient, url: str, timeout: float) -> VllmInstance:

@@ -23,7 +23,8 @@ from ai_service.config import Settings
 from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory, Job
 from ai_service.providers import http_errors
-from ai_service.redact import redact_text, redact_url
+from ai_service.redact import redact_text, redact_url, settings_secrets
+from ai_service.urls import join_url, url_path
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 
 TASK_TYPES = frozenset({"llm_chat", "chat_completion", "call_analysis"})
@@ -40,10 +41,8 @@ def openai_base_url(url: str) -> tuple[str, dict[str, str]]:
     the base URL and sends the query separately.
     """
     parts = urlsplit(url)
-    path = parts.path.rstrip("/")
-    if not path.endswith("/v1"):
-        path += "/v1"
-    base = urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+    without_query = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    base = join_url(without_query, "" if url_path(url).endswith("/v1") else "/v1")
     return base, dict(parse_qsl(parts.query, keep_blank_values=True))
 
 
@@ -121,7 +120,8 @@ class LLMHandler:
         assert settings.llm_base_url is not None
         self.model = settings.llm_model
         self.base_url, query = openai_base_url(settings.llm_base_url)
-        self._secrets = [settings.llm_api_key, *query.values()]
+        # Every configured secret: a provider may echo any header or URL back.
+        self._secrets = settings_secrets(settings)
         self.client = openai.AsyncOpenAI(
             base_url=self.base_url,
             default_query=query or None,
@@ -169,13 +169,12 @@ class LLMHandler:
             if status == 400
             else http_errors.category_for_status(status)
         )
-        said = _error_message(exc.body) or exc.response.text[:200].strip()
+        said = _error_message(exc.body) or exc.response.text.strip()
+        # Masked before the final cut (a cut through a secret would leave a piece
+        # unmasked); the first cut is far enough out never to show.
+        said = redact_text(said[:1200], self._secrets)[:300]
         message = f"llm: HTTP {status}" + (f": {said}" if said else "")
-        return JobFailure(
-            category,
-            redact_text(message, self._secrets),
-            details={"provider": PROVIDER, "status_code": status},
-        )
+        return JobFailure(category, message, details={"provider": PROVIDER, "status_code": status})
 
     def _result(self, completion: Any, duration_ms: float) -> dict[str, Any]:
         try:
@@ -220,9 +219,9 @@ def _error_message(body: object) -> str | None:
     if isinstance(body, dict):
         message = body.get("message")
         if isinstance(message, str) and message:
-            return message[:300]
+            return message
     if isinstance(body, str) and body:
-        return body[:300]
+        return body
     return None
 
 

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 import uvicorn
 
+from ai_service import outbound
 from ai_service.config import Settings
 from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
@@ -30,6 +31,20 @@ class _StatusServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+
+def provider_client(settings: Settings) -> httpx.AsyncClient:
+    """The process-wide client for the configured providers.
+
+    No redirects and no cookies: nothing one job's answers set may travel with
+    another job's requests. Caller-supplied URLs never use it (their downloads
+    get their own `outbound.OutboundClient`).
+    """
+    concurrency = settings.effective_worker_concurrency
+    limits = httpx.Limits(max_connections=concurrency + 16, max_keepalive_connections=concurrency)
+    return httpx.AsyncClient(
+        limits=limits, follow_redirects=False, cookies=outbound.cookieless_jar()
+    )
 
 
 def handler_specs(settings: Settings) -> list[HandlerSpec]:
@@ -55,9 +70,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     notifier = JobNotifier(database_url)
     metrics = Metrics()
     maintenance = Maintenance(store, settings, metrics)
-    limits = httpx.Limits(max_connections=concurrency + 16, max_keepalive_connections=concurrency)
     try:
-        async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
+        async with provider_client(settings) as http:
             ctx = HandlerContext(settings=settings, http=http)
             runner = Runner(store, ctx, handler_specs(settings), notifier=notifier, metrics=metrics)
             server = _StatusServer(

@@ -25,7 +25,7 @@ from ai_service import errors
 from ai_service.jobs import ErrorCategory, Job, is_retryable
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
-from ai_service.redact import redact_text, settings_secrets
+from ai_service.redact import settings_redactor
 from ai_service.store import Completion, Store
 from ai_service.worker.completer import Completer, Refused
 from ai_service.worker.handler import HandlerContext, HandlerSpec
@@ -88,7 +88,7 @@ class Runner:
         self.stopping = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._secrets = settings_secrets(settings)
+        self._redactor = settings_redactor(settings)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ class Runner:
 
     def _crash(self, flight: InFlight, exc: Exception) -> errors.JobFailure:
         """An unexpected exception of a handler, as a permanent `internal` failure."""
-        detail = redact_text(str(exc), self._secrets)[:300]
+        detail = self._redactor.text(str(exc))[:300]
         log.exception("handler %s crashed on job %s", flight.spec.name, flight.job.id)
         return errors.JobFailure(
             ErrorCategory.INTERNAL,
@@ -286,8 +286,9 @@ class Runner:
             return
         flight.recording = True
         retryable = is_retryable(failure.category, failure.retryable)
-        message = _storable(redact_text(failure.message, self._secrets))
-        details = failure.details or None
+        message = _storable(self._redactor.text(failure.message))
+        # Details quote provider messages too (transcription attempts).
+        details = self._redactor.data(failure.details) if failure.details else None
         while True:
             try:
                 updated = await self.store.fail(

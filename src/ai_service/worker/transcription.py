@@ -18,6 +18,8 @@ message, and every attempt in `details["attempts"]`.
 
 `TRANSCRIPTION_TIMEOUT` bounds each provider attempt (all its requests
 together); `AUDIO_DOWNLOAD_TIMEOUT` and `AUDIO_MAX_BYTES` bound the download.
+`audio_url` may only lead to public addresses, or to what `AUDIO_URL_ALLOW`
+names (`ai_service.outbound`: checked at every connect and redirect).
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ai_service import outbound
 from ai_service.config import TRANSCRIPTION_PROVIDER_NAMES, Settings
 from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory, Job
-from ai_service.providers import http_errors
 from ai_service.providers.audio import AudioClip, AudioDecodeError, Transcript
 from ai_service.providers.audio_llm import AudioChatClient
 from ai_service.providers.whisperx import WhisperXClient
-from ai_service.redact import redact_text, redact_url
+from ai_service.redact import redact_text, redact_url, settings_secrets, url_secrets
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 
 TASK_TYPES = frozenset({"transcription", "transcribe"})
@@ -112,7 +114,7 @@ def parse_input(data: Any, settings: Settings) -> TranscriptionInput:
     if audio_url is not None:
         parts = urlsplit(audio_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise _invalid(f"input.audio_url must be an http(s) URL, got {redact_url(audio_url)}")
+            raise _invalid("input.audio_url must be an http(s) URL")
     audio_format = _optional_str(data, "audio_format")
     if audio_format is not None and not _AUDIO_FORMAT.match(audio_format):
         raise _invalid("input.audio_format must be a short format name such as wav or mp3")
@@ -165,27 +167,13 @@ def _model_name(provider: str, settings: Settings) -> str:
     return provider
 
 
-def _secrets(settings: Settings, *urls: str | None) -> list[str | None]:
-    """Every value that must never appear in a result, message or log line."""
-    found: list[str | None] = [
-        settings.qwen_audio_effective_key,
-        settings.voxtral_effective_key,
-        settings.audio_llm_api_key,
-        settings.llm_api_key,
-    ]
-    for url in (
-        *settings.whisperx_url,
-        settings.qwen_audio_base_url,
-        settings.voxtral_base_url,
-        *urls,
-    ):
-        if url:
-            try:
-                parts = urlsplit(url)
-                found.append(parts.password)
-            except ValueError:
-                continue
-    return found
+def _secrets(settings: Settings, audio_url: str | None) -> list[str | None]:
+    """Every value that must never appear in a result, message or log line.
+
+    The configuration's secrets, and those of the job's own URL (its password
+    and query values: presigned URLs carry credentials there).
+    """
+    return [*settings_secrets(settings), *url_secrets(audio_url)]
 
 
 async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
@@ -301,55 +289,67 @@ async def _load_audio(request: TranscriptionInput, ctx: HandlerContext) -> bytes
 
 
 def _too_large(limit: int, what: str) -> JobFailure:
+    # `what` names the field, never the URL.
     return _invalid(f"{what}: the audio is larger than AUDIO_MAX_BYTES ({limit} bytes)")
 
 
 async def _download(url: str, ctx: HandlerContext) -> bytes:
+    """The bytes at a caller-supplied `url`, within the `AUDIO_URL_ALLOW` rules.
+
+    Messages are fixed texts: no URL (it may hold a presigned credential), no
+    resolved address, no reason phrase or body of the remote server (they
+    would turn the error into a probe of the internal network).
+    """
     settings = ctx.settings
-    shown = f"input.audio_url {redact_url(url)}"
     limit = settings.audio_max_bytes
     deadline = settings.audio_download_timeout
     buffer = bytearray()
     try:
+        # A client per download: no cookie, connection or redirect state is shared
+        # between jobs (the TLS context, the costly part, is shared).
         # The total deadline also stops a server that drips bytes just fast
         # enough to never trip httpx's per-read timeout.
         async with (
             asyncio.timeout(deadline),
-            ctx.http.stream(
-                "GET", url, timeout=httpx.Timeout(deadline), follow_redirects=True
-            ) as response,
+            outbound.OutboundClient(settings.audio_url_allow) as client,
+            client.stream("GET", url, timeout=deadline) as response,
         ):
             status = response.status_code
             if status >= 500:
-                raise JobFailure(
-                    ErrorCategory.PROVIDER_UNAVAILABLE,
-                    f"{shown} answered HTTP {status} {response.reason_phrase}",
-                )
+                raise JobFailure(ErrorCategory.PROVIDER_UNAVAILABLE, f"audio_url: HTTP {status}")
             if not response.is_success:
-                raise _invalid(f"{shown} answered HTTP {status} {response.reason_phrase}")
+                raise _invalid(f"audio_url: HTTP {status}")
             declared = response.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > limit:
-                raise _too_large(limit, shown)
+                raise _too_large(limit, "audio_url")
             async for piece in response.aiter_bytes():
                 buffer += piece
                 if len(buffer) > limit:
-                    raise _too_large(limit, shown)
+                    raise _too_large(limit, "audio_url")
+    except outbound.DestinationNotAllowed:
+        raise _invalid("audio_url: destination not allowed") from None
+    except outbound.TooManyRedirects as exc:
+        raise _invalid(f"audio_url: more than {exc.limit} redirects") from None
     except TimeoutError:
         raise JobFailure(
-            ErrorCategory.TIMEOUT, f"{shown}: the download did not finish within {deadline:g} s"
+            ErrorCategory.TIMEOUT, f"audio_url: the download did not finish within {deadline:g} s"
         ) from None
-    except httpx.TooManyRedirects:
-        raise _invalid(f"{shown}: too many redirects") from None
     except httpx.HTTPError as exc:
-        failure = http_errors.failure_from_exception(
-            "input.audio_url", exc, secrets=_secrets(settings, url)
-        )
-        if failure.category == ErrorCategory.PROVIDER_ERROR:  # a URL httpx cannot use
-            raise _invalid(failure.message) from None
-        raise failure from None
+        raise _download_failure(exc) from None
     if not buffer:
-        raise _invalid(f"{shown} answered an empty body")
+        raise _invalid("audio_url: the server answered an empty body")
     return bytes(buffer)
+
+
+def _download_failure(exc: httpx.HTTPError) -> JobFailure:
+    # The exception's own text can name the resolved address: never shown.
+    if isinstance(exc, httpx.TimeoutException):
+        return JobFailure(ErrorCategory.TIMEOUT, "audio_url: the server did not answer in time")
+    if isinstance(exc, httpx.ConnectError):
+        return JobFailure(ErrorCategory.PROVIDER_UNAVAILABLE, "audio_url: cannot connect")
+    if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
+        return JobFailure(ErrorCategory.PROVIDER_UNAVAILABLE, "audio_url: connection failed")
+    return _invalid("audio_url: the URL cannot be fetched")
 
 
 # -- providers ----------------------------------------------------------------
