@@ -424,6 +424,7 @@ class Store:
                 and lease_token is not None
                 and current.status is JobStatus.COMPLETED
                 and current.lease_token == lease_token
+                and current.result == result
             ):
                 return current  # a repeat of the completion that finished it
             raise await self._explain_miss(job_id, "complete", lease_token, current)
@@ -487,7 +488,7 @@ class Store:
                 and lease_token is not None
                 and current.status in (JobStatus.FAILED, JobStatus.PENDING)
                 and current.lease_token == lease_token
-                and current.error_category == category
+                and (current.error_category, current.error_message) == (category, message)
             ):
                 return current  # a repeat of the failure that ended this attempt
             raise await self._explain_miss(job_id, "fail", lease_token, current)

@@ -470,7 +470,7 @@ async def test_complete_with_a_stale_token_is_409_and_changes_nothing(
     assert await get(api, job["id"]) == before
 
 
-async def test_complete_twice_is_409(api: httpx.AsyncClient) -> None:
+async def test_complete_twice_with_another_result_is_409(api: httpx.AsyncClient) -> None:
     await create(api)
     job = await claim_one(api)
     body = {"result": {"n": 1}, "lease_token": job["lease_token"]}
@@ -478,6 +478,28 @@ async def test_complete_twice_is_409(api: httpx.AsyncClient) -> None:
     again = await api.post(f"{API}/jobs/{job['id']}/complete", json={**body, "result": {"n": 2}})
     assert_envelope(again, 409)
     assert (await get(api, job["id"]))["result"] == {"n": 1}
+
+
+async def test_a_repeated_complete_or_fail_of_the_same_attempt_answers_success(
+    api: httpx.AsyncClient,
+) -> None:
+    """A lost reply: the caller sends the same outcome again under the same lease."""
+    await create(api, owner_ref="c")
+    await create(api, owner_ref="f")
+    done, failed = await claim(api, limit=2)
+    body = {"result": {"n": 1}, "lease_token": done["lease_token"]}
+    first = await api.post(f"{API}/jobs/{done['id']}/complete", json=body)
+    again = await api.post(f"{API}/jobs/{done['id']}/complete", json=body)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json()["status"] == "completed"
+    assert again.json()["finished_at"] == first.json()["finished_at"]  # nothing changed
+    fail = {"category": "invalid_input", "message": "bad", "lease_token": failed["lease_token"]}
+    first = await api.post(f"{API}/jobs/{failed['id']}/fail", json=fail)
+    again = await api.post(f"{API}/jobs/{failed['id']}/fail", json=fail)
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json()["attempt"] == 1
+    other = await api.post(f"{API}/jobs/{failed['id']}/fail", json={**fail, "message": "other"})
+    assert_envelope(other, 409)
 
 
 async def test_complete_unknown_job_is_404(api: httpx.AsyncClient) -> None:
@@ -517,8 +539,9 @@ async def test_transient_failure_goes_back_to_pending_with_a_later_run_after(
         assert entry["worker"] == "worker-7"
         at = ts(entry["at"])
         assert before - timedelta(seconds=5) < at < datetime.now(UTC) + timedelta(seconds=5)
-        # The old lease is gone.
-        assert_envelope(await fail(api, job, category), 409)
+        # The old lease is gone: only a repeat of this very failure is recognised.
+        complete = {"result": {}, "lease_token": job["lease_token"]}
+        assert_envelope(await api.post(f"{API}/jobs/{job['id']}/complete", json=complete), 409)
     # Backing off: none is claimable yet.
     assert await claim(api, limit=10) == []
 
@@ -548,7 +571,8 @@ async def test_permanent_failure_fails_the_job_at_once(api: httpx.AsyncClient) -
         assert failed["finished_at"] is not None
         assert len(failed["errors"]) == 1
         assert await get(api, job["id"]) == failed
-        assert_envelope(await fail(api, job, category), 409)
+        complete = {"result": {}, "lease_token": job["lease_token"]}
+        assert_envelope(await api.post(f"{API}/jobs/{job['id']}/complete", json=complete), 409)
 
 
 async def test_retryable_failures_stop_when_attempts_are_used_up(
@@ -600,13 +624,14 @@ async def test_heartbeat_extends_the_lease(api: httpx.AsyncClient) -> None:
     extended = ts(beat["lease_expires_at"])
     assert extended - first_expiry > timedelta(seconds=500)
     assert (await get(api, job["id"]))["lease_expires_at"] == beat["lease_expires_at"]
-    # Without extend_seconds the lease runs WORKER_LEASE_TIMEOUT (15 min) from now.
+    # Without extend_seconds the lease runs the claim's own length (30 s) from now,
+    # not WORKER_LEASE_TIMEOUT: a dead external worker's job waits 30 s, not 15 min.
     default = await api.post(
         f"{API}/jobs/{job['id']}/heartbeat", json={"lease_token": job["lease_token"]}
     )
     assert default.status_code == 200
     remaining = ts(default.json()["lease_expires_at"]) - datetime.now(UTC)
-    assert timedelta(seconds=890) < remaining < timedelta(seconds=905)
+    assert timedelta(seconds=25) < remaining < timedelta(seconds=35)
 
 
 async def test_heartbeat_after_cancel_is_409(api: httpx.AsyncClient) -> None:

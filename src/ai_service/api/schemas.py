@@ -296,7 +296,8 @@ class FailRequest(_Strict):
 class HeartbeatRequest(_Strict):
     lease_token: UUID
     extend_seconds: LeaseSeconds | None = Field(
-        default=None, description="New lease length from now; default WORKER_LEASE_TIMEOUT."
+        default=None,
+        description="New lease length from now; default: the lease length of the claim.",
     )
 
 
