@@ -30,6 +30,7 @@ def make_job(**overrides: Any) -> Job:
         "error_message": None,
         "error_details": None,
         "errors": [],
+        "error_count": 0,
         "attempt": 1,
         "max_attempts": 3,
         "run_after": now,

@@ -7,11 +7,12 @@ a thread hop per dependency per request.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, Request
 
+from ai_service import errors
 from ai_service.config import Settings
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
@@ -48,6 +49,22 @@ StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 NotifierDep = Annotated[JobNotifier | None, Depends(get_notifier)]
 HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
+
+
+def known_query(*names: str) -> Any:
+    """A route dependency refusing query parameters other than `names` (422 naming one).
+
+    A misspelt parameter (`statuses=failed`, `includ=input`) must fail loudly instead
+    of being ignored.
+    """
+    allowed = frozenset(names)
+
+    async def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise errors.InvalidRequest(unknown[0], "is not a query parameter of this endpoint")
+
+    return Depends(check)
 
 
 def token_accepted(expected: str | None, authorization: str | None) -> bool:

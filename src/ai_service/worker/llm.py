@@ -25,8 +25,9 @@ from ai_service.jobs import ErrorCategory, Job
 from ai_service.providers import http_errors
 from ai_service.redact import redact_text, redact_url
 from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.registry import LLM_TASK_TYPES
 
-TASK_TYPES = frozenset({"llm_chat", "chat_completion", "call_analysis"})
+TASK_TYPES = LLM_TASK_TYPES
 PROVIDER = "llm"
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 _PASSTHROUGH = ("max_tokens", "response_format", "temperature", "top_p", "stop")

@@ -18,6 +18,7 @@ from ai_service.notifier import JobNotifier
 from ai_service.store import Store
 from ai_service.worker import llm, noop, transcription
 from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
 from ai_service.worker.status import create_status_app
 
@@ -59,7 +60,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         async with httpx.AsyncClient(limits=limits, follow_redirects=False) as http:
             ctx = HandlerContext(settings=settings, http=http)
             runner = Runner(
-                store, ctx, handler_specs(settings), notifier=notifier, metrics=Metrics()
+                store,
+                ctx,
+                handler_specs(settings),
+                notifier=notifier,
+                metrics=Metrics(*metric_labels(settings)),
             )
             server = _StatusServer(
                 uvicorn.Config(
