@@ -12,6 +12,7 @@ from ai_service.notifier import JobNotifier
 from ai_service.store import Store
 from ai_service.worker.handler import HandlerContext
 from ai_service.worker.main import handler_specs, provider_client
+from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
 from tests.helpers import make_settings
 
@@ -44,7 +45,7 @@ async def running_worker(database_url: str, **env: str) -> AsyncIterator[Runner]
                 HandlerContext(settings=settings, http=http),
                 handler_specs(settings),
                 notifier=notifier,
-                metrics=Metrics(),
+                metrics=Metrics(*metric_labels(settings)),
             )
             runner.start()
             try:

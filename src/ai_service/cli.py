@@ -31,11 +31,14 @@ def cmd_api(settings: Settings) -> None:
 
     from ai_service import logs
     from ai_service.api.app import create_app
+    from ai_service.api.server import HttpProtocol
 
     logs.configure(settings)
     options: dict[str, Any] = {
         "host": settings.http_host,
         "port": settings.http_port,
+        # Over-long URLs get the 414 envelope instead of uvicorn's plain-text 400.
+        "http": HttpProtocol,
         "log_config": None,
         "access_log": False,
         # Longer than the longest claim long-poll (30 s), so none is cut off mid-claim.

@@ -6,6 +6,8 @@
     ├── InvalidTransition      the job's status does not allow the action
     ├── LeaseLost              the lease token no longer holds a job that is still active
     │                          (rescued or retried); a finished job gives InvalidTransition
+    ├── AttemptsExhausted      a manual retry cannot grant an attempt (the maximum is used)
+    ├── IdempotencyConflict    an idempotency key comes back with a different request
     ├── Unauthorized           missing or wrong service token
     ├── Forbidden              the caller's token (its role or owner_service) does not allow it
     ├── InvalidRequest         a request is well-formed but not acceptable (names the field)
@@ -82,6 +84,35 @@ class LeaseLost(AIServiceError):
         self.job_id = job_id
         self.status = status
         self.action = action
+
+
+class AttemptsExhausted(AIServiceError):
+    """A manual retry would take the job past the most attempts a job may have."""
+
+    code = "attempts_exhausted"
+
+    def __init__(self, job_id: UUID, attempt: int, limit: int) -> None:
+        super().__init__(
+            f"cannot retry job {job_id}: it has used {attempt} attempts and a job may "
+            f"have at most {limit}",
+            {"job_id": str(job_id), "attempt": attempt, "max_attempts": limit},
+        )
+        self.job_id = job_id
+
+
+class IdempotencyConflict(AIServiceError):
+    """An idempotency key already names a job created from a different request."""
+
+    code = "idempotency_conflict"
+
+    def __init__(self, field: str, job_id: UUID) -> None:
+        super().__init__(
+            f"{field}: already used for job {job_id} with a different request; "
+            "send the same request again or use a new key",
+            {"field": field, "job_id": str(job_id)},
+        )
+        self.field = field
+        self.job_id = job_id
 
 
 class InvalidRequest(AIServiceError):

@@ -8,18 +8,22 @@ Transitions (each one is a single guarded SQL statement in `sql/queries.sql`):
        |                 |  \\--lease expired (rescuer)--> pending | failed(lease_expired)
        |--complete/fail (mirror path)--> completed | failed
        |--cancel--> cancelled        running --cancel--> cancelled
-    failed|running --retry (manual)--> pending
+    failed|running --retry (manual)--> pending   (while fewer than MAX_ATTEMPTS are used)
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import os
 import time
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID
+
+import orjson
 
 
 class JobStatus(enum.StrEnum):
@@ -96,6 +100,7 @@ class Job:
     error_message: str | None
     error_details: dict[str, Any] | None
     errors: list[dict[str, Any]]
+    error_count: int
     attempt: int
     max_attempts: int
     run_after: datetime
@@ -120,7 +125,24 @@ class Job:
 
 JOB_COLUMNS = tuple(f.name for f in fields(Job))
 
+# The big columns: a job list leaves them out unless the caller asks for them.
+PAYLOAD_COLUMNS = ("input", "result", "errors", "error_details")
+
 DEFAULT_MAX_ATTEMPTS = 3
+# The most attempts a caller may give a job, and the most a manual retry may grow it to.
+MAX_ATTEMPTS = 100
+# Entries kept in a job's `errors` history (the newest); `error_count` counts them all.
+ERRORS_KEPT = 20
+
+
+def retry_allowed(attempt: int, max_attempts: int) -> bool:
+    """Whether a manual retry can leave the job an attempt to run.
+
+    A retry grows `max_attempts` to `attempt + 1` when no attempt is left, but never
+    past `MAX_ATTEMPTS` (rows from before that rule may hold more: those keep theirs).
+    The same condition guards `job_retry` and `job_retry_by_filter` in queries.sql.
+    """
+    return attempt < max(max_attempts, MAX_ATTEMPTS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +158,25 @@ class NewJob:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     run_after: datetime | None = None
     idempotency_key: str | None = None
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the job this request asks for, to detect a reused idempotency key.
+
+        Every field counts, after defaults and batch merging, so the same request sent
+        again matches and any difference (another input, priority, ...) does not. Object
+        keys are sorted: JSON objects with the same members are the same request.
+        """
+        request = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.run_after is not None:
+            request["run_after"] = self.run_after.isoformat()
+        try:
+            encoded = orjson.dumps(request, option=orjson.OPT_SORT_KEYS)
+        except TypeError:
+            # orjson refuses integers beyond 64 bits; the standard library takes them.
+            encoded = json.dumps(
+                request, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            ).encode()
+        return hashlib.sha256(encoded).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,11 @@
-"""Prometheus metrics of a process (API or worker), in its own registry."""
+"""Prometheus metrics of a process (API or worker), in its own registry.
+
+Every label value comes from a bounded set: task types and model profiles outside
+the configured ones (`worker.registry.metric_labels`), error categories outside
+the built-in ones and unusual HTTP methods are all counted as `other`. A label
+value a caller chooses would otherwise add series that stay in `/metrics` for
+the life of the process.
+"""
 
 from __future__ import annotations
 
@@ -8,16 +15,26 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ai_service.jobs import Job
+from ai_service.jobs import ErrorCategory, Job
+
+OTHER = "other"
+_CATEGORIES = frozenset(c.value for c in ErrorCategory)
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
-    """Counters and histograms of job transitions seen by this process."""
+    """Counters and histograms of job transitions seen by this process.
 
-    def __init__(self) -> None:
+    `task_types` and `model_profiles` are the label values kept as they are; any
+    other value is recorded as `other`.
+    """
+
+    def __init__(self, task_types: Iterable[str] = (), model_profiles: Iterable[str] = ()) -> None:
+        self.task_types = frozenset(task_types)
+        self.model_profiles = frozenset(model_profiles)
         self.registry = CollectorRegistry()
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         labels = ("task_type", "model_profile")
@@ -82,16 +99,27 @@ class Metrics:
             child = self._children[key] = metric.labels(*labels)
         return child
 
+    def _task(self, task_type: str) -> str:
+        return task_type if task_type in self.task_types else OTHER
+
+    def _profile(self, model_profile: str) -> str:
+        return model_profile if model_profile in self.model_profiles else OTHER
+
     def observe_created(self, jobs: Iterable[Job]) -> None:
+        """Count jobs just inserted."""
         for job in jobs:
-            self._child(self.created, job.task_type, job.model_profile).inc()
+            self._child(
+                self.created, self._task(job.task_type), self._profile(job.model_profile)
+            ).inc()
 
     def observe_claimed(self, jobs: Iterable[Job]) -> None:
+        """Count claimed jobs and observe how long each waited while runnable."""
         for job in jobs:
-            self._child(self.claimed, job.task_type, job.model_profile).inc()
+            task_type = self._task(job.task_type)
+            self._child(self.claimed, task_type, self._profile(job.model_profile)).inc()
             if job.started_at is not None:
                 wait = (job.started_at - max(job.run_after, job.created_at)).total_seconds()
-                self._child(self.queue_wait, job.task_type).observe(max(wait, 0.0))
+                self._child(self.queue_wait, task_type).observe(max(wait, 0.0))
 
     def observe_finished(
         self,
@@ -103,10 +131,12 @@ class Metrics:
         category: str | None = None,
     ) -> None:
         """Record a completion (`outcome="completed"`) or a failed attempt (`"failed"`)."""
+        task_type, model_profile = self._task(task_type), self._profile(model_profile)
         if outcome == "completed":
             self._child(self.completed, task_type, model_profile).inc()
         else:
-            self._child(self.failed, task_type, model_profile, category or "unknown").inc()
+            category = category if category in _CATEGORIES else OTHER
+            self._child(self.failed, task_type, model_profile, category).inc()
         if started_at is not None:
             seconds = (finished_at - started_at).total_seconds()
             self._child(self.run_duration, task_type, outcome).observe(max(seconds, 0.0))
@@ -116,11 +146,16 @@ class Metrics:
         totals: dict[tuple[str, str], int] = {}
         for row in counts:
             if row["status"] in ("pending", "running"):
-                key = (row["status"], row["task_type"])
+                key = (row["status"], self._task(row["task_type"]))
                 totals[key] = totals.get(key, 0) + int(row["n"])
         self.jobs_by_status.clear()
         for (status, task_type), n in totals.items():
             self.jobs_by_status.labels(status, task_type).set(n)
+
+    def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Observe one HTTP answer; `route` is the route template or `unmatched`."""
+        method = method if method in _METHODS else OTHER
+        self._child(self.http_latency, method, route, str(status)).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

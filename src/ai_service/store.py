@@ -3,6 +3,7 @@
 It runs the named queries of `sql/queries.sql` on an async connection pool and
 turns "no row returned" and database exceptions into domain errors
 (`errors.JobNotFound`, `errors.InvalidTransition`, `errors.LeaseLost`,
+`errors.AttemptsExhausted`, `errors.IdempotencyConflict`,
 `errors.DatabaseUnavailable`, `errors.InvalidRequest`).
 """
 
@@ -15,10 +16,10 @@ import json
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
@@ -29,7 +30,18 @@ from psycopg.types.json import Jsonb, set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ai_service import errors
-from ai_service.jobs import ALLOWED_FROM, Job, JobFilter, JobStatus, NewJob, new_job_id
+from ai_service.jobs import (
+    ALLOWED_FROM,
+    ERRORS_KEPT,
+    MAX_ATTEMPTS,
+    PAYLOAD_COLUMNS,
+    Job,
+    JobFilter,
+    JobStatus,
+    NewJob,
+    new_job_id,
+    retry_allowed,
+)
 from ai_service.notifier import CONNECT_OPTIONS, Announcer
 from ai_service.sql import queries
 
@@ -84,6 +96,20 @@ class Created:
 
     job: Job
     created: bool
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a job list.
+
+    `truncated` is True when the page stopped before `limit` rows because the
+    payload columns reached the byte budget; `next_cursor` then continues after the
+    last job of the page.
+    """
+
+    jobs: list[Job]
+    next_cursor: str | None
+    truncated: bool = False
 
 
 @dataclass(frozen=True)
@@ -283,6 +309,12 @@ class Store:
             return errors.LeaseLost(job_id, job.status.value, action)
         if job.status is JobStatus.RUNNING and action in ("complete", "fail", "heartbeat"):
             return errors.LeaseLost(job_id, job.status.value, action)
+        if (
+            action == "retry"
+            and job.status in ALLOWED_FROM["retry"]
+            and not retry_allowed(job.attempt, job.max_attempts)
+        ):
+            return errors.AttemptsExhausted(job_id, job.attempt, MAX_ATTEMPTS)
         return errors.InvalidTransition(job_id, job.status.value, action)
 
     # -- queries --------------------------------------------------------------------
@@ -297,9 +329,13 @@ class Store:
         """Insert jobs in one statement; an existing idempotency key returns that job.
 
         Results are in input order. Items repeating a key within the batch resolve
-        to the same job.
+        to the same job. A key that names a job created from a different request
+        (another fingerprint, see `NewJob.fingerprint`) raises `IdempotencyConflict`
+        naming `jobs[i].idempotency_key`, and nothing is inserted: with keys, the
+        insert and that check run in one transaction.
         """
         ids = [new_job_id() for _ in new_jobs]
+        hashes = [j.fingerprint() if j.idempotency_key is not None else None for j in new_jobs]
         records = [
             {
                 "id": str(job_id),
@@ -312,18 +348,44 @@ class Store:
                 "max_attempts": j.max_attempts,
                 "run_after": j.run_after.isoformat() if j.run_after else None,
                 "idempotency_key": j.idempotency_key,
+                "request_hash": request_hash,
             }
-            for job_id, j in zip(ids, new_jobs, strict=True)
+            for job_id, j, request_hash in zip(ids, new_jobs, hashes, strict=True)
         ]
-        rows = await self._fetch("job_create_many", {"jobs": jsonb(records)})
-        inserted = {row["id"]: Job.from_row(row) for row in rows}
-        self.announcer.announce(
-            {j.task_type for j in inserted.values() if j.run_after <= j.created_at}
-        )
-        by_key: dict[tuple[str, str], Job] = {
-            (job.owner_service, job.idempotency_key): job
-            for job in inserted.values()
-            if job.idempotency_key is not None
+        params = {"jobs": jsonb(records)}
+        if all(h is None for h in hashes):
+            # Without keys nothing can conflict: every row is inserted.
+            rows = await self._fetch("job_create_many", params)
+            inserted = {row["id"]: Job.from_row(row) for row in rows}
+            self._announce_runnable(inserted.values())
+            return [Created(inserted[job_id], True) for job_id in ids]
+        for attempt in range(DEADLOCK_RETRIES):
+            try:
+                async with self._conn() as conn, conn.transaction():
+                    created = await self._create_keyed(conn, ids, new_jobs, hashes, params)
+                self._announce_runnable(c.job for c in created if c.created)
+                return created
+            except _Deadlock:
+                if attempt == DEADLOCK_RETRIES - 1:
+                    raise errors.DatabaseUnavailable("database busy: repeated deadlocks") from None
+        raise AssertionError("unreachable")
+
+    async def _create_keyed(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        ids: list[UUID],
+        new_jobs: Sequence[NewJob],
+        hashes: list[str | None],
+        params: dict[str, Any],
+    ) -> list[Created]:
+        """The insert and the idempotency check of `create_jobs`, inside its transaction."""
+        cur = await conn.execute(self._q["job_create_many"], params)
+        rows: list[dict[str, Any]] = await cur.fetchall()
+        inserted = {row["id"]: row for row in rows}
+        by_key: dict[tuple[str, str], dict[str, Any]] = {
+            (row["owner_service"], row["idempotency_key"]): row
+            for row in rows
+            if row["idempotency_key"] is not None
         }
         missing = [
             (j.owner_service, j.idempotency_key)
@@ -331,26 +393,34 @@ class Store:
             if job_id not in inserted and j.idempotency_key is not None
         ]
         if missing:
-            existing = await self._fetch(
-                "job_get_by_idempotency_keys",
+            # A statement of its own: it sees rows that concurrent creates committed
+            # while the insert waited on their keys.
+            cur = await conn.execute(
+                self._q["job_get_by_idempotency_keys"],
                 {
                     "owner_services": [m[0] for m in missing],
                     "idempotency_keys": [m[1] for m in missing],
                 },
             )
-            for row in existing:
-                job = Job.from_row(row)
-                by_key.setdefault((job.owner_service, job.idempotency_key or ""), job)
+            for row in await cur.fetchall():
+                by_key.setdefault((row["owner_service"], row["idempotency_key"]), row)
         results: list[Created] = []
-        for job_id, new in zip(ids, new_jobs, strict=True):
+        for index, (job_id, new, wanted) in enumerate(zip(ids, new_jobs, hashes, strict=True)):
             if job_id in inserted:
-                results.append(Created(inserted[job_id], True))
+                results.append(Created(Job.from_row(inserted[job_id]), True))
                 continue
             found = by_key.get((new.owner_service, new.idempotency_key or ""))
             if found is None:  # deleted between the two statements: very unlikely
                 raise errors.DatabaseUnavailable("idempotent create raced with a delete; retry")
-            results.append(Created(found, False))
+            # Jobs created before fingerprints were stored have none: they match.
+            if found["request_hash"] is not None and found["request_hash"] != wanted:
+                raise errors.IdempotencyConflict(f"jobs[{index}].idempotency_key", found["id"])
+            results.append(Created(Job.from_row(found), False))
         return results
+
+    def _announce_runnable(self, jobs: Iterable[Job]) -> None:
+        """Wake the claimers of the new jobs that can run now (not scheduled for later)."""
+        self.announcer.announce({j.task_type for j in jobs if j.run_after <= j.created_at})
 
     async def get_job(self, job_id: UUID) -> Job:
         job = await self._one_job("job_get", {"id": job_id})
@@ -359,20 +429,55 @@ class Store:
         return job
 
     async def list_jobs(
-        self, job_filter: JobFilter, *, limit: int = 50, cursor: str | None = None
-    ) -> tuple[list[Job], str | None]:
-        """Newest first; returns the page and the cursor of the next page (or None)."""
+        self,
+        job_filter: JobFilter,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        include: Collection[str] = PAYLOAD_COLUMNS,
+        max_payload_bytes: int | None = None,
+    ) -> JobPage:
+        """Newest first: the page and the cursor of the next page (or None).
+
+        Only the payload columns in `include` (of `PAYLOAD_COLUMNS`) are read; the
+        others are None in the returned jobs. With `max_payload_bytes` the page stops
+        before the job whose payload (as JSON) would go past the budget, keeping at
+        least one job, so that neither the answer nor this process's memory grows
+        with `limit` times the largest input.
+        """
         params = _filter_params(job_filter) | {
             "statuses": [s.value for s in job_filter.statuses] or None,
             "cursor_id": decode_cursor(cursor) if cursor else None,
             "limit": limit + 1,
         }
-        # Not prepared: each call is planned with its own values, so unused filters
-        # ("x IS NULL OR ...") fold away and the right index is chosen.
-        rows = await self._fetch("job_list", params, prepare=False)
-        jobs = [Job.from_row(row) for row in rows[:limit]]
-        next_cursor = encode_cursor(jobs[-1]) if len(rows) > limit else None
-        return jobs, next_cursor
+        params |= {f"with_{column}": column in include for column in PAYLOAD_COLUMNS}
+        wanted = [column for column in PAYLOAD_COLUMNS if column in include]
+        budget = max_payload_bytes
+        jobs: list[Job] = []
+        more = truncated = False
+        async with self._conn() as conn:
+            # Row by row (not prepared: each call is planned with its own values, so
+            # unused filters fold away): a page that reaches its budget stops reading
+            # (psycopg cancels the rest of the query), so the rows after it are never
+            # fetched.
+            stream = conn.cursor().stream(self._q["job_list"], params)
+            rows = cast(AsyncGenerator[dict[str, Any], None], stream)  # it is one
+            async with contextlib.aclosing(rows):
+                async for row in rows:
+                    if len(jobs) == limit:
+                        # The extra row of LIMIT limit + 1: read to the end of the
+                        # result (breaking off would cancel the query).
+                        more = True
+                        continue
+                    if budget is not None and wanted:
+                        size = sum(len(_dumps(row[c])) for c in wanted if row[c] is not None)
+                        if jobs and size > budget:
+                            more = truncated = True
+                            break
+                        budget -= size
+                    jobs.append(Job.from_row(row))
+        next_cursor = encode_cursor(jobs[-1]) if more else None
+        return JobPage(jobs, next_cursor, truncated)
 
     async def claim(
         self,
@@ -479,6 +584,7 @@ class Store:
                 "retryable": retryable,
                 "backoff_base": self.backoff_base,
                 "backoff_max": self.backoff_max,
+                "errors_kept": ERRORS_KEPT,
             },
         )
         if job is None:
@@ -534,13 +640,15 @@ class Store:
         return {row["id"] for row in rows}
 
     async def retry(self, job_id: UUID) -> Job:
-        job = await self._one_job("job_retry", {"id": job_id})
+        """Manual retry of a failed or running job (`AttemptsExhausted` past the maximum)."""
+        job = await self._one_job("job_retry", {"id": job_id, "max_attempts_limit": MAX_ATTEMPTS})
         if job is None:
             raise await self._explain_miss(job_id, "retry", None)
         self.announcer.announce([job.task_type])
         return job
 
     async def cancel(self, job_id: UUID) -> Job:
+        """Cancel a pending or running job; its category becomes `cancelled`."""
         job = await self._one_job("job_cancel", {"id": job_id})
         if job is None:
             raise await self._explain_miss(job_id, "cancel", None)
@@ -559,7 +667,11 @@ class Store:
         statuses = [s.value for s in (job_filter.statuses or tuple(allowed)) if s in allowed]
         if not statuses:
             return []
-        params = _filter_params(job_filter) | {"statuses": statuses, "batch": FILTER_BATCH}
+        params = _filter_params(job_filter) | {
+            "statuses": statuses,
+            "batch": FILTER_BATCH,
+            "max_attempts_limit": MAX_ATTEMPTS,
+        }
         changed: list[UUID] = []
         after = UUID(int=0)
         while True:
@@ -578,7 +690,12 @@ class Store:
         """Return expired running jobs to pending or fail them; returns (id, new status)."""
         rows = await self._fetch(
             "job_rescue_expired",
-            {"batch": batch, "backoff_base": self.backoff_base, "backoff_max": self.backoff_max},
+            {
+                "batch": batch,
+                "backoff_base": self.backoff_base,
+                "backoff_max": self.backoff_max,
+                "errors_kept": ERRORS_KEPT,
+            },
         )
         return [(row["id"], JobStatus(row["status"])) for row in rows]
 

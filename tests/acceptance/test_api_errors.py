@@ -7,17 +7,24 @@ that misbehaved at once (one API start per table keeps the file fast).
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+from fastapi.routing import iter_route_contexts
 
+from ai_service.api.app import create_app
 from tests.conftest import ApiFactory
-from tests.helpers import job_body
+from tests.helpers import job_body, make_settings
+from tests.processes import ServiceGroup
 
 API = "/api/v1"
 JSON = {"content-type": "application/json"}
@@ -80,7 +87,9 @@ async def seed(client: httpx.AsyncClient) -> Seeded:
 async def snapshot(client: httpx.AsyncClient) -> tuple[Any, ...]:
     """Everything a bad request must not change: counts and every job's full state."""
     stats = await client.get(f"{API}/stats")
-    listed = await client.get(f"{API}/jobs", params={"limit": 500})
+    listed = await client.get(
+        f"{API}/jobs", params={"limit": 500, "include": "input,result,errors,error_details"}
+    )
     if stats.status_code != 200 or listed.status_code != 200:
         # A stored job that cannot be read back breaks the list: that is a change too.
         return ("unreadable", stats.status_code, listed.status_code, listed.text[:200])
@@ -267,10 +276,125 @@ async def test_create_rejects_bodies_that_are_not_a_json_object(api: httpx.Async
             post,
             content=valid,
             headers={"content-type": "text/plain"},
-            status=None,
+            status=415,
+            error="unsupported_media_type",
         ),
     ]
     await run_cases(api, cases)
+
+
+async def test_bodies_not_declared_as_json_are_415(api: httpx.AsyncClient) -> None:
+    valid = json.dumps(job_body()).encode()
+    cases = [
+        Case(
+            f"Content-Type {content_type}",
+            "POST",
+            path,
+            content=valid,
+            headers={"content-type": content_type},
+            status=415,
+            error="unsupported_media_type",
+        )
+        for content_type in (
+            "text/plain",
+            "application/x-www-form-urlencoded",  # what `curl -d` sends
+            "multipart/form-data; boundary=x",
+            "application/xml",
+            "application/jsonp",
+            "json",
+        )
+        for path in ("/api/v1/jobs", "/api/v1/jobs/batch", "/api/v1/jobs/claim")
+    ]
+    await run_cases(api, cases)
+    # No Content-Type at all.
+    before = await snapshot(api)
+    response = await api.post("/api/v1/jobs", content=valid)
+    assert "content-type" not in response.request.headers
+    assert response.status_code == 415, response.text
+    assert not envelope_problems(response)
+    assert response.json()["error"] == "unsupported_media_type"
+    assert "application/json" in response.json()["message"]
+    assert await snapshot(api) == before
+    # JSON media types with parameters or a +json suffix are JSON.
+    for content_type in (
+        "application/json; charset=utf-8",
+        "Application/JSON",
+        "application/problem+json",
+    ):
+        body = json.dumps(job_body(owner_ref=content_type)).encode()
+        ok = await api.post("/api/v1/jobs", content=body, headers={"content-type": content_type})
+        assert ok.status_code == 201, (content_type, ok.text)
+    # A POST without a body needs no Content-Type.
+    assert (await api.post("/api/v1/jobs")).status_code == 422
+
+
+async def test_unparseable_json_is_malformed_json_400(api: httpx.AsyncClient) -> None:
+    post = "/api/v1/jobs"
+    valid = json.dumps(job_body()).encode()
+    cases = [
+        Case("nesting too deep", "POST", post, content=b"[" * 100_000 + b"]" * 100_000),
+        Case(
+            "nesting too deep inside input",
+            "POST",
+            post,
+            content=valid.replace(
+                b'{"user"', b'{"deep": ' + b"[" * 50_000 + b"]" * 50_000 + b', "user"'
+            ),
+        ),
+        Case(
+            "integer too long to convert",
+            "POST",
+            post,
+            content=b'{"owner_service": 1' + b"0" * 5000 + b"}",
+        ),
+        Case(
+            "integer too long in input",
+            "POST",
+            post,
+            content=valid.replace(b'{"user"', b'{"n": 1' + b"0" * 5000 + b', "user"'),
+        ),
+        Case("invalid UTF-8", "POST", post, content=b'{"owner_service": "\xff\xfe"}'),
+        Case(
+            "invalid UTF-8 in input", "POST", post, content=valid.replace(b"Classify", b"\xc3\x28")
+        ),
+        Case(
+            "gzip Content-Encoding",
+            "POST",
+            post,
+            content=gzip.compress(valid),
+            headers={"content-encoding": "gzip"},
+        ),
+        Case(
+            "deflate Content-Encoding on a plain body",
+            "POST",
+            post,
+            content=valid,
+            headers={"content-encoding": "deflate"},
+        ),
+        Case(
+            "gzip Content-Encoding on a batch",
+            "POST",
+            "/api/v1/jobs/batch",
+            content=gzip.compress(json.dumps({"jobs": [job_body()]}).encode()),
+            headers={"content-encoding": "gzip"},
+        ),
+    ]
+    cases = [
+        Case(
+            c.label,
+            c.method,
+            c.path,
+            content=c.content,
+            headers=c.headers,
+            status=400,
+            error="malformed_json",
+        )
+        for c in cases
+    ]
+    await run_cases(api, cases)
+    # The parser's own words (which may quote the body) are never echoed.
+    response = await api.post(post, content=b"[" * 100_000, headers=JSON)
+    assert response.json()["message"] == "the request body is not valid JSON"
 
 
 async def test_nul_characters_anywhere_are_4xx_never_500(api: httpx.AsyncClient) -> None:
@@ -940,6 +1064,117 @@ async def test_bulk_retry_and_cancel_reject_bad_filters(api: httpx.AsyncClient) 
             Case(f"{action}: body not an object", "POST", path, json=["telephony"]),
         ]
     await run_cases(api, cases)
+
+
+async def test_head_answers_like_get_without_a_body_on_every_get_route(
+    api: httpx.AsyncClient,
+) -> None:
+    # Every GET route of the app, enumerated, so that a new one cannot be forgotten.
+    app = create_app(make_settings("postgresql://127.0.0.1:1/unused"))
+    paths = sorted(
+        str(route.path)
+        # FastAPI keeps included routers nested: this walks into them.
+        for route in iter_route_contexts(app.routes)
+        if "GET" in (getattr(route, "methods", None) or set())
+    )
+    assert {"/healthz", "/readyz", "/metrics", "/api/v1/jobs", "/api/v1/jobs/{job_id}"} <= set(
+        paths
+    )
+    job = (await api.post("/api/v1/jobs", json=job_body())).json()
+    values = {"job_id": job["id"]}
+    problems: list[str] = []
+    for template in paths:
+        names = re.findall(r"\{(\w+)\}", template)
+        assert set(names) <= set(values), f"{template}: give the test a value for {names}"
+        path = template.format(**values)
+        for target in (path, f"/api/v1/jobs/{uuid.uuid4()}") if "{job_id}" in template else (path,):
+            got = await api.get(target)
+            head = await api.head(target)
+            if head.status_code != got.status_code:
+                problems.append(f"HEAD {target}: {head.status_code}, GET {got.status_code}")
+            if head.content:
+                problems.append(f"HEAD {target}: a body of {len(head.content)} bytes")
+            if head.headers.get("content-type") != got.headers.get("content-type"):
+                problems.append(f"HEAD {target}: content-type {head.headers.get('content-type')}")
+    assert not problems, "\n".join(problems)
+    # Exact length of a fixed answer; HEAD where only POST exists is 405 like GET.
+    head = await api.head("/healthz")
+    assert int(head.headers["content-length"]) == len((await api.get("/healthz")).content)
+    cancel = f"/api/v1/jobs/{job['id']}/cancel"
+    assert (await api.head(cancel)).status_code == (await api.get(cancel)).status_code == 405
+    assert (await api.head("/api/v1/nothing")).status_code == 404
+
+
+async def test_head_is_authorised_like_get(api_factory: ApiFactory) -> None:
+    async with api_factory(AI_SERVICE_TOKEN="head-token") as client:
+        assert (await client.head("/api/v1/jobs")).status_code == 401
+        auth = {"Authorization": "Bearer head-token"}
+        head = await client.head("/api/v1/jobs", headers=auth)
+        assert head.status_code == 200
+        assert head.content == b""
+
+
+async def test_a_trailing_slash_is_a_404_not_a_redirect(api: httpx.AsyncClient) -> None:
+    for path in ("/api/v1/jobs/", "/api/v1/stats/", "/healthz/", "/api/v1/jobs/claim/"):
+        for method in ("GET", "POST"):
+            response = await api.request(
+                method, path, headers={"Host": "evil.example"}, follow_redirects=False
+            )
+            assert response.status_code in (404, 405), (method, path, response.status_code)
+            assert "location" not in response.headers
+            assert not envelope_problems(response)
+
+
+async def raw_request(base_url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw HTTP/1.1 bytes (httpx refuses URLs over 64 KiB); read the whole answer."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in header_lines)
+    return int(status_line.split()[1]), headers, body
+
+
+async def test_an_over_long_url_is_414_in_the_envelope_from_the_real_server(
+    tmp_path: Path, database_url: str
+) -> None:
+    # The real `ai-service api` process: uvicorn's own HTTP parser would answer these
+    # in plain text before the app saw them.
+    async with ServiceGroup(tmp_path, database_url) as services:
+        api = await services.start("api", "api")
+        for method, target in (
+            ("GET", "/api/v1/jobs?owner_ref=" + "x" * 200_000),
+            ("GET", "/api/v1/jobs/" + "a" * 200_000),
+            ("GET", "/healthz?" + "q" * 70_000),
+            ("HEAD", "/healthz?" + "q" * 70_000),
+            ("GET", "/api/v1/jobs?owner_ref=" + "x" * 17_000),
+            ("POST", "/api/v1/jobs?x=" + "y" * 100_000),
+        ):
+            request = (
+                f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+                "Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+            )
+            status, headers, body = await raw_request(api.base_url, request.encode())
+            assert status == 414, (method, len(target), body[:200])
+            assert headers["content-type"] == "application/json"
+            if method == "HEAD":
+                assert body == b""
+                continue
+            envelope = json.loads(body)
+            assert envelope["error"] == "uri_too_long"
+            assert envelope["details"] == {"limit_bytes": 16384}
+            assert envelope["message"].startswith("the URL is longer than 16384 bytes")
+        async with httpx.AsyncClient(base_url=api.base_url, timeout=30) as client:
+            # A long but acceptable query works.
+            ok = await client.get("/api/v1/jobs", params={"owner_ref": "x" * 500})
+            assert ok.status_code == 200, ok.text
+            assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_unknown_routes_and_methods_answer_in_the_envelope(api: httpx.AsyncClient) -> None:

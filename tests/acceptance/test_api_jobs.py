@@ -138,18 +138,59 @@ async def test_create_stores_every_optional_field(api: httpx.AsyncClient) -> Non
 async def test_repeated_idempotency_key_returns_the_existing_job_with_200(
     api: httpx.AsyncClient,
 ) -> None:
-    first = await create(api, idempotency_key="k-1", input={"v": 1})
+    first = await create(api, idempotency_key="k-1", input={"v": 1, "w": 2})
+    # The same request again; object members in another order and an explicit default
+    # are still the same request.
     again = await api.post(
-        f"{API}/jobs", json=job_body(idempotency_key="k-1", input={"v": 2}, priority=9)
+        f"{API}/jobs",
+        json=job_body(idempotency_key="k-1", input={"w": 2, "v": 1}, priority=0, max_attempts=3),
     )
     assert again.status_code == 200, again.text
     body = again.json()
     assert body["created"] is False
     assert body["id"] == first["id"]
-    # The stored job is the first one; the repeat changed nothing.
-    assert body["input"] == {"v": 1}
-    assert body["priority"] == 0
+    assert again.headers["location"] == f"/api/v1/jobs/{first['id']}"
     assert await list_ids(api) == [first["id"]]
+
+
+async def test_idempotency_key_with_another_request_is_409_and_changes_nothing(
+    api: httpx.AsyncClient,
+) -> None:
+    first = await create(api, idempotency_key="k-1", input={"v": 1})
+    for change in ({"input": {"v": 2}}, {"priority": 9}, {"owner_ref": "beeline/other"}):
+        body = job_body(idempotency_key="k-1", input={"v": 1}) | change
+        response = await api.post(f"{API}/jobs", json=body)
+        assert response.status_code == 409, response.text
+        error = response.json()
+        assert error["error"] == "idempotency_conflict"
+        assert error["message"].startswith("idempotency_key: already used for job")
+        assert error["details"] == {"field": "idempotency_key", "job_id": first["id"]}
+    assert await get(api, first["id"]) == {k: v for k, v in first.items() if k != "created"}
+    assert await list_ids(api) == [first["id"]]
+
+
+async def test_batch_item_reusing_a_key_with_another_request_is_409_and_inserts_nothing(
+    api: httpx.AsyncClient,
+) -> None:
+    existing = await create(api, idempotency_key="k-old", input={"v": 1})
+    defaults = {k: v for k, v in job_body().items() if k not in ("input",)}
+    items = [
+        {"idempotency_key": "k-new", "input": {"v": 0}},
+        {"idempotency_key": "k-old", "input": {"v": 1}},  # the same request: fine
+        {"idempotency_key": "k-old", "input": {"v": 2}},  # another one: conflict
+    ]
+    response = await api.post(f"{API}/jobs/batch", json={"defaults": defaults, "jobs": items})
+    assert response.status_code == 409, response.text
+    error = response.json()
+    assert error["error"] == "idempotency_conflict"
+    assert error["details"] == {"field": "jobs[2].idempotency_key", "job_id": existing["id"]}
+    assert error["message"].startswith("jobs[2].idempotency_key: ")
+    assert await list_ids(api) == [existing["id"]]
+    # Without the conflicting item the batch goes through, the repeat matching.
+    ok = await api.post(f"{API}/jobs/batch", json={"defaults": defaults, "jobs": items[:2]})
+    assert ok.status_code == 201, ok.text
+    assert [i["created"] for i in ok.json()["jobs"]] == [True, False]
+    assert ok.json()["jobs"][1]["id"] == existing["id"]
 
 
 async def test_idempotency_key_is_unique_per_owner_service_only(api: httpx.AsyncClient) -> None:
@@ -215,9 +256,9 @@ async def test_batch_reports_existing_idempotency_keys_with_created_false(
 ) -> None:
     existing = await create(api, idempotency_key="k-old")
     items = [
-        {"owner_ref": "r/1", "idempotency_key": "k-old"},
+        {"owner_ref": existing["owner_ref"], "idempotency_key": "k-old"},
         {"owner_ref": "r/2", "idempotency_key": "k-new"},
-        {"owner_ref": "r/3", "idempotency_key": "k-new"},  # repeated inside the batch
+        {"owner_ref": "r/2", "idempotency_key": "k-new"},  # repeated inside the batch
         {"owner_ref": "r/4"},
     ]
     defaults = {k: v for k, v in job_body().items() if k != "owner_ref"}
@@ -229,7 +270,6 @@ async def test_batch_reports_existing_idempotency_keys_with_created_false(
     out = body["jobs"]
     assert [item["created"] for item in out] == [False, True, False, True]
     assert out[0]["id"] == existing["id"]
-    assert out[0]["owner_ref"] == existing["owner_ref"]  # the stored job, not the item
     assert out[2]["id"] == out[1]["id"]
     assert [item["idempotency_key"] for item in out] == ["k-old", "k-new", "k-new", None]
     assert len(await list_ids(api)) == 3
@@ -352,6 +392,78 @@ async def test_list_pages_with_a_keyset_cursor(api: httpx.AsyncClient) -> None:
     assert set(ids) == expected
     keys = [(ts(job["created_at"]), job["id"]) for job in seen]
     assert keys == sorted(keys, reverse=True)  # newest first, id as the tie-break
+
+
+PAYLOAD_FIELDS = {"input", "result", "errors", "error_details"}
+
+
+async def test_list_returns_the_summary_by_default_and_payloads_on_request(
+    api: httpx.AsyncClient,
+) -> None:
+    job = await create(api, input={"text": "hello"})
+    running = await claim_one(api)
+    assert (await fail(api, running, "timeout", details={"after": 5})).status_code == 200
+    full = await get(api, job["id"])
+
+    [summary] = (await api.get(f"{API}/jobs")).json()["jobs"]
+    assert not PAYLOAD_FIELDS & set(summary)
+    assert summary == {k: v for k, v in full.items() if k not in PAYLOAD_FIELDS}
+    assert summary["error_count"] == 1
+
+    for params in (
+        {"include": "input,result,errors,error_details"},
+        {"include": ["input", "result", "errors", "error_details"]},
+        {"include": ["input,result", "errors,error_details"]},
+    ):
+        body = (await api.get(f"{API}/jobs", params=params)).json()
+        assert body["jobs"] == [full], params
+        assert body["truncated"] is False
+    [some] = (await api.get(f"{API}/jobs", params={"include": "errors"})).json()["jobs"]
+    assert some["errors"] == full["errors"]
+    assert not {"input", "result", "error_details"} & set(some)
+
+    for bad in ("inputs", "input,lease_token", "", "input,", "id"):
+        response = await api.get(f"{API}/jobs", params={"include": bad})
+        assert_envelope(response, 422)
+        assert response.json()["details"]["field"] == "include", bad
+        assert response.json()["message"].startswith("include: "), bad
+
+
+async def test_list_of_twenty_10_mb_jobs_is_small_by_default_and_pages_payloads_under_a_cap(
+    api_factory: ApiFactory,
+) -> None:
+    big = 10 * 1024 * 1024
+    async with api_factory(MAX_BODY_BYTES=str(16 * 1024 * 1024)) as client:
+        for i in range(20):
+            response = await client.post(
+                f"{API}/jobs", json=job_body(owner_ref=f"big/{i}", input={"pad": "x" * big})
+            )
+            assert response.status_code == 201, response.status_code
+        listed = await client.get(f"{API}/jobs", params={"limit": 20})
+        assert listed.status_code == 200
+        assert len(listed.content) < 100 * 1024
+        body = listed.json()
+        assert len(body["jobs"]) == 20
+        assert (body["next_cursor"], body["truncated"]) == (None, False)
+        order = [job["id"] for job in body["jobs"]]
+
+        # With the inputs: one page stays under the 8 MiB cap plus one job (a job larger
+        # than the cap comes alone), `truncated` says why the page is short, and
+        # `next_cursor` continues without a gap.
+        cursor: str | None = None
+        for expected_id in order[:3]:
+            params: dict[str, Any] = {"limit": 20, "include": "input"}
+            if cursor is not None:
+                params["cursor"] = cursor
+            page = await client.get(f"{API}/jobs", params=params)
+            assert page.status_code == 200
+            assert len(page.content) < big + 100 * 1024
+            data = page.json()
+            assert [job["id"] for job in data["jobs"]] == [expected_id]
+            assert data["jobs"][0]["input"] == {"pad": "x" * big}
+            assert data["truncated"] is True
+            cursor = data["next_cursor"]
+            assert cursor is not None
 
 
 async def test_list_page_that_ends_exactly_has_no_next_cursor(api: httpx.AsyncClient) -> None:
@@ -716,6 +828,34 @@ async def test_retry_of_a_failed_job_grants_one_more_attempt_and_keeps_history(
     assert again["attempt"] == 2
 
 
+async def test_retries_stop_at_100_attempts_and_the_history_stays_bounded(
+    api: httpx.AsyncClient,
+) -> None:
+    job = await create(api, max_attempts=1)
+    for attempt in range(1, 101):
+        running = await claim_one(api)
+        assert running["attempt"] == attempt
+        failed = await fail(api, running, "internal")
+        assert failed.json()["status"] == "failed"
+        retry = await api.post(f"{API}/jobs/{job['id']}/retry")
+        if attempt < 100:
+            assert retry.status_code == 200, retry.text
+            assert retry.json()["max_attempts"] == attempt + 1
+    # The 100th attempt was the last a job may have: no retry can grant another.
+    assert_envelope(retry, 409, "attempts_exhausted")
+    assert retry.json()["message"] == (
+        f"cannot retry job {job['id']}: it has used 100 attempts and a job may have at most 100"
+    )
+    after = await get(api, job["id"])
+    assert (after["status"], after["attempt"], after["max_attempts"]) == ("failed", 100, 100)
+    assert after["error_count"] == 100
+    assert len(after["errors"]) == 20
+    assert [e["attempt"] for e in after["errors"]] == list(range(81, 101))
+    bulk = await api.post(f"{API}/jobs/retry", json={"status": ["failed"]})
+    assert bulk.json()["count"] == 0
+    assert await get(api, job["id"]) == after
+
+
 async def test_retry_of_a_running_job_revokes_the_lease(api: httpx.AsyncClient) -> None:
     await create(api)
     job = await claim_one(api)
@@ -774,6 +914,23 @@ async def _failed_jobs(client: httpx.AsyncClient, categories: list[str]) -> list
         assert response.json()["status"] == "failed"
         out.append(response.json())
     return out
+
+
+async def test_cancel_after_a_failed_attempt_has_category_cancelled(
+    api: httpx.AsyncClient,
+) -> None:
+    job = await create(api)
+    running = await claim_one(api)
+    retried = await fail(api, running, "provider_unavailable", details={"status": 503})
+    assert retried.json()["status"] == "pending"
+    cancelled = await api.post(f"{API}/jobs/{job['id']}/cancel")
+    assert cancelled.status_code == 200
+    body = cancelled.json()
+    assert (body["status"], body["error_category"]) == ("cancelled", "cancelled")
+    assert body["error_details"] is None
+    assert [e["category"] for e in body["errors"]] == ["provider_unavailable"]
+    assert await list_ids(api, error_category="cancelled") == [job["id"]]
+    assert await list_ids(api, error_category="provider_unavailable") == []
 
 
 async def test_retry_by_filter_resets_exactly_the_matching_jobs(api: httpx.AsyncClient) -> None:

@@ -209,6 +209,27 @@ async def test_stats_after_a_known_mix_of_jobs(api: httpx.AsyncClient, database_
     assert running["status"] == "running"
 
 
+async def test_stats_and_get_job_reject_unknown_query_parameters(
+    api: httpx.AsyncClient,
+) -> None:
+    job = await create(api)
+    for path, params in (
+        (f"{API}/stats", {"verbose": "1"}),
+        (f"{API}/stats", {"by": "task_type", "since": "1h"}),
+        (f"{API}/jobs/{job['id']}", {"include": "input"}),
+        (f"{API}/jobs/{job['id']}", {"fields": "id"}),
+    ):
+        response = await api.get(path, params=params)
+        assert response.status_code == 422, (path, response.text)
+        body = response.json()
+        name = sorted(params)[0]
+        assert body["error"] == "invalid_request"
+        assert body["details"]["field"] == name
+        assert body["message"] == f"{name}: is not a query parameter of this endpoint"
+    assert (await api.get(f"{API}/stats")).status_code == 200
+    assert (await api.get(f"{API}/jobs/{job['id']}")).status_code == 200
+
+
 async def test_stats_stay_exact_after_counter_compaction(api: httpx.AsyncClient) -> None:
     # Trigger-written deltas are folded into the counters every ~2 s; the numbers
     # must not move when that happens.
@@ -249,7 +270,9 @@ async def test_metrics_expose_job_counters_histograms_gauges_and_http_latency(
     asr = {"task_type": "transcribe", "model_profile": "whisperx"}
     await create(api, owner_ref="c/1", idempotency_key="k", **chat)
     await create(api, owner_ref="c/2", **chat)
-    repeat = await api.post(f"{API}/jobs", json=job_body(idempotency_key="k", **chat))
+    repeat = await api.post(
+        f"{API}/jobs", json=job_body(owner_ref="c/1", idempotency_key="k", **chat)
+    )
     assert repeat.status_code == 200  # not counted as created
     batch = await api.post(
         f"{API}/jobs/batch", json={"defaults": asr, "jobs": [job_body(**asr) for _ in range(3)]}
@@ -301,23 +324,99 @@ async def test_metrics_expose_job_counters_histograms_gauges_and_http_latency(
     assert not any(re.search(r"[0-9a-f]{8}-[0-9a-f]{4}", r) for r in routes), routes
 
 
+async def test_metrics_stay_small_after_5000_distinct_task_types_and_profiles(
+    api: httpx.AsyncClient,
+) -> None:
+    # Label values come from a bounded set: caller-chosen task types, model profiles
+    # and categories count as `other` instead of adding series for ever.
+    async def exercise(task_type: str, profile: str, category: str) -> None:
+        job = await create(api, owner_ref=f"warm/{task_type}", task_type=task_type,
+                           model_profile=profile)  # fmt: skip
+        [running] = await claim(api, task_type, 1)
+        assert running["id"] == job["id"]
+        await fail(api, running, category)
+        second = await create(api, owner_ref=f"warm2/{task_type}", task_type=task_type,
+                              model_profile=profile)  # fmt: skip
+        [running] = await claim(api, task_type, 1)
+        assert running["id"] == second["id"]
+        await complete(api, running)
+
+    # Every route, histogram and label set a known job touches, before measuring.
+    await exercise("llm_chat", "qwen2.5-14b", "timeout")
+    await exercise("custom-warm-up", "custom-profile", "invalid_input")
+    warm = {"owner_service": "telephony", "input": {}, "owner_ref": "warm/batch"}
+    batch = {"jobs": [warm | {"task_type": "custom-warm-up", "model_profile": "custom-profile"}]}
+    assert (await api.post(f"{API}/jobs/batch", json=batch)).status_code == 201
+    assert (await api.request("PROPFIND", f"{API}/jobs")).status_code == 405
+    assert (await api.get("/metrics")).status_code == 200
+    before = await api.get("/metrics")
+
+    for start in range(0, 5000, 1000):
+        items = [
+            {"owner_ref": f"r/{i}", "task_type": f"type-{i}", "model_profile": f"profile-{i}"}
+            for i in range(start, start + 1000)
+        ]
+        defaults = {"owner_service": "telephony", "input": {}}
+        response = await api.post(f"{API}/jobs/batch", json={"defaults": defaults, "jobs": items})
+        assert response.status_code == 201, response.text
+    # Claim, complete and fail a few of them, with caller-made categories too.
+    claimed = await api.post(
+        f"{API}/jobs/claim",
+        json={"worker_id": "w-1", "task_types": [f"type-{i}" for i in range(20)], "limit": 20},
+    )
+    jobs = claimed.json()["jobs"]
+    assert len(jobs) == 20
+    for n, job in enumerate(jobs):
+        if n % 2:
+            await complete(api, job)
+        else:
+            await fail(api, job, f"custom-category-{n}")
+    weird = await api.request("PROPFIND", f"{API}/jobs")
+    assert weird.status_code == 405
+
+    after = await api.get("/metrics")
+    assert after.status_code == 200
+    text = after.text
+    # Only numbers changed: 5000 new label values would add megabytes.
+    assert len(after.content) - len(before.content) < 1024, (
+        len(before.content),
+        len(after.content),
+    )
+    assert len(after.content) < 64 * 1024
+    for caller_made in ("type-", "profile-", "custom-", "PROPFIND"):
+        assert caller_made not in text
+    found = samples(text)
+    other = {"task_type": "other", "model_profile": "other"}
+    assert value(found, "ai_jobs_created_total", **other) == 5003
+    assert value(found, "ai_jobs_claimed_total", **other) == 22
+    assert value(found, "ai_jobs_completed_total", **other) == 11
+    assert value(found, "ai_jobs_failed_total", **other, category="other") == 10
+    assert value(found, "ai_jobs_failed_total", **other, category="invalid_input") == 1
+    assert value(found, "ai_jobs_created_total", task_type="llm_chat",
+                 model_profile="qwen2.5-14b") == 2  # fmt: skip
+    assert value(found, "ai_job_queue_wait_seconds_count", task_type="other") == 22
+    assert value(found, "ai_jobs", status="pending", task_type="other") == 4981
+    assert value(found, "ai_http_request_duration_seconds_count", method="other",
+                 route="/api/v1/jobs", status="405") == 2  # fmt: skip
+
+
 # -- OpenAPI ------------------------------------------------------------------------
 
 # method, path -> error statuses it must declare (every /api/v1 route also 401 and 503)
 SEED_ROUTES: dict[tuple[str, str], set[int]] = {
-    ("post", "/api/v1/jobs"): {413, 422},
-    ("get", "/api/v1/jobs"): {422},
-    ("post", "/api/v1/jobs/batch"): {413, 422},
-    ("post", "/api/v1/jobs/retry"): {413, 422},
-    ("post", "/api/v1/jobs/cancel"): {413, 422},
-    ("post", "/api/v1/jobs/claim"): {413, 422},
-    ("get", "/api/v1/jobs/{id}"): {404, 422},
-    ("post", "/api/v1/jobs/{id}/complete"): {404, 409, 413, 422},
-    ("post", "/api/v1/jobs/{id}/fail"): {404, 409, 413, 422},
+    ("post", "/api/v1/jobs"): {409, 413, 414, 415, 422},
+    ("get", "/api/v1/jobs"): {414, 422},
+    ("post", "/api/v1/jobs/batch"): {409, 413, 414, 415, 422},
+    ("post", "/api/v1/jobs/retry"): {413, 415, 422},
+    ("post", "/api/v1/jobs/cancel"): {413, 415, 422},
+    ("post", "/api/v1/jobs/claim"): {413, 415, 422},
+    ("get", "/api/v1/jobs/{id}"): {404, 414, 422},
+    ("post", "/api/v1/jobs/{id}/complete"): {404, 409, 413, 415, 422},
+    ("post", "/api/v1/jobs/{id}/fail"): {404, 409, 413, 415, 422},
     ("post", "/api/v1/jobs/{id}/retry"): {404, 409, 422},
-    ("post", "/api/v1/jobs/{id}/heartbeat"): {404, 409, 413, 422},
+    ("post", "/api/v1/jobs/{id}/heartbeat"): {404, 409, 413, 415, 422},
     ("post", "/api/v1/jobs/{id}/cancel"): {404, 409, 422},
-    ("get", "/api/v1/stats"): set(),
+    ("get", "/api/v1/stats"): {422},
     ("get", "/api/v1/providers/status"): set(),
     ("get", "/api/v1/infra/status"): set(),
     ("get", "/healthz"): set(),

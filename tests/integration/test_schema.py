@@ -111,6 +111,9 @@ async def test_valid_rows_of_every_status_are_accepted(conn: Conn, kind: str) ->
         ({"worker_id": ""}, "jobs_worker_id_check"),
         ({"idempotency_key": "k" * 256}, "jobs_idempotency_key_check"),
         ({"error_category": ""}, "jobs_error_category_check"),
+        ({"error_count": -1}, "jobs_error_count_not_negative"),
+        ({"request_hash": "not-a-hash"}, "jobs_request_hash_is_sha256"),
+        ({"request_hash": "A" * 64}, "jobs_request_hash_is_sha256"),
     ],
 )
 async def test_check_constraints_reject_invalid_rows(
@@ -141,6 +144,7 @@ async def test_defaults_describe_a_fresh_pending_job(conn: Conn) -> None:
     assert row["status"] == "pending"
     assert (row["attempt"], row["max_attempts"], row["priority"]) == (0, 3, 0)
     assert row["errors"] == []
+    assert (row["error_count"], row["request_hash"]) == (0, None)
     assert row["id"] is not None
     assert row["run_after"] == row["created_at"] == row["updated_at"]
 

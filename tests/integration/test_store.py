@@ -15,8 +15,8 @@ import pytest
 
 from ai_service import errors
 from ai_service import store as store_module
-from ai_service.jobs import Job, JobFilter, JobStatus
-from ai_service.store import Store
+from ai_service.jobs import JOB_COLUMNS, Job, JobFilter, JobStatus
+from ai_service.store import JobPage, Store
 from tests.helpers import free_port, new_job
 
 # -- helpers ---------------------------------------------------------------------------
@@ -139,7 +139,7 @@ async def test_nul_character_in_input_is_an_invalid_request_not_a_crash(store: S
     with pytest.raises(errors.InvalidRequest) as info:
         await store.create_jobs([new_job(input={"text": "a\u0000b"})])
     assert "rejected by the database" in info.value.message
-    assert await store.list_jobs(JobFilter()) == ([], None)
+    assert await store.list_jobs(JobFilter()) == JobPage([], None)
 
 
 async def test_input_with_an_integer_beyond_64_bits_round_trips(store: Store) -> None:
@@ -154,11 +154,71 @@ async def test_input_with_an_integer_beyond_64_bits_round_trips(store: Store) ->
 
 
 async def test_same_idempotency_key_returns_the_existing_job(store: Store) -> None:
-    first = await create(store, idempotency_key="call-1", input={"v": 1})
-    [again] = await store.create_jobs([new_job(idempotency_key="call-1", input={"v": 2})])
+    first = await create(store, idempotency_key="call-1", input={"v": 1, "w": [1, 2]})
+    # The same request (object members in another order) matches.
+    [again] = await store.create_jobs(
+        [new_job(idempotency_key="call-1", input={"w": [1, 2], "v": 1})]
+    )
     assert again.created is False
     assert again.job == first
     assert len(await sql(store, "SELECT id FROM jobs")) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"input": {"v": 2}},
+        {"owner_ref": "other-call"},
+        {"task_type": "call_analysis"},
+        {"model_profile": "vision"},
+        {"priority": 1},
+        {"max_attempts": 4},
+        {"run_after": datetime(2030, 1, 1, tzinfo=UTC)},
+    ],
+)
+async def test_same_key_with_another_request_is_a_conflict(
+    store: Store, change: dict[str, Any]
+) -> None:
+    first = await create(store, idempotency_key="call-1", input={"v": 1})
+    with pytest.raises(errors.IdempotencyConflict) as info:
+        await store.create_jobs(
+            [new_job(idempotency_key="call-1", **({"input": {"v": 1}} | change))]
+        )
+    assert info.value.field == "jobs[0].idempotency_key"
+    assert info.value.job_id == first.id
+    assert [r["id"] for r in await sql(store, "SELECT id FROM jobs")] == [first.id]
+
+
+async def test_a_conflicting_batch_item_inserts_nothing(store: Store) -> None:
+    first = await create(store, idempotency_key="old", input={"v": 1})
+    with pytest.raises(errors.IdempotencyConflict) as info:
+        await store.create_jobs(
+            [
+                new_job(idempotency_key="new-1"),
+                new_job(),
+                new_job(idempotency_key="old", input={"v": 2}),
+                new_job(idempotency_key="new-2"),
+            ]
+        )
+    assert info.value.field == "jobs[2].idempotency_key"
+    assert [r["id"] for r in await sql(store, "SELECT id FROM jobs")] == [first.id]
+
+
+async def test_a_job_stored_without_a_fingerprint_matches_any_request(store: Store) -> None:
+    # Jobs created before fingerprints existed cannot be compared: they keep matching.
+    first = await create(store, idempotency_key="legacy", input={"v": 1})
+    await sql(store, "UPDATE jobs SET request_hash = NULL WHERE id = %s", [first.id])
+    [again] = await store.create_jobs([new_job(idempotency_key="legacy", input={"v": 2})])
+    assert (again.created, again.job.id) == (False, first.id)
+
+
+async def test_only_jobs_with_a_key_store_a_fingerprint(store: Store) -> None:
+    keyed = await create(store, idempotency_key="k")
+    plain = await create(store)
+    rows = await sql(store, "SELECT id, request_hash FROM jobs")
+    hashes = {r["id"]: r["request_hash"] for r in rows}
+    assert hashes[plain.id] is None
+    assert hashes[keyed.id] == new_job(idempotency_key="k").fingerprint()
 
 
 async def test_existing_key_is_returned_whatever_the_job_became(store: Store) -> None:
@@ -191,16 +251,28 @@ async def test_duplicate_keys_within_one_batch_resolve_to_one_job(store: Store) 
     outcomes = await store.create_jobs(
         [
             new_job(idempotency_key="a", owner_ref="first"),
-            new_job(idempotency_key="a", owner_ref="second"),
+            new_job(idempotency_key="a", owner_ref="first"),
             new_job(),
             new_job(idempotency_key="b"),
-            new_job(idempotency_key="a", owner_ref="third"),
+            new_job(idempotency_key="a", owner_ref="first"),
         ]
     )
     assert [o.created for o in outcomes] == [True, False, True, True, False]
     assert outcomes[1].job == outcomes[4].job == outcomes[0].job
     assert outcomes[0].job.owner_ref == "first"
     assert len(await sql(store, "SELECT id FROM jobs")) == 3
+
+
+async def test_one_key_for_two_different_items_of_a_batch_is_a_conflict(store: Store) -> None:
+    with pytest.raises(errors.IdempotencyConflict) as info:
+        await store.create_jobs(
+            [
+                new_job(idempotency_key="a", owner_ref="first"),
+                new_job(idempotency_key="a", owner_ref="second"),
+            ]
+        )
+    assert info.value.field == "jobs[1].idempotency_key"
+    assert await sql(store, "SELECT id FROM jobs") == []
 
 
 async def test_batch_mixing_new_and_existing_keys(store: Store) -> None:
@@ -260,8 +332,13 @@ async def _fixture_jobs(store: Store) -> dict[str, Job]:
     return jobs
 
 
+def _unpack(page: JobPage) -> tuple[list[Job], str | None]:
+    assert not page.truncated
+    return page.jobs, page.next_cursor
+
+
 async def _listed(store: Store, job_filter: JobFilter) -> list[uuid.UUID]:
-    jobs, next_cursor = await store.list_jobs(job_filter, limit=500)
+    jobs, next_cursor = _unpack(await store.list_jobs(job_filter, limit=500))
     assert next_cursor is None
     return [j.id for j in jobs]
 
@@ -311,7 +388,7 @@ async def test_list_filters_by_creation_time(store: Store) -> None:
 async def test_list_is_newest_first(store: Store) -> None:
     for batch in range(4):
         await store.create_jobs([new_job(owner_ref=f"{batch}/{i}") for i in range(5)])
-    jobs, _ = await store.list_jobs(JobFilter(), limit=100)
+    jobs, _ = _unpack(await store.list_jobs(JobFilter(), limit=100))
     keys = [(j.created_at, j.id) for j in jobs]
     assert len(keys) == 20
     assert keys == sorted(keys, reverse=True)
@@ -321,16 +398,16 @@ async def test_keyset_pagination_has_no_duplicates_and_no_gaps(store: Store) -> 
     # 12 batches: jobs share created_at within a batch, so the id tie-break matters.
     for batch in range(12):
         await store.create_jobs([new_job(owner_ref=f"{batch}/{i}") for i in range(10)])
-    everything, _ = await store.list_jobs(JobFilter(), limit=500)
+    everything, _ = _unpack(await store.list_jobs(JobFilter(), limit=500))
     assert len(everything) == 120
 
-    page1, cursor = await store.list_jobs(JobFilter(), limit=50)
+    page1, cursor = _unpack(await store.list_jobs(JobFilter(), limit=50))
     assert cursor is not None
     # Jobs created while paging are newer than the cursor and do not shift later pages.
     await store.create_jobs([new_job(owner_ref=f"late/{i}") for i in range(5)])
-    page2, cursor = await store.list_jobs(JobFilter(), limit=50, cursor=cursor)
+    page2, cursor = _unpack(await store.list_jobs(JobFilter(), limit=50, cursor=cursor))
     assert cursor is not None
-    page3, cursor = await store.list_jobs(JobFilter(), limit=50, cursor=cursor)
+    page3, cursor = _unpack(await store.list_jobs(JobFilter(), limit=50, cursor=cursor))
     assert cursor is None
     assert [len(page1), len(page2), len(page3)] == [50, 50, 20]
     assert [j.id for j in page1 + page2 + page3] == [j.id for j in everything]
@@ -344,8 +421,10 @@ async def test_pagination_with_a_status_filter(store: Store) -> None:
     seen: list[uuid.UUID] = []
     cursor: str | None = None
     while True:
-        page, cursor = await store.list_jobs(
-            JobFilter(statuses=(JobStatus.CANCELLED,)), limit=7, cursor=cursor
+        page, cursor = _unpack(
+            await store.list_jobs(
+                JobFilter(statuses=(JobStatus.CANCELLED,)), limit=7, cursor=cursor
+            )
         )
         seen.extend(j.id for j in page)
         assert all(j.status is JobStatus.CANCELLED for j in page)
@@ -357,11 +436,69 @@ async def test_pagination_with_a_status_filter(store: Store) -> None:
 
 async def test_last_full_page_has_no_next_cursor(store: Store) -> None:
     await store.create_jobs([new_job(owner_ref=str(i)) for i in range(100)])
-    _, cursor = await store.list_jobs(JobFilter(), limit=50)
+    _, cursor = _unpack(await store.list_jobs(JobFilter(), limit=50))
     assert cursor is not None
-    page, cursor = await store.list_jobs(JobFilter(), limit=50, cursor=cursor)
+    page, cursor = _unpack(await store.list_jobs(JobFilter(), limit=50, cursor=cursor))
     assert len(page) == 50
     assert cursor is None
+
+
+async def test_list_reads_only_the_payload_columns_asked_for(store: Store) -> None:
+    job = await create(store, input={"text": "hello"})
+    running = await claim_one(store, job)
+    await store.fail(
+        job.id,
+        category="timeout",
+        message="slow",
+        details={"after": 5},
+        lease_token=running.lease_token,
+        retryable=True,
+    )
+    full = await store.get_job(job.id)
+    [summary] = (await store.list_jobs(JobFilter(), include=())).jobs
+    assert (summary.input, summary.result, summary.errors, summary.error_details) == (
+        None, None, None, None,
+    )  # fmt: skip
+    payload = {"input", "result", "errors", "error_details"}
+    for name in JOB_COLUMNS:
+        if name not in payload:
+            assert getattr(summary, name) == getattr(full, name), name
+    [some] = (await store.list_jobs(JobFilter(), include={"input", "errors"})).jobs
+    assert (some.input, some.errors) == (full.input, full.errors)
+    assert (some.result, some.error_details) == (None, None)
+    # Everything by default.
+    assert (await store.list_jobs(JobFilter())).jobs == [full]
+
+
+async def test_list_page_stops_at_the_payload_budget(store: Store) -> None:
+    outcomes = await store.create_jobs(
+        [new_job(owner_ref=str(i), input={"pad": "x" * 1000}) for i in range(7)]
+    )
+    newest_first = [
+        j.id
+        for j in sorted((o.job for o in outcomes), key=lambda j: (j.created_at, j.id), reverse=True)
+    ]
+    seen: list[uuid.UUID] = []
+    cursor: str | None = None
+    sizes: list[int] = []
+    while True:
+        page = await store.list_jobs(
+            JobFilter(), limit=5, cursor=cursor, include={"input"}, max_payload_bytes=2500
+        )
+        sizes.append(len(page.jobs))
+        seen.extend(j.id for j in page.jobs)
+        assert page.truncated == (page.next_cursor is not None)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert sizes == [2, 2, 2, 1]  # two 1 KB inputs fit in 2.5 KB, a third does not
+    assert seen == newest_first
+    # Without payloads the budget is not spent: the row limit decides.
+    page = await store.list_jobs(JobFilter(), limit=5, include=(), max_payload_bytes=2500)
+    assert (len(page.jobs), page.truncated) == (5, False)
+    # A job larger than the whole budget still comes, alone.
+    page = await store.list_jobs(JobFilter(), limit=5, include={"input"}, max_payload_bytes=10)
+    assert (len(page.jobs), page.truncated) == (1, True)
 
 
 @pytest.mark.parametrize(
@@ -577,6 +714,26 @@ async def test_bulk_actions_work_through_many_batches(
         await store.fail(o.job.id, category="internal", message="x")
     retried = await store.retry_by_filter(JobFilter(statuses=(JobStatus.FAILED,)))
     assert sorted(retried) == sorted(o.job.id for o in outcomes)
+
+
+async def test_bulk_retry_skips_jobs_at_the_attempt_limit_without_stopping_early(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "FILTER_BATCH", 7)
+    outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(30)])
+    for o in outcomes:
+        await store.fail(o.job.id, category="internal", message="x")
+    ids = sorted(o.job.id for o in outcomes)
+    exhausted = ids[::2]
+    await sql(
+        store,
+        "UPDATE jobs SET attempt = 100, max_attempts = 100 WHERE id = ANY(%s)",
+        [exhausted],
+    )
+    retried = await store.retry_by_filter(JobFilter(statuses=(JobStatus.FAILED,)))
+    assert sorted(retried) == [i for i in ids if i not in exhausted]
+    for job_id in exhausted:
+        assert (await store.get_job(job_id)).status is JobStatus.FAILED
 
 
 async def test_bulk_actions_filter_on_every_field(store: Store) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from ai_service import errors
-from ai_service.jobs import Job, JobStatus
+from ai_service.jobs import ERRORS_KEPT, MAX_ATTEMPTS, Job, JobFilter, JobStatus
 from ai_service.store import Completion, Store
 from tests.helpers import new_job
 
@@ -501,19 +501,97 @@ async def test_retry_of_a_running_job_revokes_its_lease(store: Store) -> None:
     assert await store.get_job(job.id) == retried
 
 
-async def test_retry_of_a_job_that_used_the_maximum_attempts(store: Store) -> None:
-    # max_attempts is capped at 100 by a CHECK constraint; a manual retry of a job that
-    # used all 100 attempts must still be possible (not an opaque constraint error).
-    job = await create(store, max_attempts=100)
+async def test_retry_of_a_job_that_used_the_maximum_attempts_is_refused(store: Store) -> None:
+    # A manual retry never grows max_attempts past MAX_ATTEMPTS (100): the job stays
+    # as it was and the caller learns why.
+    job = await create(store, max_attempts=MAX_ATTEMPTS)
     await sql(
         store,
         "UPDATE jobs SET status = 'failed', attempt = 100, error_category = 'timeout',"
         " finished_at = now() WHERE id = %s",
         [job.id],
     )
+    before = await store.get_job(job.id)
+    with pytest.raises(errors.AttemptsExhausted) as info:
+        await store.retry(job.id)
+    assert info.value.details == {"job_id": str(job.id), "attempt": 100, "max_attempts": 100}
+    assert "at most 100" in info.value.message
+    assert await store.get_job(job.id) == before
+    # The bulk retry leaves it alone as well.
+    assert await store.retry_by_filter(JobFilter(statuses=(JobStatus.FAILED,))) == []
+    assert await store.get_job(job.id) == before
+
+
+async def test_retry_grants_attempts_up_to_the_maximum_and_no_further(store: Store) -> None:
+    job = await create(store, max_attempts=1)
+    await sql(
+        store,
+        "UPDATE jobs SET status = 'failed', attempt = 99, max_attempts = 99,"
+        " error_category = 'timeout', finished_at = now() WHERE id = %s",
+        [job.id],
+    )
     retried = await store.retry(job.id)
-    assert retried.status is JobStatus.PENDING
-    assert retried.attempt < retried.max_attempts
+    assert (retried.attempt, retried.max_attempts) == (99, 100)
+    running = await claim(store, job)
+    assert running.attempt == 100
+    # A running job on its last attempt may not be retried either: no attempt is left.
+    with pytest.raises(errors.AttemptsExhausted):
+        await store.retry(job.id)
+    failed = await store.fail(job.id, category="internal", message="x", lease_token=token(running))
+    assert failed.max_attempts == 100
+    with pytest.raises(errors.AttemptsExhausted):
+        await store.retry(job.id)
+
+
+async def test_a_job_from_before_the_cap_keeps_the_attempts_it_was_given(store: Store) -> None:
+    # Rows written before the cap may hold more than 100: attempts left are still usable.
+    job = await create(store)
+    await sql(
+        store,
+        "UPDATE jobs SET status = 'failed', attempt = 120, max_attempts = 131,"
+        " error_category = 'timeout', finished_at = now() WHERE id = %s",
+        [job.id],
+    )
+    retried = await store.retry(job.id)
+    assert (retried.status, retried.attempt, retried.max_attempts) == (
+        JobStatus.PENDING, 120, 131,
+    )  # fmt: skip
+    await sql(
+        store,
+        "UPDATE jobs SET status = 'failed', attempt = 131, finished_at = now() WHERE id = %s",
+        [job.id],
+    )
+    with pytest.raises(errors.AttemptsExhausted):
+        await store.retry(job.id)
+
+
+async def test_error_history_keeps_the_newest_entries_and_counts_every_failure(
+    store: Store,
+) -> None:
+    job = await create(store, max_attempts=MAX_ATTEMPTS)
+    total = ERRORS_KEPT + 15
+    for n in range(1, total + 1):
+        running = await claim(store, job, worker=f"w{n}")
+        failed = await store.fail(
+            job.id, category="timeout", message=f"m{n}", lease_token=token(running), retryable=True
+        )
+        assert failed.error_count == n
+        assert len(failed.errors) == min(n, ERRORS_KEPT)
+    assert [e["message"] for e in failed.errors] == [
+        f"m{n}" for n in range(total - ERRORS_KEPT + 1, total + 1)
+    ]
+    assert failed.errors[-1]["attempt"] == total
+    # The rescuer appends to the same bounded history.
+    running = await claim(store, job, lease=1)
+    await sql(
+        store, "UPDATE jobs SET lease_expires_at = now() - interval '1 s' WHERE id = %s", [job.id]
+    )
+    await store.rescue_expired()
+    rescued = await store.get_job(job.id)
+    assert rescued.error_count == total + 1
+    assert len(rescued.errors) == ERRORS_KEPT
+    assert rescued.errors[-1]["category"] == "lease_expired"
+    assert rescued.errors[0]["message"] == f"m{total - ERRORS_KEPT + 2}"
 
 
 # -- cancel ----------------------------------------------------------------------------
@@ -524,7 +602,35 @@ async def test_cancel_a_pending_job(store: Store) -> None:
     cancelled = await store.cancel(job.id)
     assert cancelled.status is JobStatus.CANCELLED
     assert cancelled.finished_at == cancelled.updated_at
+    assert cancelled.error_category == "cancelled"
     assert await store.claim("w", limit=10, lease_seconds=60) == []
+
+
+async def test_cancel_after_a_failed_attempt_has_category_cancelled(store: Store) -> None:
+    job = await create(store)
+    running = await claim(store, job)
+    failed = await store.fail(
+        job.id,
+        category="provider_unavailable",
+        message="503",
+        details={"status": 503},
+        lease_token=token(running),
+        retryable=True,
+    )
+    assert failed.status is JobStatus.PENDING
+    cancelled = await store.cancel(job.id)
+    assert cancelled.status is JobStatus.CANCELLED
+    assert cancelled.error_category == "cancelled"
+    assert cancelled.error_details is None
+    assert cancelled.error_message == "cancelled on request"
+    assert [e["category"] for e in cancelled.errors] == ["provider_unavailable"]  # history kept
+    # The bulk cancel does the same.
+    other = await claim(store, await create(store, owner_ref="bulk"))
+    await store.fail(
+        other.id, category="timeout", message="t", lease_token=token(other), retryable=True
+    )
+    [cancelled_id] = await store.cancel_by_filter(JobFilter(owner_ref="bulk"))
+    assert (await store.get_job(cancelled_id)).error_category == "cancelled"
 
 
 async def test_cancel_a_running_job_revokes_its_lease(store: Store) -> None:

@@ -14,6 +14,7 @@ from ai_service import jobs as jobs_module
 from ai_service.jobs import (
     ALLOWED_FROM,
     JOB_COLUMNS,
+    MAX_ATTEMPTS,
     ErrorCategory,
     Job,
     JobFilter,
@@ -21,7 +22,9 @@ from ai_service.jobs import (
     backoff_seconds,
     is_retryable,
     new_job_id,
+    retry_allowed,
 )
+from tests.helpers import new_job
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -187,6 +190,7 @@ def _row(**overrides: Any) -> dict[str, Any]:
         "error_message": None,
         "error_details": None,
         "errors": [],
+        "error_count": 0,
         "attempt": 0,
         "max_attempts": 3,
         "run_after": NOW,
@@ -216,3 +220,55 @@ def test_job_from_row_converts_the_status_and_ignores_extra_columns() -> None:
 def test_job_from_row_rejects_an_unknown_status() -> None:
     with pytest.raises(ValueError, match="paused"):
         Job.from_row(_row(status="paused"))
+
+
+# -- request fingerprints (idempotency conflicts) ---------------------------------------
+
+
+def test_fingerprint_is_the_same_for_the_same_request() -> None:
+    a = new_job(input={"a": 1, "b": {"x": [1, 2], "y": None}}, idempotency_key="k")
+    b = new_job(input={"b": {"y": None, "x": [1, 2]}, "a": 1}, idempotency_key="k")
+    assert a.fingerprint() == b.fingerprint()
+    assert len(a.fingerprint()) == 64
+    # An explicit default is the same request as an omitted one.
+    assert new_job(max_attempts=3).fingerprint() == new_job().fingerprint()
+
+
+def test_fingerprint_changes_with_any_field() -> None:
+    base = new_job(input={"a": 1}, run_after=datetime(2030, 1, 1, tzinfo=UTC))
+    changes = [
+        {"owner_service": "other"},
+        {"owner_ref": "other"},
+        {"task_type": "other"},
+        {"model_profile": "other"},
+        {"input": {"a": 2}},
+        {"input": {"a": 1.0}},
+        {"input": {"a": "1"}},
+        {"priority": 1},
+        {"max_attempts": 4},
+        {"run_after": datetime(2030, 1, 1, 0, 0, 1, tzinfo=UTC)},
+        {"idempotency_key": "k"},
+    ]
+    prints = {base.fingerprint()}
+    for change in changes:
+        fields = {
+            "owner_service": base.owner_service, "owner_ref": base.owner_ref,
+            "task_type": base.task_type, "model_profile": base.model_profile,
+            "input": base.input, "run_after": base.run_after,
+        } | change  # fmt: skip
+        prints.add(new_job(**fields).fingerprint())
+    assert len(prints) == len(changes) + 1
+
+
+def test_fingerprint_of_integers_beyond_64_bits() -> None:
+    big = new_job(input={"n": 2**70})
+    assert big.fingerprint() == new_job(input={"n": 2**70}).fingerprint()
+    assert big.fingerprint() != new_job(input={"n": 2**70 + 1}).fingerprint()
+
+
+def test_retry_allowed_up_to_the_maximum_attempts() -> None:
+    assert retry_allowed(0, 1)
+    assert retry_allowed(99, 99)
+    assert not retry_allowed(MAX_ATTEMPTS, MAX_ATTEMPTS)
+    assert retry_allowed(120, 131)  # rows from before the cap keep what they were given
+    assert not retry_allowed(131, 131)

@@ -20,6 +20,7 @@ from ai_service.api import auth
 from ai_service.api import docs as api_docs
 from ai_service.api import errors as api_errors
 from ai_service.api.access_log import AccessLogMiddleware
+from ai_service.api.middleware import HeadMiddleware, JsonBodyMiddleware, UrlLimitMiddleware
 from ai_service.api.routes_infra import router as infra_router
 from ai_service.api.routes_jobs import router as jobs_router
 from ai_service.api.routes_ops import probes, stats_router
@@ -28,6 +29,7 @@ from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
+from ai_service.worker.registry import metric_labels
 
 log = logging.getLogger("ai_service.api")
 
@@ -115,15 +117,13 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "unmatched")
-            self.metrics.http_latency.labels(scope["method"], path, str(status)).observe(
-                time.perf_counter() - start
-            )
+            self.metrics.observe_http(scope["method"], path, status, time.perf_counter() - start)
 
 
 def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     """Build the API. The lifespan opens the pool (and migrates when configured)."""
     database_url = settings.require_database_url()
-    metrics = Metrics()
+    metrics = Metrics(*metric_labels(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -168,6 +168,8 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
         # FastAPI's pages load their assets from a CDN; `api_docs` serves its own.
         docs_url=None,
         redoc_url=None,
+        # `/api/v1/jobs/` is a 404, not a redirect to a URL built from the Host header.
+        redirect_slashes=False,
     )
     app.openapi = lambda: _openapi_with_bearer(app)  # type: ignore[method-assign]
     app.state.settings = settings
@@ -179,17 +181,21 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(stats_router)
     app.include_router(infra_router)
-    # The last added runs first: metrics see every answer, auth comes before the
-    # body-size check so that an unauthenticated caller learns nothing else, and
-    # the access log wraps auth to name the caller it identified.
+    # The last added runs first: HEAD becomes GET for everything below it, metrics
+    # see every answer, auth comes before the body checks so that an
+    # unauthenticated caller learns nothing else, and the access log wraps auth to
+    # name the caller it identified.
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
+    app.add_middleware(JsonBodyMiddleware)
     app.add_middleware(
         auth.AuthMiddleware,
         authenticator=auth.Authenticator(settings),
         policy=auth.RoutePolicy.for_app(app),
     )
     app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(UrlLimitMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(HeadMiddleware)
     return app
 
 

@@ -6,7 +6,7 @@ a thread hop per dependency per request.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 from fastapi import Depends, Request
@@ -58,3 +58,19 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 NotifierDep = Annotated[JobNotifier | None, Depends(get_notifier)]
 HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def known_query(*names: str) -> Any:
+    """A route dependency refusing query parameters other than `names` (422 naming one).
+
+    A misspelt parameter (`statuses=failed`, `includ=input`) must fail loudly instead
+    of being ignored.
+    """
+    allowed = frozenset(names)
+
+    async def check(request: Request) -> None:
+        unknown = sorted(set(request.query_params) - allowed)
+        if unknown:
+            raise errors.InvalidRequest(unknown[0], "is not a query parameter of this endpoint")
+
+    return Depends(check)

@@ -25,6 +25,8 @@ STATUS_BY_ERROR: dict[type[errors.AIServiceError], int] = {
     errors.JobNotFound: 404,
     errors.InvalidTransition: 409,
     errors.LeaseLost: 409,
+    errors.AttemptsExhausted: 409,
+    errors.IdempotencyConflict: 409,
     errors.InvalidRequest: 422,
     errors.DatabaseUnavailable: 503,
     errors.StatementTimeout: 503,
@@ -32,14 +34,18 @@ STATUS_BY_ERROR: dict[type[errors.AIServiceError], int] = {
 }
 
 _HTTP_CODES = {
-    400: "bad_request",
+    # FastAPI's only 400: a JSON body it could not parse (too deeply nested, an
+    # integer too long to convert, bytes that are not UTF-8, ...).
+    400: "malformed_json",
     401: "unauthorized",
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
+    414: "uri_too_long",
     415: "unsupported_media_type",
 }
+MALFORMED_JSON = "the request body is not valid JSON"
 
 
 def envelope(
@@ -98,7 +104,7 @@ def install(app: FastAPI) -> None:
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         entries = validation_details(list(exc.errors()))
         if any(e["type"] == "json_invalid" for e in entries):
-            return envelope(400, "malformed_json", "the request body is not valid JSON")
+            return envelope(400, "malformed_json", MALFORMED_JSON)
         first = entries[0] if entries else {"field": "body", "message": "invalid"}
         return envelope(
             422,
@@ -111,6 +117,9 @@ def install(app: FastAPI) -> None:
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 400:
+            # Never echo the parser's text: it may quote the body.
+            message = MALFORMED_JSON
         return envelope(exc.status_code, code, message, headers=exc.headers)
 
     @app.exception_handler(Exception)
@@ -127,8 +136,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong bearer token",
         403: "The token's role or owner_service does not allow this (scoped tokens)",
         404: "Job not found",
-        409: "Illegal transition or lost lease",
+        409: "Illegal transition, lost lease, attempts exhausted or idempotency conflict",
         413: "Request body too large",
+        414: "URL too long",
+        415: "A request body that is not declared as application/json",
         422: "Invalid input (the message names the field)",
         503: "Database unavailable",
     }.items()
@@ -136,7 +147,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 
 def responses(*codes: int, body: bool = False) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for the given error codes (plus 401/413/422/503 everywhere,
-    and 400 for routes that take a JSON body)."""
-    wanted = {401, 413, 422, 503, *codes} | ({400} if body else set())
+    """OpenAPI `responses` for the given error codes (plus 401/413/414/422/503 everywhere,
+    and 400 and 415 for routes that take a JSON body)."""
+    wanted = {401, 413, 414, 422, 503, *codes} | ({400, 415} if body else set())
     return {code: ERROR_RESPONSES[code] for code in sorted(wanted)}

@@ -18,9 +18,10 @@ from ai_service.api.deps import (
     PrincipalDep,
     SettingsDep,
     StoreDep,
+    known_query,
 )
 from ai_service.api.errors import responses
-from ai_service.jobs import JobFilter, JobStatus, NewJob, is_retryable
+from ai_service.jobs import PAYLOAD_COLUMNS, JobFilter, JobStatus, NewJob, is_retryable
 from ai_service.store import Completion, Store
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -39,9 +40,12 @@ _LIST_PARAMS = frozenset(
         "created_before",
         "limit",
         "cursor",
+        "include",
     }
 )
 MAX_IDS_IN_ANSWER = 10_000
+# The included payloads of one list page stop at this many bytes (at least one job).
+LIST_PAYLOAD_MAX_BYTES = 8 * 1024 * 1024
 
 
 def _new_job(body: schemas.JobCreate) -> NewJob:
@@ -68,7 +72,7 @@ def _merge(defaults: schemas.JobPatch, item: schemas.JobPatch, index: int) -> Ne
     response_model=schemas.CreatedJobOut,
     responses={
         200: {"model": schemas.CreatedJobOut, "description": "Idempotency key matched"},
-        **responses(body=True),
+        **responses(409, body=True),
     },
     summary="Create one job",
 )
@@ -80,7 +84,10 @@ async def create_job(
     principal: PrincipalDep,
 ) -> schemas.CreatedJobOut:
     scoped_owner(principal, body.owner_service, "owner_service")
-    [outcome] = await store.create_jobs([_new_job(body)])
+    try:
+        [outcome] = await store.create_jobs([_new_job(body)])
+    except errors.IdempotencyConflict as exc:
+        raise errors.IdempotencyConflict("idempotency_key", exc.job_id) from None
     response.headers["Location"] = f"/api/v1/jobs/{outcome.job.id}"
     if outcome.created:
         metrics.observe_created([outcome.job])
@@ -94,7 +101,7 @@ async def create_job(
     "/jobs/batch",
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.BatchOut,
-    responses=responses(body=True),
+    responses=responses(409, body=True),
     summary="Create up to 1000 jobs with shared defaults (all or nothing)",
 )
 async def create_batch(
@@ -121,14 +128,34 @@ async def create_batch(
     return schemas.BatchOut(created=created, existing=len(outcomes) - created, jobs=items)
 
 
+_INCLUDE_DESCRIPTION = (
+    "Payload fields to add to each job: any of "
+    + ", ".join(f"`{c}`" for c in PAYLOAD_COLUMNS)
+    + ", comma-separated or repeated. Without it the jobs carry the technical summary only. "
+    f"A page stops early once its payloads reach {LIST_PAYLOAD_MAX_BYTES // 1024 // 1024} MiB "
+    "(`truncated: true`; continue with `next_cursor`)."
+)
+
+
+def _include(values: list[str] | None) -> frozenset[str]:
+    names = [name.strip() for value in values or () for name in value.split(",")]
+    for name in names:
+        if name not in PAYLOAD_COLUMNS:
+            raise errors.InvalidRequest(
+                "include", f"{name[:50]!r} is not one of {', '.join(PAYLOAD_COLUMNS)}"
+            )
+    return frozenset(names)
+
+
 @router.get(
     "/jobs",
     response_model=schemas.JobListOut,
+    response_model_exclude_unset=True,
     responses=responses(),
     summary="List jobs, newest first, with filters and keyset pagination",
+    dependencies=[known_query(*_LIST_PARAMS)],
 )
 async def list_jobs(
-    request: Request,
     store: StoreDep,
     principal: PrincipalDep,
     status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
@@ -142,11 +169,11 @@ async def list_jobs(
     created_before: Annotated[schemas.Timestamp | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    include: Annotated[
+        list[str] | None, Query(max_length=len(PAYLOAD_COLUMNS), description=_INCLUDE_DESCRIPTION)
+    ] = None,
 ) -> schemas.JobListOut:
-    unknown = sorted(set(request.query_params) - _LIST_PARAMS)
-    if unknown:
-        # A typo (`statuses=failed`) must not silently list every job.
-        raise errors.InvalidRequest(unknown[0], "is not a filter of this endpoint")
+    included = _include(include)
     job_filter = JobFilter(
         statuses=tuple(status_ or ()),
         # A submitter lists its own owner_service only (403 for a filter naming another).
@@ -160,8 +187,18 @@ async def list_jobs(
         created_before=created_before,
     )
     _reject_nul(job_filter)
-    jobs, next_cursor = await store.list_jobs(job_filter, limit=limit, cursor=cursor)
-    return schemas.JobListOut(jobs=[schemas.JobOut.of(j) for j in jobs], next_cursor=next_cursor)
+    page = await store.list_jobs(
+        job_filter,
+        limit=limit,
+        cursor=cursor,
+        include=included,
+        max_payload_bytes=LIST_PAYLOAD_MAX_BYTES,
+    )
+    return schemas.JobListOut(
+        jobs=[schemas.JobSummaryOut.of(j, included) for j in page.jobs],
+        next_cursor=page.next_cursor,
+        truncated=page.truncated,
+    )
 
 
 def _reject_nul(job_filter: JobFilter) -> None:
@@ -297,6 +334,7 @@ async def complete_many(
     response_model=schemas.JobOut,
     responses=responses(404),
     summary="Technical state and result of one job",
+    dependencies=[known_query()],
 )
 async def get_job(job_id: UUID, store: StoreDep, principal: PrincipalDep) -> schemas.JobOut:
     job = await store.get_job(job_id)
@@ -374,7 +412,7 @@ async def heartbeat_job(
     "/jobs/{job_id}/retry",
     response_model=schemas.JobOut,
     responses=responses(404, 409),
-    summary="Reset a failed or running job to pending (one more attempt granted)",
+    summary="Reset a failed or running job to pending (one more attempt granted, up to 100 in all)",
 )
 async def retry_job(job_id: UUID, store: StoreDep, principal: PrincipalDep) -> schemas.JobOut:
     await _require_visible(store, principal, job_id)

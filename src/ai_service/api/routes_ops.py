@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from ai_service import errors
 from ai_service.api import schemas
-from ai_service.api.deps import MetricsDep, StoreDep
+from ai_service.api.deps import MetricsDep, StoreDep, known_query
 from ai_service.api.errors import envelope, responses
 from ai_service.jobs import JobStatus
 
@@ -60,6 +60,7 @@ async def metrics_endpoint(store: StoreDep, metrics: MetricsDep) -> Response:
     response_model=schemas.StatsOut,
     responses=responses(),
     summary="Queue and error counters",
+    dependencies=[known_query()],
 )
 async def stats(store: StoreDep) -> schemas.StatsOut:
     raw = await store.stats()

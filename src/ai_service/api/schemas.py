@@ -19,7 +19,15 @@ from pydantic import (
     model_validator,
 )
 
-from ai_service.jobs import DEFAULT_MAX_ATTEMPTS, Job, JobFilter, JobStatus
+from ai_service.jobs import (
+    DEFAULT_MAX_ATTEMPTS,
+    ERRORS_KEPT,
+    MAX_ATTEMPTS,
+    PAYLOAD_COLUMNS,
+    Job,
+    JobFilter,
+    JobStatus,
+)
 
 # Non-empty, at least one visible character, no NUL (PostgreSQL text cannot hold it).
 _TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
@@ -49,7 +57,7 @@ def _text_only(value: Any) -> Any:
 
 Number = BeforeValidator(_not_bool)
 Priority = Annotated[int, Number, Field(ge=-1000, le=1000, description="Higher runs first.")]
-MaxAttempts = Annotated[int, Number, Field(ge=1, le=100)]
+MaxAttempts = Annotated[int, Number, Field(ge=1, le=MAX_ATTEMPTS)]
 LeaseSeconds = Annotated[float, Number, Field(ge=1, le=86400)]
 Limit = Annotated[int, Number, Field(ge=1, le=100)]
 WaitSeconds = Annotated[
@@ -132,7 +140,9 @@ class JobCreate(_Strict):
         default=None, description="Do not run before this time (with timezone)."
     )
     idempotency_key: KeyText | None = Field(
-        default=None, description="Unique per owner_service; a repeat returns the existing job."
+        default=None,
+        description="Unique per owner_service; the same request again returns the existing "
+        "job, another request with the key is refused (409 idempotency_conflict).",
     )
 
 
@@ -165,6 +175,12 @@ class JobBatchCreate(_Strict):
         return self
 
 
+_ERRORS_DESCRIPTION = (
+    f"The newest {ERRORS_KEPT} failed attempts, oldest first (`error_count` counts all)."
+)
+_ERROR_COUNT_DESCRIPTION = "Failed attempts recorded, including those no longer in `errors`."
+
+
 class JobOut(BaseModel):
     """The technical state of a job (the lease token is only shown to its claimer)."""
 
@@ -180,7 +196,8 @@ class JobOut(BaseModel):
     error_category: str | None
     error_message: str | None
     error_details: dict[str, Any] | None
-    errors: list[dict[str, Any]] = Field(description="One entry per failed attempt.")
+    errors: list[dict[str, Any]] = Field(description=_ERRORS_DESCRIPTION)
+    error_count: int = Field(description=_ERROR_COUNT_DESCRIPTION)
     attempt: int
     max_attempts: int
     run_after: datetime
@@ -221,9 +238,58 @@ class BatchOut(BaseModel):
     jobs: list[BatchItemOut]
 
 
+class JobSummaryOut(BaseModel):
+    """A job in a list: the technical state; `input`, `result`, `errors` and
+    `error_details` only when the list's `include` names them."""
+
+    id: UUID
+    owner_service: str
+    owner_ref: str
+    task_type: str
+    model_profile: str
+    status: JobStatus
+    priority: int
+    input: dict[str, Any] | None = Field(default=None, description="With `include=input`.")
+    result: dict[str, Any] | None = Field(default=None, description="With `include=result`.")
+    error_category: str | None
+    error_message: str | None
+    error_details: dict[str, Any] | None = Field(
+        default=None, description="With `include=error_details`."
+    )
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description=f"With `include=errors`. {_ERRORS_DESCRIPTION}"
+    )
+    error_count: int = Field(description=_ERROR_COUNT_DESCRIPTION)
+    attempt: int
+    max_attempts: int
+    run_after: datetime
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    idempotency_key: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, job: Job, include: frozenset[str]) -> Self:
+        """The summary of `job` with the payload columns in `include` (unset otherwise,
+        so that the answer leaves them out rather than showing null)."""
+        values = {
+            name: getattr(job, name)
+            for name in cls.model_fields
+            if name not in PAYLOAD_COLUMNS or name in include
+        }
+        return cls.model_construct(**values)  # type: ignore[return-value]
+
+
 class JobListOut(BaseModel):
-    jobs: list[JobOut]
+    jobs: list[JobSummaryOut]
     next_cursor: str | None = Field(description="Pass as `cursor` for the next page.")
+    truncated: bool = Field(
+        description="True when the page holds fewer than `limit` jobs because the "
+        "included payloads reached the size cap; `next_cursor` continues after it."
+    )
 
 
 class ClaimRequest(_Strict):

@@ -7,13 +7,13 @@
 -- Insert jobs given as one JSON array of objects (one parameter, parsed by PostgreSQL:
 -- far cheaper than ten typed arrays); idempotency conflicts insert nothing.
 INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
-                  input, max_attempts, run_after, idempotency_key)
+                  input, max_attempts, run_after, idempotency_key, request_hash)
 SELECT id, owner_service, owner_ref, task_type, model_profile, priority,
-       input, max_attempts, coalesce(run_after, now()), idempotency_key
+       input, max_attempts, coalesce(run_after, now()), idempotency_key, request_hash
   FROM jsonb_to_recordset(%(jobs)s::jsonb)
        AS t(id uuid, owner_service text, owner_ref text, task_type text, model_profile text,
             priority int, input jsonb, max_attempts int, run_after timestamptz,
-            idempotency_key text)
+            idempotency_key text, request_hash text)
     ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
@@ -30,7 +30,17 @@ SELECT * FROM jobs WHERE id = %(id)s;
 
 -- name: job_list
 -- Jobs matching optional filters, newest first (ids are UUIDv7), after a keyset cursor.
-SELECT *
+-- The big columns come only when asked for: a CASE that is false never reads (detoasts)
+-- the value.
+SELECT id, owner_service, owner_ref, task_type, model_profile, status, priority,
+       CASE WHEN %(with_input)s THEN input END AS input,
+       CASE WHEN %(with_result)s THEN result END AS result,
+       error_category, error_message,
+       CASE WHEN %(with_error_details)s THEN error_details END AS error_details,
+       CASE WHEN %(with_errors)s THEN errors END AS errors,
+       error_count, attempt, max_attempts, run_after, worker_id, lease_token,
+       lease_expires_at, lease_seconds, timeout_seconds, idempotency_key, created_at,
+       updated_at, started_at, finished_at
   FROM jobs
  WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
    AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
@@ -216,9 +226,14 @@ UPDATE jobs
        error_category = %(category)s,
        error_message = %(message)s,
        error_details = %(details)s,
-       errors = errors || jsonb_build_array(jsonb_build_object(
-                    'attempt', attempt, 'category', %(category)s::text,
-                    'message', %(message)s::text, 'worker', worker_id, 'at', now())),
+       -- the newest `errors_kept` entries; error_count counts every failure
+       errors = (SELECT coalesce(jsonb_agg(h.e ORDER BY h.n), '[]'::jsonb)
+                   FROM jsonb_array_elements(errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', attempt, 'category', %(category)s::text,
+                            'message', %(message)s::text, 'worker', worker_id, 'at', now())))
+                        WITH ORDINALITY AS h(e, n)
+                  WHERE h.n > jsonb_array_length(errors) + 1 - %(errors_kept)s),
+       error_count = error_count + 1,
        lease_expires_at = NULL,
        updated_at = now()
  WHERE id = %(id)s
@@ -294,7 +309,8 @@ UPDATE jobs j
 RETURNING j.id, j.task_type;
 
 -- name: job_retry
--- Manual retry of a failed or running job: back to pending, one more attempt granted.
+-- Manual retry of a failed or running job: back to pending, one more attempt granted,
+-- but max_attempts never grows past `max_attempts_limit` (jobs.retry_allowed).
 UPDATE jobs
    SET status = 'pending',
        max_attempts = greatest(max_attempts, attempt + 1),
@@ -305,41 +321,55 @@ UPDATE jobs
        updated_at = now()
  WHERE id = %(id)s
    AND status IN ('failed', 'running')
+   AND attempt < greatest(max_attempts, %(max_attempts_limit)s)
 RETURNING *;
 
 -- name: job_retry_by_filter
 -- Manual retry of the next batch (by id, after `after`) of failed/running jobs matching
 -- the filter; returns their ids. Walking by id visits each job once even while workers
--- claim and fail the retried ones again.
-UPDATE jobs
+-- claim and fail the retried ones again. Jobs that used `max_attempts_limit` attempts
+-- are not selected (jobs.retry_allowed). The batch is picked and locked once in a CTE:
+-- a subquery under `id IN (...)` may be rescanned, and a rescan skips the rows this
+-- statement already updated and locks the next ones, going past the batch size.
+WITH picked AS (
+    SELECT id FROM jobs
+     WHERE status = ANY(%(statuses)s::text[])
+       AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
+       AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
+       AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
+       AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
+       AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
+       AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
+       AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+       AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+       AND attempt < greatest(max_attempts, %(max_attempts_limit)s)
+       AND id > %(after)s::uuid
+     ORDER BY id
+     LIMIT %(batch)s
+       FOR UPDATE
+)
+UPDATE jobs j
    SET status = 'pending',
-       max_attempts = greatest(max_attempts, attempt + 1),
+       max_attempts = greatest(j.max_attempts, j.attempt + 1),
        run_after = now(),
        lease_token = NULL,
        lease_expires_at = NULL,
        finished_at = NULL,
        updated_at = now()
- WHERE id IN (SELECT id FROM jobs
-               WHERE status = ANY(%(statuses)s::text[])
-                 AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
-                 AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
-                 AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
-                 AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
-                 AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
-                 AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
-                 AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
-                 AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
-                 AND id > %(after)s::uuid
-               ORDER BY id
-               LIMIT %(batch)s
-                 FOR UPDATE)
-   AND status IN ('failed', 'running')
-RETURNING id, task_type;
+  FROM picked
+ WHERE j.id = picked.id
+   AND j.status IN ('failed', 'running')
+   AND j.attempt < greatest(j.max_attempts, %(max_attempts_limit)s)
+RETURNING j.id, j.task_type;
 
 -- name: job_cancel
--- Cancel one pending or running job.
+-- Cancel one pending or running job; its category becomes `cancelled` (an earlier
+-- failed attempt stays in the errors history).
 UPDATE jobs
    SET status = 'cancelled',
+       error_category = 'cancelled',
+       error_message = 'cancelled on request',
+       error_details = NULL,
        lease_token = NULL,
        lease_expires_at = NULL,
        finished_at = now(),
@@ -350,9 +380,12 @@ RETURNING *;
 
 -- name: job_cancel_by_filter
 -- Cancel the next batch (by id, after `after`) of pending/running jobs matching the
--- filter; returns their ids.
+-- filter; returns their ids. Their category becomes `cancelled`.
 UPDATE jobs
    SET status = 'cancelled',
+       error_category = 'cancelled',
+       error_message = 'cancelled on request',
+       error_details = NULL,
        lease_token = NULL,
        lease_expires_at = NULL,
        finished_at = now(),
@@ -376,7 +409,7 @@ RETURNING id;
 
 -- name: job_rescue_expired
 -- Return running jobs whose lease expired to pending (attempts left, with backoff) or fail
--- them as lease_expired; each rescue is appended to the error history.
+-- them as lease_expired; each rescue is appended to the (bounded) error history.
 UPDATE jobs j
    SET status = CASE WHEN j.attempt < j.max_attempts THEN 'pending' ELSE 'failed' END,
        run_after = CASE WHEN j.attempt < j.max_attempts
@@ -388,10 +421,14 @@ UPDATE jobs j
        error_category = 'lease_expired',
        error_message = 'lease expired on worker ' || j.worker_id,
        error_details = NULL,
-       errors = j.errors || jsonb_build_array(jsonb_build_object(
-                    'attempt', j.attempt, 'category', 'lease_expired',
-                    'message', 'lease expired on worker ' || j.worker_id,
-                    'worker', j.worker_id, 'at', now())),
+       errors = (SELECT coalesce(jsonb_agg(h.e ORDER BY h.n), '[]'::jsonb)
+                   FROM jsonb_array_elements(j.errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', j.attempt, 'category', 'lease_expired',
+                            'message', 'lease expired on worker ' || j.worker_id,
+                            'worker', j.worker_id, 'at', now())))
+                        WITH ORDINALITY AS h(e, n)
+                  WHERE h.n > jsonb_array_length(j.errors) + 1 - %(errors_kept)s),
+       error_count = j.error_count + 1,
        lease_token = NULL,
        lease_expires_at = NULL,
        updated_at = now()

@@ -26,8 +26,9 @@ from ai_service.providers import http_errors
 from ai_service.redact import redact_text, redact_url, settings_secrets
 from ai_service.urls import join_url, url_path
 from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.registry import LLM_TASK_TYPES
 
-TASK_TYPES = frozenset({"llm_chat", "chat_completion", "call_analysis"})
+TASK_TYPES = LLM_TASK_TYPES
 PROVIDER = "llm"
 _ROLES = frozenset({"system", "user", "assistant", "tool", "developer"})
 _PASSTHROUGH = ("max_tokens", "response_format", "temperature", "top_p", "stop")

@@ -19,6 +19,7 @@ from ai_service.notifier import JobNotifier
 from ai_service.store import Store
 from ai_service.worker import llm, noop, transcription
 from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
 from ai_service.worker.status import create_status_app
 
@@ -68,7 +69,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         backoff_max=settings.retry_backoff_max,
     )
     notifier = JobNotifier(database_url)
-    metrics = Metrics()
+    metrics = Metrics(*metric_labels(settings))
     maintenance = Maintenance(store, settings, metrics)
     try:
         async with provider_client(settings) as http:

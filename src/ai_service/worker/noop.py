@@ -11,8 +11,9 @@ from typing import Any
 from ai_service.config import Settings
 from ai_service.jobs import Job
 from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.registry import NOOP_TASK_TYPES
 
-TASK_TYPES = frozenset({"noop"})
+TASK_TYPES = NOOP_TASK_TYPES
 
 
 async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from ai_service.store import Completion, Store
 from ai_service.worker.completer import Completer, Refused
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.leases import InFlight, Leases
+from ai_service.worker.registry import metric_labels
 
 log = logging.getLogger("ai_service.worker")
 
@@ -71,7 +72,7 @@ class Runner:
         self.specs = specs
         self.enabled = [s for s in specs if s.enabled]
         self.notifier = notifier
-        self.metrics = metrics or Metrics()
+        self.metrics = metrics or Metrics(*metric_labels(settings))
         self.worker_id = settings.worker_id
         self.concurrency = settings.effective_worker_concurrency
         self.claim_limit = settings.worker_claim_limit

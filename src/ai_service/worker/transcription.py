@@ -45,8 +45,9 @@ from ai_service.providers.audio_llm import AudioChatClient
 from ai_service.providers.whisperx import WhisperXClient
 from ai_service.redact import redact_text, redact_url, settings_secrets, url_secrets
 from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.registry import TRANSCRIPTION_TASK_TYPES
 
-TASK_TYPES = frozenset({"transcription", "transcribe"})
+TASK_TYPES = TRANSCRIPTION_TASK_TYPES
 QWEN_MAX_CHUNK_SECONDS = 30.0
 # Audio LLM providers and the longest audio each takes per request (None: any).
 AUDIO_LLM_CHUNK_SECONDS: dict[str, float | None] = {

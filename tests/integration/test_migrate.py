@@ -1,0 +1,64 @@
+"""The packaged Alembic migrations, revision by revision, on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from alembic import command
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from ai_service import migrate
+from tests.helpers import url_for_database
+
+
+@pytest.fixture
+def empty_database(pg_admin_url: str) -> Iterator[str]:
+    """A database with no schema at all."""
+    name = f"migrate_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield url_for_database(pg_admin_url, name)
+    with psycopg.connect(pg_admin_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def rows(url: str, query: str, params: Any = None) -> list[dict[str, Any]]:
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+def test_0002_counts_old_histories_and_keeps_their_newest_20_entries(empty_database: str) -> None:
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0001")
+    history = [{"attempt": n, "category": "timeout", "message": f"m{n}"} for n in range(1, 36)]
+    short = history[:3]
+    insert = (
+        "INSERT INTO jobs (owner_service, owner_ref, task_type, model_profile, input, errors)"
+        " VALUES ('s', %s, 't', 'p', '{}', %s) RETURNING id"
+    )
+    [long_job] = rows(empty_database, insert, ["long", Jsonb(history)])
+    [short_job] = rows(empty_database, insert, ["short", Jsonb(short)])
+    [clean_job] = rows(empty_database, insert, ["clean", Jsonb([])])
+
+    migrate.upgrade(empty_database)
+    by_id = {r["id"]: r for r in rows(empty_database, "SELECT * FROM jobs")}
+    long_row = by_id[long_job["id"]]
+    assert long_row["error_count"] == 35
+    assert long_row["errors"] == history[-20:]
+    assert (by_id[short_job["id"]]["error_count"], by_id[short_job["id"]]["errors"]) == (3, short)
+    assert (by_id[clean_job["id"]]["error_count"], by_id[clean_job["id"]]["errors"]) == (0, [])
+    assert {r["request_hash"] for r in by_id.values()} == {None}
+
+    # And back: the columns go, the rows stay.
+    command.downgrade(config, "0001")
+    columns = rows(
+        empty_database,
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'",
+    )
+    assert not {"error_count", "request_hash"} & {c["column_name"] for c in columns}
+    assert len(rows(empty_database, "SELECT id FROM jobs")) == 3
