@@ -158,6 +158,7 @@ class NewJob:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     run_after: datetime | None = None
     idempotency_key: str | None = None
+    timeout_seconds: int | None = None
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the job this request asks for, to detect a reused idempotency key.
@@ -167,6 +168,9 @@ class NewJob:
         keys are sorted: JSON objects with the same members are the same request.
         """
         request = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.timeout_seconds is None:
+            # Fields added later count only when set: stored fingerprints stay valid.
+            del request["timeout_seconds"]
         if self.run_after is not None:
             request["run_after"] = self.run_after.isoformat()
         try:

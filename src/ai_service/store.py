@@ -349,6 +349,7 @@ class Store:
                 "run_after": j.run_after.isoformat() if j.run_after else None,
                 "idempotency_key": j.idempotency_key,
                 "request_hash": request_hash,
+                "timeout_seconds": j.timeout_seconds,
             }
             for job_id, j, request_hash in zip(ids, new_jobs, hashes, strict=True)
         ]

@@ -33,6 +33,10 @@ async def create(client: httpx.AsyncClient, **overrides: Any) -> dict[str, Any]:
     return body
 
 
+async def create_raw(client: httpx.AsyncClient, **overrides: Any) -> httpx.Response:
+    return await client.post(f"{API}/jobs", json=job_body(**overrides))
+
+
 async def get(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
     response = await client.get(f"{API}/jobs/{job_id}")
     assert response.status_code == 200, response.text
@@ -1143,3 +1147,19 @@ async def test_batch_refuses_an_idempotency_key_in_defaults(api: httpx.AsyncClie
     assert response.status_code == 422
     assert "defaults.idempotency_key" in response.json()["message"]
     assert (await api.get(f"{API}/stats")).json()["total"] == 0
+
+
+async def test_timeout_seconds_is_stored_validated_and_part_of_the_idempotent_request(
+    api: httpx.AsyncClient,
+) -> None:
+    created = await create(api, timeout_seconds=120, idempotency_key="t-1")
+    assert created["timeout_seconds"] == 120
+    assert (await get(api, created["id"]))["timeout_seconds"] == 120
+    assert (await create_raw(api, timeout_seconds=120, idempotency_key="t-1")).status_code == 200
+    other = await create_raw(api, timeout_seconds=60, idempotency_key="t-1")
+    assert_envelope(other, 409, "idempotency_conflict")
+    for bad in (0, 604801, "10", 1.5):
+        response = await create_raw(api, owner_ref=f"bad/{bad}", timeout_seconds=bad)
+        assert_envelope(response, 422)
+        assert "timeout_seconds" in response.text
+    assert (await create(api, owner_ref="none"))["timeout_seconds"] is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 from uuid import UUID
 
@@ -177,7 +178,7 @@ async def test_running_maintenance_loop_rescues_without_being_called(
     m.start()
     try:
         await expire(store, [job.id])
-        for _ in range(200):
+        for _ in range(1000):  # leadership first, then a round: slow on a loaded machine
             if (await store.get_job(job.id)).status is JobStatus.PENDING:
                 break
             await asyncio.sleep(0.02)
@@ -310,3 +311,24 @@ async def test_a_long_retention_round_does_not_delay_the_rescuer(
         await _until(lambda: m.rescued == 1, timeout=5)
     finally:
         await m.stop()
+
+
+async def test_an_attempt_past_its_deadline_is_rescued_as_a_timeout(
+    store: Store, database_url: str
+) -> None:
+    """An external worker that keeps heartbeating cannot hold a job past its deadline."""
+    await store.create_jobs([new_job(timeout_seconds=1)])
+    [job] = await store.claim("w1", limit=1, lease_seconds=600)
+    assert job.timeout_seconds == 1
+    assert job.lease_token is not None
+    beat = await store.heartbeat(job.id, job.lease_token, 600)
+    assert beat.started_at is not None
+    assert beat.lease_expires_at is not None
+    assert beat.lease_expires_at <= beat.started_at + timedelta(seconds=1)
+    await asyncio.sleep(1.2)
+    assert await maintenance(store, database_url).rescue() == 1
+    rescued = await store.get_job(job.id)
+    assert rescued.status is JobStatus.PENDING
+    assert rescued.error_category == "timeout"
+    assert rescued.error_message == "attempt ran past its deadline of 1s on worker w1"
+    assert rescued.errors[-1]["category"] == "timeout"

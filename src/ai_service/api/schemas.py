@@ -119,6 +119,7 @@ JsonObject = Annotated[
     ),
 ]
 RunAfter = Annotated[Timestamp, AfterValidator(_stored_time)]
+TimeoutSeconds = Annotated[int, Number, Field(ge=1, le=604800)]
 
 
 class _Strict(BaseModel):
@@ -139,6 +140,11 @@ class JobCreate(_Strict):
     run_after: RunAfter | None = Field(
         default=None, description="Do not run before this time (with timezone)."
     )
+    timeout_seconds: TimeoutSeconds | None = Field(
+        default=None,
+        description="Deadline of one attempt, from its claim; default: the handler's. "
+        "An attempt past it is ended and recorded as a (retryable) `timeout`.",
+    )
     idempotency_key: KeyText | None = Field(
         default=None,
         description="Unique per owner_service; the same request again returns the existing "
@@ -157,6 +163,7 @@ class JobPatch(_Strict):
     priority: Priority | None = None
     max_attempts: MaxAttempts | None = None
     run_after: RunAfter | None = None
+    timeout_seconds: TimeoutSeconds | None = None
     idempotency_key: KeyText | None = None
 
 
@@ -201,6 +208,7 @@ class JobOut(BaseModel):
     attempt: int
     max_attempts: int
     run_after: datetime
+    timeout_seconds: int | None = Field(description="Deadline of one attempt, if the job set one.")
     worker_id: str | None
     lease_expires_at: datetime | None
     idempotency_key: str | None

@@ -7,13 +7,14 @@
 -- Insert jobs given as one JSON array of objects (one parameter, parsed by PostgreSQL:
 -- far cheaper than ten typed arrays); idempotency conflicts insert nothing.
 INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
-                  input, max_attempts, run_after, idempotency_key, request_hash)
+                  input, max_attempts, run_after, idempotency_key, request_hash, timeout_seconds)
 SELECT id, owner_service, owner_ref, task_type, model_profile, priority,
-       input, max_attempts, coalesce(run_after, now()), idempotency_key, request_hash
+       input, max_attempts, coalesce(run_after, now()), idempotency_key, request_hash,
+       timeout_seconds
   FROM jsonb_to_recordset(%(jobs)s::jsonb)
        AS t(id uuid, owner_service text, owner_ref text, task_type text, model_profile text,
             priority int, input jsonb, max_attempts int, run_after timestamptz,
-            idempotency_key text, request_hash text)
+            idempotency_key text, request_hash text, timeout_seconds int)
     ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
@@ -409,7 +410,26 @@ RETURNING id;
 
 -- name: job_rescue_expired
 -- Return running jobs whose lease expired to pending (attempts left, with backoff) or fail
--- them as lease_expired; each rescue is appended to the (bounded) error history.
+-- them; each rescue is appended to the (bounded) error history. The category is `timeout`
+-- when the attempt ran past its deadline (heartbeats never extend a lease beyond it), else
+-- `lease_expired`. The running jobs are few (the workers' concurrency): read from
+-- jobs_running_idx, picked and locked once in a CTE.
+WITH expired AS (
+    SELECT id,
+           CASE WHEN timeout_seconds IS NOT NULL
+                 AND started_at + make_interval(secs => timeout_seconds) <= now()
+                THEN 'timeout' ELSE 'lease_expired' END AS category,
+           CASE WHEN timeout_seconds IS NOT NULL
+                 AND started_at + make_interval(secs => timeout_seconds) <= now()
+                THEN 'attempt ran past its deadline of ' || timeout_seconds
+                     || 's on worker ' || worker_id
+                ELSE 'lease expired on worker ' || worker_id END AS message
+      FROM jobs
+     WHERE status = 'running' AND lease_expires_at < now()
+     ORDER BY lease_expires_at
+     LIMIT %(batch)s
+       FOR UPDATE SKIP LOCKED
+)
 UPDATE jobs j
    SET status = CASE WHEN j.attempt < j.max_attempts THEN 'pending' ELSE 'failed' END,
        run_after = CASE WHEN j.attempt < j.max_attempts
@@ -418,25 +438,21 @@ UPDATE jobs j
                                  * (0.5 + random() * 0.5))
                         ELSE j.run_after END,
        finished_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END,
-       error_category = 'lease_expired',
-       error_message = 'lease expired on worker ' || j.worker_id,
+       error_category = e.category,
+       error_message = e.message,
        error_details = NULL,
        errors = (SELECT coalesce(jsonb_agg(h.e ORDER BY h.n), '[]'::jsonb)
                    FROM jsonb_array_elements(j.errors || jsonb_build_array(jsonb_build_object(
-                            'attempt', j.attempt, 'category', 'lease_expired',
-                            'message', 'lease expired on worker ' || j.worker_id,
-                            'worker', j.worker_id, 'at', now())))
+                            'attempt', j.attempt, 'category', e.category,
+                            'message', e.message, 'worker', j.worker_id, 'at', now())))
                         WITH ORDINALITY AS h(e, n)
                   WHERE h.n > jsonb_array_length(j.errors) + 1 - %(errors_kept)s),
        error_count = j.error_count + 1,
        lease_token = NULL,
        lease_expires_at = NULL,
        updated_at = now()
- WHERE j.id IN (SELECT id FROM jobs
-                 WHERE status = 'running' AND lease_expires_at < now()
-                 ORDER BY lease_expires_at
-                 LIMIT %(batch)s
-                   FOR UPDATE SKIP LOCKED)
+  FROM expired e
+ WHERE j.id = e.id
    AND j.status = 'running'
    AND j.lease_expires_at < now()
 RETURNING j.id, j.status;

@@ -245,6 +245,8 @@ def spec(settings: Settings) -> HandlerSpec:
         handle=handler.handle,
         close=handler.client.close,
         providers={"llm": redact_url(settings.llm_base_url), "model": settings.llm_model},
+        # One provider call of at most LLM_TIMEOUT, and a margin for the rest.
+        timeout=settings.llm_timeout + 60,
     )
 
 

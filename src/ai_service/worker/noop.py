@@ -22,4 +22,6 @@ async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
 
 def spec(settings: Settings) -> HandlerSpec:
     """Always enabled; any model profile."""
-    return HandlerSpec(name="noop", task_types=TASK_TYPES, model_profiles=None, handle=handle)
+    return HandlerSpec(
+        name="noop", task_types=TASK_TYPES, model_profiles=None, handle=handle, timeout=60
+    )

@@ -252,6 +252,11 @@ def spec(settings: Settings) -> HandlerSpec:
         handle=handle,
         enabled=enabled,
         disabled_reason=reason,
+        # The download, one attempt per listed provider (compare mode runs them all),
+        # and a margin for decoding.
+        timeout=settings.audio_download_timeout
+        + settings.transcription_timeout * len(settings.transcription_providers)
+        + 60,
         providers={
             "whisperx": [redact_url(url) for url in settings.whisperx_url] or None,
             "qwen2-audio": _redacted(settings.qwen_audio_base_url),
