@@ -223,6 +223,19 @@ async def hot_share(store: Store, url: str, rounds: int = 50) -> float:
     return hot / updates if updates else float("nan")
 
 
+def sizes(url: str) -> str:
+    """Table and index sizes: the partial indexes of the live queue stay small."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, pg_relation_size(c.oid) AS bytes"
+            "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relname LIKE 'jobs%%'"
+            "   AND c.relkind IN ('r', 'i')"
+            " ORDER BY pg_relation_size(c.oid) DESC"
+        ).fetchall()
+    return ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in rows)
+
+
 async def measure(url: str, label: str) -> dict[str, float]:
     async with (
         # Retention off: the history is part of the measurement.
@@ -280,6 +293,7 @@ async def main(rows: int) -> None:
         with fresh_database("scale") as url:
             took = seed(url, n)
             print(f"seeded {n:,} rows in {took:.1f} s", flush=True)
+            print(f"sizes: {sizes(url)}", flush=True)
             results[n] = await measure(url, f"{n:>10,} rows")
     big, small = results[rows], results[10_000]
     ms = 1000
