@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from ai_service import embedded_db, migrate
+from ai_service import embedded_db
+from ai_service import migrate as _migrate
 from ai_service.api.app import create_app
 from tests.helpers import free_port, make_settings, serve, url_for_database
 
@@ -36,15 +37,16 @@ def admin_url() -> str:
 
 
 @contextmanager
-def fresh_database(prefix: str = "bench") -> Iterator[str]:
-    """A new migrated database, dropped afterwards."""
+def fresh_database(prefix: str = "bench", *, migrate: bool = True) -> Iterator[str]:
+    """A new database (migrated unless `migrate` is false), dropped afterwards."""
     admin = admin_url()
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     url = url_for_database(admin, name)
     try:
-        migrate.upgrade(url)
+        if migrate:
+            _migrate.upgrade(url)
         yield url
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:

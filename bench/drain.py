@@ -1,0 +1,128 @@
+"""Drains of no-op jobs by one built-in worker at several concurrencies, old code beside new.
+
+    uv run python -m bench.drain [--jobs 20000] [--concurrency 16 64 256 1000] [--no-baseline]
+
+For each `WORKER_CONCURRENCY` (claim limit 100, the documented maximum), one
+`ai-service worker` process drains `--jobs` no-op jobs from a fresh database:
+jobs/s from the first claim to the last completion (database timestamps), and
+the most jobs seen `running` at once (sampled every 10 ms: a worker must never
+hold more leases than its concurrency). The same drain runs on the code before
+this round (`bench._baseline`, its own schema) right after, so the two are
+measured side by side on the same machine state.
+
+Targets: every concurrency within 20% of the best one (no collapse), never more
+leases than the concurrency, and the new code within 5% of the old at the
+built-in path's usual settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from bench._baseline import BASELINE, baseline_source, migrate_with
+from bench._common import fresh_database, header, service_process
+
+SEED = """
+INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, input)
+SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') || '7'
+        || substr(md5(g::text), 1, 3) || '8' || substr(md5(g::text), 4, 15))::uuid,
+       'bench', 'r' || g, 'noop', 'none', '{}'::jsonb
+  FROM generate_series(1, %(jobs)s) AS g
+"""
+
+
+@dataclass
+class Drain:
+    rate: float  # jobs/s
+    peak_running: int
+
+
+async def drain(url: str, jobs: int, concurrency: int, source: Path | None) -> Drain:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(SEED, {"jobs": jobs})
+        conn.execute("VACUUM ANALYZE jobs")
+    env = {
+        "WORKER_ID": "drain",
+        "WORKER_CLAIM_LIMIT": "100",
+        "WORKER_CONCURRENCY": str(concurrency),
+        "RESCUE_INTERVAL": "1h",
+    }
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
+    peak = 0
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        with service_process("worker", url, "WORKER_HTTP_PORT", **env):
+            deadline = time.monotonic() + 600
+            while True:
+                cur = await conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'running'),"
+                    " count(*) FILTER (WHERE status = 'completed') FROM jobs"
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                peak = max(peak, int(row[0]))
+                if row[1] >= jobs:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"drain at concurrency {concurrency} did not finish")
+                await asyncio.sleep(0.01)
+        cur = await conn.execute(
+            "SELECT extract(epoch FROM max(finished_at) - min(started_at)) FROM jobs"
+        )
+        span = await cur.fetchone()
+    assert span is not None
+    return Drain(jobs / float(span[0]), peak)
+
+
+async def main(jobs: int, concurrencies: list[int], baseline: bool) -> None:
+    header(f"Drains of {jobs:,} no-op jobs, one worker, by WORKER_CONCURRENCY")
+    results: dict[tuple[str, int], Drain] = {}
+    with contextlib.ExitStack() as stack:
+        old = stack.enter_context(baseline_source()) if baseline else None
+        for concurrency in concurrencies:
+            versions: list[tuple[str, Path | None]] = [("new", None)]
+            if old is not None:
+                versions.append((f"old {BASELINE[:7]}", old))
+            for label, source in versions:
+                with fresh_database("drain", migrate=source is None) as url:
+                    if source is not None:
+                        migrate_with(source, url)
+                    result = await drain(url, jobs, concurrency, source)
+                results[(label, concurrency)] = result
+                print(
+                    f"{label:>12}  concurrency {concurrency:5d}  {result.rate:8.0f} jobs/s  "
+                    f"most running at once {result.peak_running:6d}",
+                    flush=True,
+                )
+    new = {c: results[("new", c)] for c in concurrencies}
+    best = max(r.rate for r in new.values())
+    worst = min(new.values(), key=lambda r: r.rate)
+    print(
+        f"new code: slowest concurrency at {worst.rate / best:.2f} of the best "
+        f"(target >= 0.80): {'OK' if worst.rate >= 0.8 * best else 'MISSED'}"
+    )
+    held = all(new[c].peak_running <= c for c in concurrencies)
+    print(f"new code: never more running than the concurrency: {'OK' if held else 'MISSED'}")
+    if baseline:
+        for c in concurrencies:
+            old_result = results[(f"old {BASELINE[:7]}", c)]
+            print(
+                f"concurrency {c:5d}: new / old {new[c].rate / old_result.rate:5.2f}  "
+                f"(old held up to {old_result.peak_running} running)"
+            )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256, 1000])
+    parser.add_argument("--no-baseline", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(main(args.jobs, args.concurrency, not args.no_baseline))
