@@ -225,11 +225,11 @@ async def test_status_server_reports_handlers_in_flight_jobs_counters_and_metric
 async def test_status_and_logs_never_show_credentials_of_the_llm_url_or_the_api_key(
     store: Store, database_url: str, tmp_path: Path
 ) -> None:
-    secrets = [API_KEY, "url-password-91b", "url-query-secret-3c4"]
+    secrets = [API_KEY, "url-jwt-secret-91b", "url-query-secret-3c4"]
     with OpenAIStub(models=[MODEL]) as stub:
         url = (
-            f"http://llm-user:url-password-91b@127.0.0.1:{stub.port}/v1"
-            "?api_key=url-query-secret-3c4"
+            f"http://127.0.0.1:{stub.port}/v1"
+            "?api_key=url-query-secret-3c4&jwt=url-jwt-secret-91b&model=m"
         )
         async with worker_process(
             tmp_path, database_url, LLM_BASE_URL=url, LLM_API_KEY=API_KEY
@@ -244,14 +244,46 @@ async def test_status_and_logs_never_show_credentials_of_the_llm_url_or_the_api_
     assert response.status_code == 200
     llm = next(h for h in response.json()["handlers"] if h["name"] == "llm")
     shown = llm["providers"]["llm"]
-    assert shown.startswith(f"http://127.0.0.1:{stub.port}/v1"), shown
-    assert "llm-user" not in shown
+    # Every query value is masked but the harmless `model`.
+    assert shown == (f"http://127.0.0.1:{stub.port}/v1?api_key=%2A%2A%2A&jwt=%2A%2A%2A&model=m"), (
+        shown
+    )
     for secret in secrets:
         assert secret not in response.text, secret
         assert secret not in log_text, secret
         assert secret not in str(done.error_message), secret
         assert secret not in str(done.errors), secret
     assert "handler llm enabled" in log_text  # the log was really written
+
+
+async def test_user_info_in_llm_base_url_stops_the_worker_naming_the_variable(
+    database_url: str,
+) -> None:
+    # Credentials in the URL would be sent as Basic auth instead of LLM_API_KEY.
+    known = set(ENV_NAMES.values())
+    env = {k: v for k, v in os.environ.items() if k not in known}
+    env.update(
+        DATABASE_URL=database_url,
+        LLM_BASE_URL="http://llm-user:url-password-91b@127.0.0.1:9/v1",
+        LLM_API_KEY=API_KEY,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "ai_service",
+        "worker",
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(proc.communicate(), START_TIMEOUT)
+    output = (stdout + stderr).decode()
+    assert proc.returncode == 2, output
+    assert "configuration error: LLM_BASE_URL must not contain user:password@" in output
+    assert "put the key in LLM_API_KEY" in output
+    assert "url-password-91b" not in output
+    assert API_KEY not in output
 
 
 async def test_without_llm_base_url_the_llm_handler_is_disabled_and_jobs_stay_pending(
