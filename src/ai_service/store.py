@@ -631,13 +631,14 @@ class Store:
         return int(rows[0]["deleted"])
 
     async def recount_counts(self, lock_timeout: float = RECOUNT_LOCK_TIMEOUT) -> Recount:
-        """Rebuild `job_counts` from the jobs table, exactly, while the service runs.
+        """Set `job_counts` from the jobs table, exactly, while the service runs.
 
-        One short transaction: writers of jobs are held off (SHARE lock) and the
-        counter compaction is kept out (its advisory lock), so the counters written
-        equal the table at commit; writers resume after it. Raises
-        `DatabaseUnavailable` when a lock is not granted within `lock_timeout`
-        seconds (nothing changed then).
+        One short transaction that blocks no writer: it keeps the counter
+        compaction out (its advisory lock) and sets each counter from one
+        snapshot of the table and of the deltas (see `job_counts_recount`).
+        Raises `DatabaseUnavailable` when a lock is not granted within
+        `lock_timeout` seconds (a TRUNCATE or schema change in flight); nothing
+        changed then.
         """
         try:
             async with self._conn() as conn, conn.transaction():
@@ -650,19 +651,20 @@ class Store:
                     await conn.execute(self._q["job_counts_recount_gate"], {})
                 except psycopg.errors.LockNotAvailable:
                     raise errors.DatabaseUnavailable(
-                        f"recount: the jobs table stayed locked for {lock_timeout:g} s "
-                        "(a long transaction?); nothing changed, try again"
+                        f"recount: the counters stayed locked for {lock_timeout:g} s "
+                        "(a TRUNCATE or schema change in flight?); nothing changed, try again"
                     ) from None
-                cur = await conn.execute(self._q["stats_counts"], {})
-                before = {_count_key(row): int(row["n"]) for row in await cur.fetchall()}
-                await conn.execute(self._q["job_counts_recount_clear"], {})
                 cur = await conn.execute(self._q["job_counts_recount"], {})
-                after = {_count_key(row): int(row["n"]) for row in await cur.fetchall()}
+                rows = await cur.fetchall()
+                await conn.execute(self._q["job_counts_drop_zero"], {})
         except _Deadlock:
             raise errors.DatabaseUnavailable(
                 "recount: chosen as a deadlock victim; nothing changed, try again"
             ) from None
-        return Recount(before=before, after=after)
+        return Recount(
+            before={_count_key(r): int(r["before"]) for r in rows if r["before"]},
+            after={_count_key(r): int(r["after"]) for r in rows if r["after"]},
+        )
 
     async def stats_counts(self) -> list[dict[str, Any]]:
         """Exact counts by status, task type, model profile and error category."""

@@ -286,6 +286,19 @@ async def test_a_finish_is_rolled_up_once_by_minute_with_its_duration_bucket(
     await conn.execute("DELETE FROM jobs WHERE id = %s", [ids[0]])
     assert await _rollup_deltas(conn) == rows
 
+    # One statement that fails a running job and rewrites failed ones: one new failure.
+    late = await insert(conn, **RUNNING, owner_ref="late")
+    await conn.execute(
+        "UPDATE jobs SET status = 'failed', error_category = 'internal', lease_expires_at = NULL,"
+        " started_at = NULL, finished_at = %s WHERE id = %s OR status = 'failed'",
+        [failed, late["id"]],
+    )
+    again = await _rollup_deltas(conn)
+    assert [(r["minute"], r["outcome"], r["n"]) for r in again] == [
+        (failed.replace(second=0), "failed", 2),
+        (done.replace(second=0), "completed", 2),
+    ]
+
 
 async def test_rows_inserted_finished_are_rolled_up_unless_past_retention(conn: Conn) -> None:
     await insert(conn, **VALID["completed"])

@@ -1083,6 +1083,9 @@ async def test_recount_repairs_counters_corrupted_on_purpose(store: Store) -> No
         (("pending", "b", "qwen2.5-14b", ""), 5, 7),
         (("running", "ghost", "p", ""), 3, 0),
     ]
+    # The deltas stay (they are part of the count) and fold in as usual.
+    await store.compact_counts()
+    await _assert_counts_match(store)
     assert await sql(store, "SELECT * FROM job_count_deltas") == []
     # A second recount finds nothing to repair.
     assert (await store.recount_counts()).changes == []
@@ -1127,17 +1130,43 @@ async def test_recount_is_exact_while_writers_and_compactions_run(database_url: 
         await busy.close()
 
 
-async def test_recount_gives_up_when_the_table_stays_locked(
+async def test_recount_neither_waits_for_nor_misses_a_writer_in_flight(
+    store: Store, database_url: str
+) -> None:
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(3)])
+    await sql(store, "UPDATE job_counts SET n = 0")  # drift to repair
+    await sql(store, "INSERT INTO job_count_deltas VALUES ('pending', 'llm_chat', 'x', '', 4)")
+    async with await psycopg.AsyncConnection.connect(database_url) as writer:
+        # A transaction that changed jobs (and wrote its deltas) but has not committed:
+        # the recount must not wait for it, and its changes must count once it commits.
+        await writer.execute(
+            "INSERT INTO jobs (owner_service, owner_ref, task_type, model_profile, input)"
+            " VALUES ('s', 'r', 'llm_chat', 'qwen2.5-14b', '{}')"
+        )
+        await writer.execute("UPDATE jobs SET status = 'cancelled', finished_at = now()"
+                             " WHERE owner_ref = '0'")  # fmt: skip
+        result = await asyncio.wait_for(store.recount_counts(lock_timeout=5), 5)
+        assert result.after == {("pending", "llm_chat", "qwen2.5-14b", ""): 3}
+        await writer.commit()
+    await _assert_counts_match(store)
+    assert _as_counts(await store.stats_counts()) == {
+        ("pending", "llm_chat", "qwen2.5-14b", ""): 3,
+        ("cancelled", "llm_chat", "qwen2.5-14b", ""): 1,
+    }
+
+
+async def test_recount_gives_up_while_a_truncate_holds_the_table(
     store: Store, database_url: str
 ) -> None:
     await store.create_jobs([new_job()])
-    before = await sql(store, "SELECT * FROM job_count_deltas")
+    await sql(store, "UPDATE job_counts SET n = 7")
+    before = await store.stats_counts()
     async with await psycopg.AsyncConnection.connect(database_url) as holder:
-        await holder.execute("LOCK TABLE jobs IN ROW EXCLUSIVE MODE")  # a writer in flight
+        await holder.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
         with pytest.raises(errors.DatabaseUnavailable, match=r"stayed locked for 0\.2 s"):
             await store.recount_counts(lock_timeout=0.2)
         await holder.rollback()
-    assert await sql(store, "SELECT * FROM job_count_deltas") == before  # nothing changed
+    assert await store.stats_counts() == before  # nothing changed
 
 
 # -- availability ----------------------------------------------------------------------

@@ -453,34 +453,59 @@ DELETE FROM job_counts WHERE n = 0;
 SELECT set_config('lock_timeout', %(lock_timeout)s, true);
 
 -- name: job_counts_recount_lock
--- Recount, step 1: hold every writer of jobs off until the recount commits. SHARE
--- conflicts with the ROW EXCLUSIVE lock of every INSERT, UPDATE and DELETE (and with
--- TRUNCATE), and is granted only once the writers in flight have ended; readers, and
--- claims' row locks apart, are not blocked. Taken before the compaction lock, in the
--- order TRUNCATE takes them (its trigger), so the two cannot deadlock.
-LOCK TABLE jobs IN SHARE MODE;
+-- Recount, step 1: the jobs table's lock before the compaction lock, in the order
+-- TRUNCATE takes them (its trigger), so the two cannot deadlock. ACCESS SHARE blocks
+-- no writer (only TRUNCATE and schema changes).
+LOCK TABLE jobs IN ACCESS SHARE MODE;
 
 -- name: job_counts_recount_gate
--- Recount, step 2: wait for a counter compaction in flight (and keep others out):
--- the same advisory lock as job_counts_compact.
+-- Recount, step 2: wait for a counter compaction in flight and keep the others out
+-- until commit: the advisory lock of job_counts_compact (and the TRUNCATE trigger).
 SELECT pg_advisory_xact_lock(1095324502);
 
--- name: job_counts_recount_clear
--- Recount, step 3: drop the counters and their pending deltas.
-WITH deltas AS (
-    DELETE FROM job_count_deltas
-)
-DELETE FROM job_counts;
-
 -- name: job_counts_recount
--- Recount, step 4: the exact counters, from the jobs table itself. No writer can run
--- (step 1) and no delta is left (step 3), so they match the table at commit.
-INSERT INTO job_counts (status, task_type, model_profile, error_category, n)
-SELECT status, task_type, model_profile,
-       CASE WHEN status = 'failed' THEN error_category ELSE '' END, count(*)
-  FROM jobs
- GROUP BY 1, 2, 3, 4
-RETURNING status, task_type, model_profile, error_category, n;
+-- Recount, step 3: set every counter from the jobs table itself, while writers run.
+-- The counters' invariant is: exact count = job_counts + job_count_deltas. One
+-- statement, so one snapshot: it sees each writer's row changes together with the
+-- deltas its trigger wrote (same transaction), or neither. Each counter is set to
+-- (rows in the snapshot) - (deltas in the snapshot); those deltas stay, so they add
+-- back, and deltas committed after the snapshot add the changes it did not see.
+-- Nothing else writes job_counts meanwhile: compaction and TRUNCATE need the lock of
+-- step 2. Returns each key's figure before (counters + deltas) and after (the table).
+WITH truth AS (
+    SELECT status, task_type, model_profile,
+           CASE WHEN status = 'failed' THEN error_category ELSE '' END AS error_category,
+           count(*) AS n
+      FROM jobs
+     GROUP BY 1, 2, 3, 4
+), deltas AS (
+    SELECT status, task_type, model_profile, error_category, sum(n) AS n
+      FROM job_count_deltas
+     GROUP BY 1, 2, 3, 4
+), merged AS (
+    SELECT k.status, k.task_type, k.model_profile, k.error_category,
+           coalesce(c.n, 0) + coalesce(d.n, 0) AS before,
+           coalesce(t.n, 0) AS after,
+           coalesce(t.n, 0) - coalesce(d.n, 0) AS counter
+      FROM (SELECT status, task_type, model_profile, error_category FROM truth
+            UNION
+            SELECT status, task_type, model_profile, error_category FROM deltas
+            UNION
+            SELECT status, task_type, model_profile, error_category FROM job_counts) AS k
+      LEFT JOIN truth t USING (status, task_type, model_profile, error_category)
+      LEFT JOIN deltas d USING (status, task_type, model_profile, error_category)
+      LEFT JOIN job_counts c USING (status, task_type, model_profile, error_category)
+), written AS (
+    INSERT INTO job_counts (status, task_type, model_profile, error_category, n)
+    SELECT status, task_type, model_profile, error_category, counter
+      FROM merged
+     ORDER BY 1, 2, 3, 4
+        ON CONFLICT (status, task_type, model_profile, error_category)
+        DO UPDATE SET n = excluded.n
+)
+SELECT status, task_type, model_profile, error_category,
+       before::bigint AS before, after::bigint AS after
+  FROM merged;
 
 -- name: job_rollups_compact
 -- Fold the rollup deltas written by the triggers into the per-minute and per-hour
