@@ -8,6 +8,7 @@ turns "no row returned" and database exceptions into domain errors
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -677,11 +678,19 @@ class Store:
         scheduled count and the next one; `recent`: 24 h figures by task type from
         the rollups; `throughput`: finished jobs per minute over the last hour.
         """
-        counts = await self.stats_counts()
-        pending = (await self._fetch("stats_pending", {}))[0]
-        recent = await self._fetch("stats_recent", {})
-        throughput = await self._fetch("stats_throughput", {})
-        return {"counts": counts, "pending": pending, "recent": recent, "throughput": throughput}
+        # Four independent reads, on four pooled connections at once.
+        counts, pending, recent, throughput = await asyncio.gather(
+            self.stats_counts(),
+            self._fetch("stats_pending", {}),
+            self._fetch("stats_recent", {}),
+            self._fetch("stats_throughput", {}),
+        )
+        return {
+            "counts": counts,
+            "pending": pending[0],
+            "recent": recent,
+            "throughput": throughput,
+        }
 
 
 # SQLSTATEs (or their two-character classes) that mean "the database is not
