@@ -43,7 +43,8 @@ _RETURNED: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
 )
 RESCUE_BATCH = 1000
 DEADLOCK_RETRIES = 3
-RECOUNT_LOCK_TIMEOUT = 10.0  # seconds a recount waits for writers in flight to finish
+SCHEDULED_COUNT_CAP = 10_000  # stats count scheduled jobs up to this many
+RECOUNT_LOCK_TIMEOUT = 10.0  # seconds a recount waits for its locks (a TRUNCATE in flight)
 
 
 class _Deadlock(Exception):
@@ -144,7 +145,8 @@ CountKey = tuple[str, str, str, str]  # status, task_type, model_profile, error_
 
 @dataclass(frozen=True)
 class Recount:
-    """What `Store.recount_counts` found (`before`) and wrote (`after`), by counter key."""
+    """A recount's figures by counter key: `before` (counters + deltas) and `after`
+    (rows in the table); keys at zero are left out."""
 
     before: dict[CountKey, int]
     after: dict[CountKey, int]
@@ -675,22 +677,21 @@ class Store:
         """Raw statistics rows; the API shapes them for the response.
 
         `pending`: the database clock, the oldest runnable job's `run_after`, the
-        scheduled count and the next one; `recent`: 24 h figures by task type from
+        scheduled count (at most `SCHEDULED_COUNT_CAP`; `scheduled_capped` when
+        there are more) and the next one; `recent`: 24 h figures by task type from
         the rollups; `throughput`: finished jobs per minute over the last hour.
         """
         # Four independent reads, on four pooled connections at once.
-        counts, pending, recent, throughput = await asyncio.gather(
+        counts, pending_rows, recent, throughput = await asyncio.gather(
             self.stats_counts(),
-            self._fetch("stats_pending", {}),
+            self._fetch("stats_pending", {"cap": SCHEDULED_COUNT_CAP}),
             self._fetch("stats_recent", {}),
             self._fetch("stats_throughput", {}),
         )
-        return {
-            "counts": counts,
-            "pending": pending[0],
-            "recent": recent,
-            "throughput": throughput,
-        }
+        pending = pending_rows[0]
+        pending["scheduled_capped"] = pending["scheduled"] > SCHEDULED_COUNT_CAP
+        pending["scheduled"] = min(pending["scheduled"], SCHEDULED_COUNT_CAP)
+        return {"counts": counts, "pending": pending, "recent": recent, "throughput": throughput}
 
 
 # SQLSTATEs (or their two-character classes) that mean "the database is not

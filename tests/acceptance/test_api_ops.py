@@ -114,7 +114,7 @@ async def test_stats_of_an_empty_queue(api: httpx.AsyncClient) -> None:
     assert stats["failed_by_category"] == {}
     assert stats["oldest_pending_age_seconds"] is None
     assert stats["oldest_runnable_age_seconds"] is None
-    assert stats["scheduled"] == {"count": 0, "next_run_after": None}
+    assert stats["scheduled"] == {"count": 0, "capped": False, "next_run_after": None}
     assert [(p["completed"], p["failed"]) for p in stats["throughput_1h"]] == [(0, 0)] * 60
     assert stats["recent"] == {
         "completed_1h": 0,
@@ -199,7 +199,7 @@ async def test_stats_after_a_known_mix_of_jobs(api: httpx.AsyncClient, database_
     # The scheduled transcription and the ocr job backing off are not waiting.
     assert 119 <= stats["oldest_runnable_age_seconds"] < 130
     assert stats["oldest_pending_age_seconds"] == stats["oldest_runnable_age_seconds"]
-    assert stats["scheduled"]["count"] == 2
+    assert (stats["scheduled"]["count"], stats["scheduled"]["capped"]) == (2, False)
     next_run = datetime.fromisoformat(stats["scheduled"]["next_run_after"])
     assert datetime.now(UTC) < next_run < datetime.now(UTC) + timedelta(hours=1)
     assert stats["recent"] == {

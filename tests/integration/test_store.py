@@ -822,8 +822,21 @@ async def test_stats_report_the_oldest_runnable_job_and_the_scheduled_ones_apart
 
     pending = (await store.stats())["pending"]
     assert 90 <= (pending["now"] - pending["oldest_runnable"]).total_seconds() < 100
-    assert pending["scheduled"] == 2
+    assert (pending["scheduled"], pending["scheduled_capped"]) == (2, False)
     assert pending["now"] < pending["next_scheduled"] < later.run_after
+
+
+async def test_stats_count_scheduled_jobs_up_to_a_cap(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "SCHEDULED_COUNT_CAP", 3)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await store.create_jobs([new_job(owner_ref=str(i), run_after=later) for i in range(3)])
+    pending = (await store.stats())["pending"]
+    assert (pending["scheduled"], pending["scheduled_capped"]) == (3, False)
+    await store.create_jobs([new_job(owner_ref=str(i), run_after=later) for i in range(3, 5)])
+    pending = (await store.stats())["pending"]
+    assert (pending["scheduled"], pending["scheduled_capped"]) == (3, True)
 
 
 async def test_stats_of_an_empty_queue(store: Store) -> None:
@@ -831,6 +844,7 @@ async def test_stats_of_an_empty_queue(store: Store) -> None:
     assert stats["counts"] == []
     assert stats["pending"]["oldest_runnable"] is None
     assert stats["pending"]["scheduled"] == 0
+    assert stats["pending"]["scheduled_capped"] is False
     assert stats["pending"]["next_scheduled"] is None
     assert stats["recent"] == []
     assert len(stats["throughput"]) == 60

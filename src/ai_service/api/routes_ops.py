@@ -119,7 +119,9 @@ def build_stats(raw: dict[str, Any]) -> schemas.StatsOut:
         oldest_runnable_age_seconds=_round(age),
         oldest_pending_age_seconds=_round(age),
         scheduled=schemas.ScheduledJobs(
-            count=int(pending["scheduled"]), next_run_after=pending["next_scheduled"]
+            count=int(pending["scheduled"]),
+            capped=pending["scheduled_capped"],
+            next_run_after=pending["next_scheduled"],
         ),
         recent=schemas.RecentCounts(**recent),
         run_duration_24h=dict(sorted(durations.items())),

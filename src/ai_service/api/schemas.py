@@ -378,7 +378,8 @@ class RunDuration(BaseModel):
 class ScheduledJobs(BaseModel):
     """Pending jobs that may not run yet: scheduled for later, or backing off after a failure."""
 
-    count: int
+    count: int = Field(description="How many, counted up to 10,000 (see `capped`).")
+    capped: bool = Field(description="True when there are more than `count` (10,000).")
     next_run_after: datetime | None = Field(description="The earliest of their `run_after`.")
 
 

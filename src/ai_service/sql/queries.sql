@@ -563,13 +563,15 @@ HAVING sum(n) <> 0;
 -- name: stats_pending
 -- The database clock; the oldest runnable pending job's run_after (when it became
 -- runnable); how many pending jobs are scheduled for later (run_after in the future:
--- scheduled, or backing off after a failure) and the next of them. Each part reads
--- jobs_pending_run_after_idx (the count an index-only range).
+-- scheduled, or backing off after a failure), counted up to `cap` + 1 only (a count
+-- of 300,000 would cost more than the rest of the stats), and the next of them. Each
+-- part reads a range of jobs_pending_run_after_idx.
 SELECT now() AS now,
        (SELECT min(run_after) FROM jobs
          WHERE status = 'pending' AND run_after <= now()) AS oldest_runnable,
-       (SELECT count(*) FROM jobs
-         WHERE status = 'pending' AND run_after > now()) AS scheduled,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs
+                               WHERE status = 'pending' AND run_after > now()
+                               LIMIT %(cap)s + 1) AS s) AS scheduled,
        (SELECT min(run_after) FROM jobs
          WHERE status = 'pending' AND run_after > now()) AS next_scheduled;
 
