@@ -1,4 +1,4 @@
-"""`ai-service` command line: api, worker, migrate, sidecar, dev."""
+"""`ai-service` command line: api, worker, migrate, maintenance, sidecar, dev."""
 
 from __future__ import annotations
 
@@ -66,6 +66,49 @@ def cmd_migrate(settings: Settings) -> None:
 
     migrate.upgrade(settings.require_database_url())
     print("migrations applied", file=sys.stderr)
+
+
+MAINTENANCE_ACTIONS = {
+    "recount": "rebuild the job counters from the jobs table (safe while the service runs)",
+}
+
+
+def cmd_maintenance(settings: Settings, action: str) -> None:
+    """Operator actions on a running service's database (see MAINTENANCE_ACTIONS)."""
+    import asyncio
+
+    import psycopg
+
+    from ai_service.store import Recount, Store
+
+    async def recount() -> Recount:
+        store = await Store.open(settings.require_database_url(), min_size=1, max_size=1, wait=True)
+        try:
+            return await store.recount_counts()
+        finally:
+            await store.close()
+
+    started = time.monotonic()
+    try:
+        result = asyncio.run(recount())
+    except errors.AIServiceError as exc:
+        print(f"ai-service maintenance {action}: {exc.message}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except psycopg.Error as exc:  # e.g. no connection within the pool's timeout
+        print(
+            f"ai-service maintenance {action}: database unavailable ({type(exc).__name__})",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None
+    changes = result.changes
+    took = time.monotonic() - started
+    print(
+        f"recount: {len(result.after)} counters rebuilt from the jobs table "
+        f"({sum(result.after.values())} jobs) in {took:.2f} s; {len(changes)} changed"
+    )
+    for (status, task_type, model_profile, category), before, after in changes:
+        where = f"{status} {task_type} {model_profile}" + (f" {category}" if category else "")
+        print(f"  {where}: {before} -> {after} ({after - before:+d})")
 
 
 def cmd_worker(settings: Settings) -> None:
@@ -159,16 +202,23 @@ def main(argv: Sequence[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text)
+    maintenance = sub.add_parser("maintenance", help="operator actions on the database")
+    actions = maintenance.add_subparsers(dest="action", required=True)
+    for name, help_text in MAINTENANCE_ACTIONS.items():
+        actions.add_parser(name, help=help_text)
     args = parser.parse_args(argv)
     settings = _settings()
-    if args.command in ("api", "worker", "migrate"):
+    if args.command in ("api", "worker", "migrate", "maintenance"):
         try:
             settings.require_database_url()
         except errors.ConfigError as exc:
             print(f"ai-service: configuration error: {exc.message}", file=sys.stderr)
             raise SystemExit(2) from None
     try:
-        COMMANDS[args.command][0](settings)
+        if args.command == "maintenance":
+            cmd_maintenance(settings, args.action)
+        else:
+            COMMANDS[args.command][0](settings)
     except KeyboardInterrupt:
         print(f"ai-service {args.command}: interrupted", file=sys.stderr)
         raise SystemExit(130) from None

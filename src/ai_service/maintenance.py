@@ -1,8 +1,10 @@
 """Background upkeep: independent services, each run by one elected leader.
 
 - rescuer: expired leases back to pending (or failed as `lease_expired`);
-- counter compaction: trigger-written deltas folded into `job_counts`;
-- retention: finished jobs past their age deleted in batches.
+- counter compaction: trigger-written deltas folded into `job_counts` and
+  into the finished-jobs rollups behind `/api/v1/stats`;
+- retention: finished jobs past their age deleted in batches, and rollups
+  older than 8 days.
 
 Every API and worker process runs a `Maintenance`, but each service runs only
 in the process that leads it (`leader.Leadership`: an advisory lock per
@@ -58,7 +60,7 @@ class Maintenance:
         self.leading: set[str] = set()  # services this process led at their last round
         self.services = [
             Service("rescuer", settings.rescue_interval, self.rescue),
-            Service("compaction", COMPACT_INTERVAL, store.compact_counts),
+            Service("compaction", COMPACT_INTERVAL, self.compact),
             Service("retention", settings.retention_interval, self.prune),
         ]
 
@@ -89,12 +91,18 @@ class Maintenance:
                 self.rescued += moved
                 return moved
 
+    async def compact(self) -> None:
+        """One compaction pass: counters, then rollups (each its own statement and lock)."""
+        await self.store.compact_counts()
+        await self.store.compact_rollups()
+
     async def prune(self) -> int:
         """One retention pass; returns how many jobs it deleted."""
         deleted = await self.store.prune_finished(
             completed_seconds=self.settings.retention_completed,
             failed_seconds=self.settings.retention_failed,
         )
+        await self.store.prune_rollups()
         if deleted:
             log.info("retention deleted %d finished jobs", deleted)
         self.pruned += deleted

@@ -9,6 +9,7 @@ turns "no row returned" and database exceptions into domain errors
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
@@ -54,6 +55,8 @@ _RETURNED: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
 )
 RESCUE_BATCH = 1000
 DEADLOCK_RETRIES = 3
+SCHEDULED_COUNT_CAP = 10_000  # stats count scheduled jobs up to this many
+RECOUNT_LOCK_TIMEOUT = 10.0  # seconds a recount waits for its locks (a TRUNCATE in flight)
 
 
 class _Deadlock(Exception):
@@ -161,6 +164,28 @@ def decode_cursor(cursor: str) -> UUID:
         return UUID(raw)
     except (ValueError, binascii.Error, UnicodeDecodeError):
         raise errors.InvalidRequest("cursor", "is not a cursor returned by this API") from None
+
+
+CountKey = tuple[str, str, str, str]  # status, task_type, model_profile, error_category
+
+
+@dataclass(frozen=True)
+class Recount:
+    """A recount's figures by counter key: `before` (counters + deltas) and `after`
+    (rows in the table); keys at zero are left out."""
+
+    before: dict[CountKey, int]
+    after: dict[CountKey, int]
+
+    @property
+    def changes(self) -> list[tuple[CountKey, int, int]]:
+        """(key, before, after) of every counter that moved, in key order."""
+        keys = sorted(self.before.keys() | self.after.keys())
+        return [
+            (key, self.before.get(key, 0), self.after.get(key, 0))
+            for key in keys
+            if self.before.get(key, 0) != self.after.get(key, 0)
+        ]
 
 
 class Store:
@@ -718,16 +743,74 @@ class Store:
         await self._fetch("job_counts_compact", {})
         await self._fetch("job_counts_drop_zero", {})
 
+    async def compact_rollups(self) -> None:
+        """Fold trigger-written rollup deltas into the per-minute and per-hour rollups."""
+        await self._fetch("job_rollups_compact", {})
+
+    async def prune_rollups(self) -> int:
+        """Delete rollups past their retention (8 days); returns how many rows went."""
+        rows = await self._fetch("job_rollups_prune", {})
+        return int(rows[0]["deleted"])
+
+    async def recount_counts(self, lock_timeout: float = RECOUNT_LOCK_TIMEOUT) -> Recount:
+        """Set `job_counts` from the jobs table, exactly, while the service runs.
+
+        One short transaction that blocks no writer: it keeps the counter
+        compaction out (its advisory lock) and sets each counter from one
+        snapshot of the table and of the deltas (see `job_counts_recount`).
+        Raises `DatabaseUnavailable` when a lock is not granted within
+        `lock_timeout` seconds (a TRUNCATE or schema change in flight); nothing
+        changed then.
+        """
+        try:
+            async with self._conn() as conn, conn.transaction():
+                try:
+                    await conn.execute(
+                        self._q["job_counts_recount_lock_timeout"],
+                        {"lock_timeout": f"{round(lock_timeout * 1000)}ms"},
+                    )
+                    await conn.execute(self._q["job_counts_recount_lock"], {})
+                    await conn.execute(self._q["job_counts_recount_gate"], {})
+                except psycopg.errors.LockNotAvailable:
+                    raise errors.DatabaseUnavailable(
+                        f"recount: the counters stayed locked for {lock_timeout:g} s "
+                        "(a TRUNCATE or schema change in flight?); nothing changed, try again"
+                    ) from None
+                cur = await conn.execute(self._q["job_counts_recount"], {})
+                rows = await cur.fetchall()
+                await conn.execute(self._q["job_counts_drop_zero"], {})
+        except _Deadlock:
+            raise errors.DatabaseUnavailable(
+                "recount: chosen as a deadlock victim; nothing changed, try again"
+            ) from None
+        return Recount(
+            before={_count_key(r): int(r["before"]) for r in rows if r["before"]},
+            after={_count_key(r): int(r["after"]) for r in rows if r["after"]},
+        )
+
     async def stats_counts(self) -> list[dict[str, Any]]:
         """Exact counts by status, task type, model profile and error category."""
         return await self._fetch("stats_counts", {})
 
     async def stats(self) -> dict[str, Any]:
-        """Raw statistics rows; the API shapes them for the response."""
-        counts = await self.stats_counts()
-        oldest = (await self._fetch("stats_oldest_pending", {}))[0]
-        recent = await self._fetch("stats_recent", {})
-        return {"counts": counts, "oldest": oldest, "recent": recent}
+        """Raw statistics rows; the API shapes them for the response.
+
+        `pending`: the database clock, the oldest runnable job's `run_after`, the
+        scheduled count (at most `SCHEDULED_COUNT_CAP`; `scheduled_capped` when
+        there are more) and the next one; `recent`: 24 h figures by task type from
+        the rollups; `throughput`: finished jobs per minute over the last hour.
+        """
+        # Four independent reads, on four pooled connections at once.
+        counts, pending_rows, recent, throughput = await asyncio.gather(
+            self.stats_counts(),
+            self._fetch("stats_pending", {"cap": SCHEDULED_COUNT_CAP}),
+            self._fetch("stats_recent", {}),
+            self._fetch("stats_throughput", {}),
+        )
+        pending = pending_rows[0]
+        pending["scheduled_capped"] = pending["scheduled"] > SCHEDULED_COUNT_CAP
+        pending["scheduled"] = min(pending["scheduled"], SCHEDULED_COUNT_CAP)
+        return {"counts": counts, "pending": pending, "recent": recent, "throughput": throughput}
 
 
 # SQLSTATEs (or their two-character classes) that mean "the database is not
@@ -743,6 +826,10 @@ def is_outage(exc: psycopg.Error) -> bool:
     if state is None:  # no answer from the server at all: the connection is gone
         return True
     return state in _OUTAGE_STATES or state[:2] in _OUTAGE_CLASSES
+
+
+def _count_key(row: dict[str, Any]) -> CountKey:
+    return (row["status"], row["task_type"], row["model_profile"], row["error_category"])
 
 
 def _filter_params(job_filter: JobFilter) -> dict[str, Any]:

@@ -113,6 +113,9 @@ async def test_stats_of_an_empty_queue(api: httpx.AsyncClient) -> None:
     assert stats["by_model_profile"] == {}
     assert stats["failed_by_category"] == {}
     assert stats["oldest_pending_age_seconds"] is None
+    assert stats["oldest_runnable_age_seconds"] is None
+    assert stats["scheduled"] == {"count": 0, "capped": False, "next_run_after": None}
+    assert [(p["completed"], p["failed"]) for p in stats["throughput_1h"]] == [(0, 0)] * 60
     assert stats["recent"] == {
         "completed_1h": 0,
         "failed_1h": 0,
@@ -142,8 +145,6 @@ async def test_stats_after_a_known_mix_of_jobs(api: httpx.AsyncClient, database_
     for i in range(3):
         await create(api, owner_ref=f"t/{i}", **asr)
     done = await claim(api, "transcribe", 3)
-    for job in done:
-        await complete(api, job)
     # call_analysis: one running, two failed (invalid_input)
     for i in range(3):
         await create(api, owner_ref=f"a/{i}", **analysis)
@@ -160,16 +161,19 @@ async def test_stats_after_a_known_mix_of_jobs(api: httpx.AsyncClient, database_
     [ocr] = await claim(api, "ocr", 1)
     assert (await fail(api, ocr, "timeout"))["status"] == "pending"
 
-    # Known ages and durations: the oldest pending job waits 120 s; the three
-    # completed transcriptions took 10 s (just now), 20 s (2 h ago) and 30 s (26 h ago).
+    # Known ages and durations: the oldest runnable job has waited 120 s; the three
+    # transcriptions complete after 10 s (just now), 20 s (2 h ago) and 30 s (26 h ago):
+    # completed here, with those times, as the rollups count a job when it finishes.
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         await conn.execute(
-            "UPDATE jobs SET created_at = now() - interval '120 seconds' WHERE id = %s",
+            "UPDATE jobs SET created_at = now() - interval '120 seconds',"
+            " run_after = now() - interval '120 seconds' WHERE id = %s",
             (old["id"],),
         )
         for job, ago, took in zip(done, ("0", "2 hours", "26 hours"), (10, 20, 30), strict=True):
             await conn.execute(
-                "UPDATE jobs SET finished_at = now() - %s::interval,"
+                "UPDATE jobs SET status = 'completed', result = '{}', lease_expires_at = NULL,"
+                " finished_at = now() - %s::interval,"
                 " started_at = now() - %s::interval - make_interval(secs => %s)"
                 " WHERE id = %s",
                 (ago, ago, took, job["id"]),
@@ -192,7 +196,12 @@ async def test_stats_after_a_known_mix_of_jobs(api: httpx.AsyncClient, database_
         "whisperx": counts(pending=1, completed=3),
     }
     assert stats["failed_by_category"] == {"invalid_input": 2, "provider_auth": 1}
-    assert 119 <= stats["oldest_pending_age_seconds"] < 130
+    # The scheduled transcription and the ocr job backing off are not waiting.
+    assert 119 <= stats["oldest_runnable_age_seconds"] < 130
+    assert stats["oldest_pending_age_seconds"] == stats["oldest_runnable_age_seconds"]
+    assert (stats["scheduled"]["count"], stats["scheduled"]["capped"]) == (2, False)
+    next_run = datetime.fromisoformat(stats["scheduled"]["next_run_after"])
+    assert datetime.now(UTC) < next_run < datetime.now(UTC) + timedelta(hours=1)
     assert stats["recent"] == {
         "completed_1h": 1,
         "failed_1h": 3,
@@ -202,8 +211,14 @@ async def test_stats_after_a_known_mix_of_jobs(api: httpx.AsyncClient, database_
     duration = stats["run_duration_24h"]
     assert set(duration) == {"transcribe"}
     assert duration["transcribe"]["completed_24h"] == 2
-    assert abs(duration["transcribe"]["p50_seconds"] - 15.0) < 0.01
-    assert abs(duration["transcribe"]["p95_seconds"] - 19.5) < 0.01
+    # Bucket estimates: both durations (10 s, 20 s) are in the [10 s, 30 s) bucket,
+    # interpolated at ranks 1 and 1.9 of 2 (the exact figures are 15 and 19.5).
+    assert duration["transcribe"]["p50_seconds"] == 20.0
+    assert duration["transcribe"]["p95_seconds"] == 29.0
+    throughput = stats["throughput_1h"]
+    assert len(throughput) == 60
+    assert sum(p["completed"] for p in throughput) == 1
+    assert sum(p["failed"] for p in throughput) == 3
     generated = datetime.fromisoformat(stats["generated_at"].replace("Z", "+00:00"))
     assert abs(generated - datetime.now(UTC)) < timedelta(seconds=5)
     assert running["status"] == "running"

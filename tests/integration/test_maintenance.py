@@ -1,8 +1,11 @@
-"""Queue upkeep: rescuing expired leases and deleting finished jobs past retention."""
+"""Queue upkeep: rescuing expired leases, deleting finished jobs past retention,
+folding counters and rollups, and the operators' `ai-service maintenance recount`."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -11,10 +14,11 @@ from uuid import UUID
 
 import pytest
 
+from ai_service.config import ENV_NAMES
 from ai_service.jobs import Job, JobStatus
 from ai_service.maintenance import Maintenance
 from ai_service.store import Store
-from tests.helpers import make_settings, new_job
+from tests.helpers import free_port, make_settings, new_job
 
 BACKOFF_BASE = 20.0
 BACKOFF_MAX = 60.0
@@ -332,3 +336,88 @@ async def test_an_attempt_past_its_deadline_is_rescued_as_a_timeout(
     assert rescued.error_category == "timeout"
     assert rescued.error_message == "attempt ran past its deadline of 1s on worker w1"
     assert rescued.errors[-1]["category"] == "timeout"
+
+
+# -- compaction and rollups ------------------------------------------------------------
+
+
+async def test_compaction_service_folds_rollups_and_retention_drops_old_ones(
+    store: Store, database_url: str
+) -> None:
+    [job] = await running_jobs(store, 1)
+    assert job.lease_token is not None
+    await store.complete(job.id, {"ok": 1}, job.lease_token)
+    await sql(
+        store,
+        "INSERT INTO job_rollups VALUES (now() - interval '9 days', 'llm_chat', 'p', 'failed',"
+        " 1, 0, array_fill(0::bigint, ARRAY[16]))",
+    )
+    m = maintenance(store, database_url, RETENTION_INTERVAL="50ms")
+    m.start()
+    try:
+        for _ in range(250):
+            folded = await sql(store, "SELECT n FROM job_rollups WHERE outcome = 'completed'")
+            old = await sql(store, "SELECT 1 FROM job_rollups WHERE outcome = 'failed'")
+            if folded and not old:
+                break
+            await asyncio.sleep(0.02)
+        assert folded == [{"n": 1}]
+        assert old == []
+        assert await sql(store, "SELECT * FROM job_rollup_deltas") == []
+        assert await sql(store, "SELECT n FROM job_rollups_hourly") == [{"n": 1}]
+    finally:
+        await m.stop()
+
+
+# -- ai-service maintenance recount ----------------------------------------------------
+
+
+def _cli_env(database_url: str) -> dict[str, str]:
+    """The calling shell's environment without AI Service settings, plus the database."""
+    known = set(ENV_NAMES.values())
+    env = {k: v for k, v in os.environ.items() if k not in known}
+    return env | {"DATABASE_URL": database_url}
+
+
+async def _cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "ai_service", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_recount_command_repairs_the_counters_of_a_live_database(
+    store: Store, database_url: str
+) -> None:
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(5)])
+    await store.compact_counts()
+    await sql(store, "UPDATE job_counts SET n = 9")  # drifted
+    code, out, err = await _cli(_cli_env(database_url), "maintenance", "recount")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(
+        "recount: 1 counters rebuilt from the jobs table (5 jobs)"
+    )
+    assert "1 changed" in out.splitlines()[0]
+    assert out.splitlines()[1:] == ["  pending llm_chat qwen2.5-14b: 9 -> 5 (-4)"]
+    assert await sql(store, "SELECT n FROM job_counts") == [{"n": 5}]
+
+    code, out, _ = await _cli(_cli_env(database_url), "maintenance", "recount")
+    assert code == 0
+    assert out.splitlines() == [out.splitlines()[0]]
+    assert "; 0 changed" in out
+
+
+async def test_recount_command_without_a_database_fails_cleanly() -> None:
+    nowhere = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/nothing"
+    code, out, err = await _cli(_cli_env(nowhere), "maintenance", "recount")
+    assert code == 1
+    assert (
+        err.splitlines()[-1] == "ai-service maintenance recount: database unavailable (PoolTimeout)"
+    )
+    assert "s3cret" not in out + err
+    code, _, err = await _cli(_cli_env(nowhere), "maintenance")
+    assert code == 2  # argparse: the action is required
+    assert "recount" in err

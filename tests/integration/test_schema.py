@@ -14,6 +14,9 @@ import pytest
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from ai_service import metrics
+from ai_service.sql import queries
+
 Conn = psycopg.AsyncConnection[dict[str, Any]]
 NOW = datetime.now(UTC)
 
@@ -210,6 +213,111 @@ async def test_updates_without_status_change_write_no_deltas(conn: Conn) -> None
     await conn.execute("UPDATE jobs SET lease_expires_at = now() + interval '1 hour'")
     cur = await conn.execute("SELECT count(*) AS n FROM job_count_deltas")
     assert await cur.fetchone() == before
+
+
+async def test_truncate_clears_the_counters_and_they_stay_exact_afterwards(conn: Conn) -> None:
+    for kind in VALID.values():
+        await insert(conn, **kind)
+    await conn.execute(queries()["job_counts_compact"])  # folded counters...
+    await insert(conn, **VALID["failed"])  # ... and deltas not folded yet
+    await conn.execute(queries()["job_rollups_compact"])
+    await conn.execute("TRUNCATE jobs")
+    for table in (
+        "job_counts",
+        "job_count_deltas",
+        "job_rollups",
+        "job_rollups_hourly",
+        "job_rollup_deltas",
+    ):
+        cur = await conn.execute(f"SELECT count(*) AS n FROM {table}")
+        assert await cur.fetchone() == {"n": 0}, table
+
+    await insert(conn)
+    await insert(conn, **VALID["completed"])
+    assert await _counts(conn, DELTAS) == await _counts(conn, DIRECT)
+
+
+# -- rollup triggers -------------------------------------------------------------------
+
+ROLLUP_DELTAS = """
+SELECT minute, task_type, model_profile, outcome, sum(n)::bigint AS n,
+       sum(duration_sum) AS duration_sum, job_buckets_sum(buckets) AS buckets
+  FROM job_rollup_deltas GROUP BY 1, 2, 3, 4 ORDER BY 1, 2, 3, 4
+"""
+
+
+async def _rollup_deltas(conn: Conn) -> list[dict[str, Any]]:
+    cur = await conn.execute(ROLLUP_DELTAS)
+    return await cur.fetchall()
+
+
+def _buckets(**counts: int) -> list[int]:
+    """16 bucket counts; keyword `b<i>` sets bucket i."""
+    out = [0] * 16
+    for name, n in counts.items():
+        out[int(name[1:])] = n
+    return out
+
+
+async def test_a_finish_is_rolled_up_once_by_minute_with_its_duration_bucket(
+    conn: Conn,
+) -> None:
+    ids = [(await insert(conn, **RUNNING, owner_ref=f"r/{i}"))["id"] for i in range(3)]
+    assert await _rollup_deltas(conn) == []  # pending and running rows are no finish
+    # Two completions of 12 s and 40 s an hour ago, one failure that never started.
+    done = (datetime.now(UTC) - timedelta(hours=1)).replace(second=42, microsecond=0)
+    failed = done - timedelta(hours=2)
+    for job_id, took in ((ids[0], 12), (ids[1], 40)):
+        await conn.execute(
+            "UPDATE jobs SET status = 'completed', result = '{}', lease_expires_at = NULL,"
+            " finished_at = %s, started_at = %s WHERE id = %s",
+            [done, done - timedelta(seconds=took), job_id],
+        )
+    await conn.execute(
+        "UPDATE jobs SET status = 'failed', error_category = 'internal',"
+        " lease_expires_at = NULL, started_at = NULL, finished_at = %s WHERE id = %s",
+        [failed, ids[2]],
+    )
+    rows = await _rollup_deltas(conn)
+    assert [(r["minute"], r["outcome"], r["n"], r["buckets"]) for r in rows] == [
+        (failed.replace(second=0), "failed", 1, _buckets()),
+        (done.replace(second=0), "completed", 2, _buckets(b8=1, b9=1)),  # [10, 30), [30, 60)
+    ]
+    assert rows[1]["duration_sum"] == pytest.approx(52.0)
+
+    # Changing a finished row again, or a row that stays running, is no new finish.
+    await conn.execute("UPDATE jobs SET priority = 7, finished_at = now()")
+    await conn.execute("DELETE FROM jobs WHERE id = %s", [ids[0]])
+    assert await _rollup_deltas(conn) == rows
+
+    # One statement that fails a running job and rewrites failed ones: one new failure.
+    late = await insert(conn, **RUNNING, owner_ref="late")
+    await conn.execute(
+        "UPDATE jobs SET status = 'failed', error_category = 'internal', lease_expires_at = NULL,"
+        " started_at = NULL, finished_at = %s WHERE id = %s OR status = 'failed'",
+        [failed, late["id"]],
+    )
+    again = await _rollup_deltas(conn)
+    assert [(r["minute"], r["outcome"], r["n"]) for r in again] == [
+        (failed.replace(second=0), "failed", 2),
+        (done.replace(second=0), "completed", 2),
+    ]
+
+
+async def test_rows_inserted_finished_are_rolled_up_unless_past_retention(conn: Conn) -> None:
+    await insert(conn, **VALID["completed"])
+    await insert(conn, **VALID["cancelled"])  # not a completion nor a failure
+    await insert(conn, **(VALID["failed"] | {"finished_at": NOW - timedelta(days=9)}))
+    rows = await _rollup_deltas(conn)
+    assert [(r["outcome"], r["n"]) for r in rows] == [("completed", 1)]
+    assert rows[0]["buckets"] == _buckets()  # no started_at: no duration
+
+
+async def test_bucket_bounds_match_the_process_histograms(conn: Conn) -> None:
+    cur = await conn.execute("SELECT job_rollup_bounds() AS bounds")
+    row = await cur.fetchone()
+    assert row is not None
+    assert tuple(row["bounds"]) == metrics._DURATION_BUCKETS
 
 
 # -- NOTIFY ----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ai_service import errors
+from ai_service import errors, histogram
 from ai_service import store as store_module
 from ai_service.jobs import JOB_COLUMNS, Job, JobFilter, JobStatus
 from ai_service.store import JobPage, Store
@@ -950,39 +950,394 @@ async def test_counters_of_an_empty_queue_are_empty(store: Store) -> None:
     assert await store.stats_counts() == []
 
 
-async def test_stats_reports_the_oldest_pending_job_and_recent_activity(store: Store) -> None:
-    oldest = await create(store, task_type="llm_chat")
+async def test_stats_report_the_oldest_runnable_job_and_the_scheduled_ones_apart(
+    store: Store,
+) -> None:
+    waiting = await create(store, task_type="llm_chat")
     await create(store, task_type="llm_chat")
-    done = await claim_one(store, await create(store, task_type="transcription"))
-    assert done.lease_token is not None
-    await store.complete(done.id, {"text": "x"}, done.lease_token)
-    await store.fail((await create(store, task_type="transcription")).id, category="x", message="y")
-    # Finished two hours ago: counts for the day, not for the last hour.
-    old = await store.complete((await create(store, task_type="transcription")).id, {"ok": 1})
+    # Neither a job scheduled for later nor one backing off after a failure is waiting,
+    # however old: they must not raise the oldest-runnable age.
+    later = await create(store, run_after=datetime.now(UTC) + timedelta(hours=1))
+    backing_off = await claim_one(store, await create(store, task_type="ocr"))
+    await store.fail(
+        backing_off.id,
+        category="timeout",
+        message="slow",
+        lease_token=backing_off.lease_token,
+        retryable=True,
+    )
     await sql(
         store,
-        "UPDATE jobs SET finished_at = now() - interval '2 hours' WHERE id = %s",
-        [old.id],
+        "UPDATE jobs SET created_at = now() - interval '3 days' WHERE id = ANY(%s)",
+        [[later.id, backing_off.id]],
+    )
+    await sql(
+        store,
+        "UPDATE jobs SET run_after = now() - interval '90 seconds' WHERE id = %s",
+        [waiting.id],
     )
 
-    stats = await store.stats()
-    assert stats["oldest"]["oldest_pending"] == oldest.created_at
-    assert stats["oldest"]["now"] >= oldest.created_at
-    recent = {row["task_type"]: row for row in stats["recent"]}
-    assert set(recent) == {"transcription"}
-    row = recent["transcription"]
-    assert (row["completed_1h"], row["failed_1h"]) == (1, 1)
-    assert (row["completed_24h"], row["failed_24h"]) == (2, 1)
-    assert row["p50_seconds"] is not None
-    assert row["p95_seconds"] >= row["p50_seconds"] >= 0
-    assert _as_counts(stats["counts"]) == _as_counts(await sql(store, DIRECT_COUNTS))
+    pending = (await store.stats())["pending"]
+    assert 90 <= (pending["now"] - pending["oldest_runnable"]).total_seconds() < 100
+    assert (pending["scheduled"], pending["scheduled_capped"]) == (2, False)
+    assert pending["now"] < pending["next_scheduled"] < later.run_after
+
+
+async def test_stats_count_scheduled_jobs_up_to_a_cap(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "SCHEDULED_COUNT_CAP", 3)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    await store.create_jobs([new_job(owner_ref=str(i), run_after=later) for i in range(3)])
+    pending = (await store.stats())["pending"]
+    assert (pending["scheduled"], pending["scheduled_capped"]) == (3, False)
+    await store.create_jobs([new_job(owner_ref=str(i), run_after=later) for i in range(3, 5)])
+    pending = (await store.stats())["pending"]
+    assert (pending["scheduled"], pending["scheduled_capped"]) == (3, True)
 
 
 async def test_stats_of_an_empty_queue(store: Store) -> None:
     stats = await store.stats()
     assert stats["counts"] == []
-    assert stats["oldest"]["oldest_pending"] is None
+    assert stats["pending"]["oldest_runnable"] is None
+    assert stats["pending"]["scheduled"] == 0
+    assert stats["pending"]["scheduled_capped"] is False
+    assert stats["pending"]["next_scheduled"] is None
     assert stats["recent"] == []
+    assert len(stats["throughput"]) == 60
+    assert {(r["completed"], r["failed"]) for r in stats["throughput"]} == {(0, 0)}
+
+
+# -- rollups ---------------------------------------------------------------------------
+
+BOUNDS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+
+# Finish jobs with chosen times: (id, status, seconds ago, run seconds or NULL).
+FINISH = """
+UPDATE jobs j
+   SET status = f.status,
+       result = CASE WHEN f.status = 'completed' THEN '{}'::jsonb END,
+       error_category = CASE WHEN f.status = 'failed' THEN 'internal' END,
+       finished_at = now() - make_interval(secs => f.ago),
+       started_at = CASE WHEN f.took IS NOT NULL
+                         THEN now() - make_interval(secs => f.ago + f.took) END
+  FROM unnest(%s::uuid[], %s::text[], %s::float8[], %s::float8[]) AS f(id, status, ago, took)
+ WHERE j.id = f.id
+"""
+
+# The same figures as the rollups, straight from the jobs table (same whole-minute windows).
+DIRECT_RECENT = """
+WITH w AS (SELECT date_trunc('minute', now(), 'UTC') AS m)
+SELECT task_type,
+       count(*) FILTER (WHERE status = 'completed') AS completed_24h,
+       count(*) FILTER (WHERE status = 'failed') AS failed_24h,
+       count(*) FILTER (WHERE status = 'completed' AND finished_at >= w.m - interval '59 minutes')
+           AS completed_1h,
+       count(*) FILTER (WHERE status = 'failed' AND finished_at >= w.m - interval '59 minutes')
+           AS failed_1h,
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
+           FILTER (WHERE status = 'completed' AND started_at IS NOT NULL) AS p50,
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
+           FILTER (WHERE status = 'completed' AND started_at IS NOT NULL) AS p95
+  FROM jobs, w
+ WHERE finished_at >= w.m - interval '1439 minutes' AND status IN ('completed', 'failed')
+ GROUP BY task_type
+"""
+
+DIRECT_PER_MINUTE = """
+SELECT date_trunc('minute', finished_at, 'UTC') AS minute,
+       count(*) FILTER (WHERE status = 'completed') AS completed,
+       count(*) FILTER (WHERE status = 'failed') AS failed
+  FROM jobs
+ WHERE finished_at >= date_trunc('minute', now(), 'UTC') - interval '59 minutes'
+   AND status IN ('completed', 'failed')
+ GROUP BY 1
+"""
+
+
+def _bucket(seconds: float) -> int:
+    """The rollup bucket of a duration: [bound i-1, bound i)."""
+    return sum(1 for bound in BOUNDS if bound <= seconds)
+
+
+async def _finish_at_random(store: Store, jobs: list[Job], rng: Any) -> None:
+    """Finish `jobs` at random times over the last 30 h, never within 2 minutes of the
+    1 h or 24 h window edges (a minute ticking between two queries must not matter)."""
+    statuses, agos, tooks = [], [], []
+    for _ in jobs:
+        ago = rng.uniform(0, 30 * 3600)
+        while any(abs(ago - edge) < 120 for edge in (3600, 86400)):
+            ago = rng.uniform(0, 30 * 3600)
+        statuses.append("completed" if rng.random() < 0.8 else "failed")
+        agos.append(ago)
+        # Durations over every bucket, from 5 ms to 2 h; some jobs never started.
+        tooks.append(None if rng.random() < 0.1 else 10 ** rng.uniform(-2.3, 3.9))
+    await sql(store, FINISH, [[j.id for j in jobs], statuses, agos, tooks])
+
+
+async def test_rollup_stats_equal_a_group_by_over_jobs(store: Store) -> None:
+    import random
+
+    rng = random.Random(12)
+    kinds = [("llm_chat", "qwen2.5-14b"), ("llm_chat", "vision"), ("transcription", "whisperx")]
+    created = await store.create_jobs(
+        [
+            new_job(task_type=t, model_profile=p, owner_ref=str(i))
+            for i in range(200)
+            for t, p in kinds
+        ]
+    )
+    jobs = [c.job for c in created]
+    # Finished in three statements; the first two folded into the rollups (minutes and
+    # hours), the last left as deltas; cancelled and still pending jobs count nowhere.
+    await _finish_at_random(store, jobs[:250], rng)
+    await store.compact_rollups()
+    await _finish_at_random(store, jobs[250:450], rng)
+    await store.compact_rollups()
+    await _finish_at_random(store, jobs[450:560], rng)
+    await sql(store, "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE id = ANY(%s)",
+              [[j.id for j in jobs[560:580]]])  # fmt: skip
+    assert await sql(store, "SELECT 1 FROM job_rollup_deltas LIMIT 1") != []
+
+    stats = await store.stats()
+    direct = {row["task_type"]: row for row in await sql(store, DIRECT_RECENT)}
+    recent = {row["task_type"]: row for row in stats["recent"]}
+    assert set(recent) == set(direct) == {"llm_chat", "transcription"}
+    for task_type, exact in direct.items():
+        row = recent[task_type]
+        assert (row["completed_24h"], row["failed_24h"]) == (
+            exact["completed_24h"],
+            exact["failed_24h"],
+        )
+        assert exact["completed_24h"] > 50
+        # Percentiles: bucket estimates, within one bucket of the exact figure.
+        buckets = [int(n or 0) for n in row["completed_buckets"]]
+        assert list(row["bounds"]) == list(BOUNDS)
+        for q, key in ((0.5, "p50"), (0.95, "p95")):
+            estimate = histogram.quantile(row["bounds"], buckets, q)
+            assert estimate is not None
+            assert abs(_bucket(estimate) - _bucket(exact[key])) <= 1, (task_type, key)
+
+    # The last hour, minute by minute.
+    per_minute = {r["minute"]: r for r in await sql(store, DIRECT_PER_MINUTE)}
+    series = stats["throughput"]
+    assert len(series) == 60
+    assert [r["minute"] for r in series] == sorted(r["minute"] for r in series)
+    for point in series:
+        exact = per_minute.pop(point["minute"], {"completed": 0, "failed": 0})
+        assert (point["completed"], point["failed"]) == (exact["completed"], exact["failed"])
+    assert per_minute == {}  # no finish outside the series
+    assert sum(p["completed"] for p in series) == sum(r["completed_1h"] for r in direct.values())
+
+    # Folding the rest changes no figure.
+    await store.compact_rollups()
+    assert await sql(store, "SELECT 1 FROM job_rollup_deltas LIMIT 1") == []
+    again = await store.stats()
+    assert again["recent"] == stats["recent"]
+
+
+async def test_rollups_count_the_workers_path(store: Store) -> None:
+    """Claims, batched completions, failures and retries as the workers make them."""
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(30)])
+    claimed = await store.claim("w", limit=30, lease_seconds=60)
+    await store.complete_many(
+        [
+            store_module.Completion(j.id, j.lease_token, {"ok": 1})
+            for j in claimed[:20]
+            if j.lease_token
+        ]
+    )
+    await store.heartbeat_many([(j.id, j.lease_token) for j in claimed[20:] if j.lease_token], 60)
+    for j in claimed[20:25]:
+        await store.fail(j.id, category="internal", message="x", lease_token=j.lease_token)
+    for j in claimed[25:]:  # retryable: back to pending, no finish
+        await store.fail(j.id, category="timeout", message="x", lease_token=j.lease_token,
+                         retryable=True)  # fmt: skip
+    await store.compact_rollups()
+    [row] = (await store.stats())["recent"]
+    assert (row["completed_24h"], row["failed_24h"]) == (20, 5)
+    assert sum(row["completed_buckets"]) == 20  # every run has a duration
+    # A manual retry of a failed job and its completion: a second finish, counted.
+    again = await store.retry(claimed[20].id)
+    [rerun] = await store.claim("w", limit=1, lease_seconds=60, task_types=[again.task_type])
+    assert rerun.lease_token is not None
+    await store.complete(rerun.id, {"ok": 2}, rerun.lease_token)
+    [row] = (await store.stats())["recent"]
+    assert (row["completed_24h"], row["failed_24h"]) == (21, 5)
+
+
+async def test_compaction_folds_rollups_by_minute_and_hour_and_retention_keeps_8_days(
+    store: Store,
+) -> None:
+    jobs = [c.job for c in await store.create_jobs([new_job(owner_ref=str(i)) for i in range(4)])]
+    two_hours = datetime.now(UTC).replace(minute=10, second=0, microsecond=0) - timedelta(hours=2)
+    times = [two_hours, two_hours + timedelta(minutes=5), two_hours + timedelta(minutes=5),
+             datetime.now(UTC) - timedelta(days=7, hours=23, minutes=50)]  # fmt: skip
+    for job, at in zip(jobs, times, strict=True):
+        await sql(
+            store,
+            "UPDATE jobs SET status = 'completed', result = '{}', finished_at = %s,"
+            " started_at = %s WHERE id = %s",
+            [at, at - timedelta(seconds=3), job.id],
+        )
+    await store.compact_rollups()
+    minutes = await sql(store, "SELECT minute, n, buckets FROM job_rollups ORDER BY minute")
+    assert [(r["minute"], r["n"]) for r in minutes[1:]] == [
+        (two_hours, 1),
+        (two_hours + timedelta(minutes=5), 2),
+    ]
+    assert all(r["buckets"][_bucket(3.0)] == r["n"] for r in minutes)
+    hours = await sql(store, "SELECT hour, n, duration_sum FROM job_rollups_hourly ORDER BY hour")
+    assert (hours[1]["hour"], hours[1]["n"]) == (two_hours.replace(minute=0), 3)
+    assert hours[1]["duration_sum"] == pytest.approx(9.0)
+
+    # Ten minutes later the oldest one is past the 8 days: retention drops its rows.
+    await sql(store, "UPDATE job_rollups SET minute = minute - interval '20 minutes'"
+                     " WHERE minute < now() - interval '7 days'")  # fmt: skip
+    await sql(store, "UPDATE job_rollups_hourly SET hour = hour - interval '1 hour'"
+                     " WHERE hour < now() - interval '7 days'")  # fmt: skip
+    assert await store.prune_rollups() == 2
+    assert len(await sql(store, "SELECT 1 FROM job_rollups")) == 2
+    assert len(await sql(store, "SELECT 1 FROM job_rollups_hourly")) == 1
+
+
+# -- TRUNCATE and recount --------------------------------------------------------------
+
+
+async def test_truncate_zeroes_the_counters_and_they_stay_exact(store: Store) -> None:
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(10)])
+    claimed = await store.claim("w", limit=4, lease_seconds=60)
+    await store.complete_many(
+        [store_module.Completion(j.id, j.lease_token, {}) for j in claimed if j.lease_token]
+    )
+    await store.compact_counts()
+    await store.compact_rollups()
+    await store.create_jobs([new_job(owner_ref="late")])  # a delta not folded yet
+
+    await sql(store, "TRUNCATE jobs")
+    stats = await store.stats()
+    assert stats["counts"] == []
+    assert stats["recent"] == []
+
+    await store.create_jobs([new_job(owner_ref=f"n{i}") for i in range(3)])
+    [job] = await store.claim("w", limit=1, lease_seconds=60)
+    assert job.lease_token is not None
+    await store.complete(job.id, {}, job.lease_token)
+    await _assert_counts_match(store)
+    await store.compact_counts()
+    await _assert_counts_match(store)
+    assert [(r["completed_24h"], r["failed_24h"]) for r in (await store.stats())["recent"]] == [
+        (1, 0)
+    ]
+
+
+async def test_recount_repairs_counters_corrupted_on_purpose(store: Store) -> None:
+    await store.create_jobs(
+        [new_job(owner_ref=str(i), task_type=t) for i in range(6) for t in ("a", "b")]
+    )
+    await store.fail((await create(store, task_type="a")).id, category="internal", message="x")
+    await store.compact_counts()
+    await store.create_jobs([new_job(owner_ref="unfolded", task_type="b")])
+    # Drift of every kind: a wrong count, a counter for nothing, a missing counter,
+    # a stray delta.
+    await sql(store, "UPDATE job_counts SET n = n + 5 WHERE task_type = 'a' AND status = 'pending'")
+    await sql(store, "INSERT INTO job_counts VALUES ('running', 'ghost', 'p', '', 3)")
+    await sql(store, "DELETE FROM job_counts WHERE status = 'failed'")
+    await sql(store, "INSERT INTO job_count_deltas VALUES ('pending', 'b', 'qwen2.5-14b', '', -2)")
+
+    result = await store.recount_counts()
+    await _assert_counts_match(store)
+    assert result.after == _as_counts(await sql(store, DIRECT_COUNTS))
+    assert result.changes == [
+        (("failed", "a", "qwen2.5-14b", "internal"), 0, 1),
+        (("pending", "a", "qwen2.5-14b", ""), 11, 6),
+        (("pending", "b", "qwen2.5-14b", ""), 5, 7),
+        (("running", "ghost", "p", ""), 3, 0),
+    ]
+    # The deltas stay (they are part of the count) and fold in as usual.
+    await store.compact_counts()
+    await _assert_counts_match(store)
+    assert await sql(store, "SELECT * FROM job_count_deltas") == []
+    # A second recount finds nothing to repair.
+    assert (await store.recount_counts()).changes == []
+
+
+async def test_recount_is_exact_while_writers_and_compactions_run(database_url: str) -> None:
+    busy = await Store.open(database_url, min_size=6, max_size=6, wait=True)
+    stop = asyncio.Event()
+
+    async def compactor() -> None:
+        while not stop.is_set():
+            await busy.compact_counts()
+
+    async def churn(n: int) -> None:
+        for round_ in range(12):
+            await busy.create_jobs([new_job(owner_ref=f"{n}/{round_}/{i}") for i in range(10)])
+            claimed = await busy.claim(f"w{n}", limit=6, lease_seconds=60)
+            await busy.complete_many(
+                [store_module.Completion(j.id, j.lease_token, {}) for j in claimed if j.lease_token]
+            )
+
+    async def recounter() -> int:
+        rounds = 0
+        while not stop.is_set():
+            await busy.recount_counts()
+            rounds += 1
+        return rounds
+
+    try:
+        # Corrupted first: the recounts must repair it, whatever runs meanwhile.
+        await busy.create_jobs([new_job(owner_ref="seed")])
+        await sql(busy, "INSERT INTO job_count_deltas VALUES ('pending', 'x', 'y', '', 9)")
+        tasks = [asyncio.create_task(compactor()), asyncio.create_task(recounter())]
+        await asyncio.gather(*(churn(n) for n in range(3)))
+        stop.set()
+        _, recounts = await asyncio.gather(*tasks)
+        assert recounts > 0
+        await _assert_counts_match(busy)
+        await busy.compact_counts()
+        await _assert_counts_match(busy)
+    finally:
+        await busy.close()
+
+
+async def test_recount_neither_waits_for_nor_misses_a_writer_in_flight(
+    store: Store, database_url: str
+) -> None:
+    await store.create_jobs([new_job(owner_ref=str(i)) for i in range(3)])
+    await sql(store, "UPDATE job_counts SET n = 0")  # drift to repair
+    await sql(store, "INSERT INTO job_count_deltas VALUES ('pending', 'llm_chat', 'x', '', 4)")
+    async with await psycopg.AsyncConnection.connect(database_url) as writer:
+        # A transaction that changed jobs (and wrote its deltas) but has not committed:
+        # the recount must not wait for it, and its changes must count once it commits.
+        await writer.execute(
+            "INSERT INTO jobs (owner_service, owner_ref, task_type, model_profile, input)"
+            " VALUES ('s', 'r', 'llm_chat', 'qwen2.5-14b', '{}')"
+        )
+        await writer.execute("UPDATE jobs SET status = 'cancelled', finished_at = now()"
+                             " WHERE owner_ref = '0'")  # fmt: skip
+        result = await asyncio.wait_for(store.recount_counts(lock_timeout=5), 5)
+        assert result.after == {("pending", "llm_chat", "qwen2.5-14b", ""): 3}
+        await writer.commit()
+    await _assert_counts_match(store)
+    assert _as_counts(await store.stats_counts()) == {
+        ("pending", "llm_chat", "qwen2.5-14b", ""): 3,
+        ("cancelled", "llm_chat", "qwen2.5-14b", ""): 1,
+    }
+
+
+async def test_recount_gives_up_while_a_truncate_holds_the_table(
+    store: Store, database_url: str
+) -> None:
+    await store.create_jobs([new_job()])
+    await sql(store, "UPDATE job_counts SET n = 7")
+    before = await store.stats_counts()
+    async with await psycopg.AsyncConnection.connect(database_url) as holder:
+        await holder.execute("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(errors.DatabaseUnavailable, match=r"stayed locked for 0\.2 s"):
+            await store.recount_counts(lock_timeout=0.2)
+        await holder.rollback()
+    assert await store.stats_counts() == before  # nothing changed
 
 
 # -- availability ----------------------------------------------------------------------

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from ai_service import errors
+from ai_service import errors, histogram
 from ai_service.api import schemas
 from ai_service.api.deps import MetricsDep, StoreDep, known_query
 from ai_service.api.errors import envelope, responses
@@ -83,22 +82,34 @@ def build_stats(raw: dict[str, Any]) -> schemas.StatsOut:
         if row["status"] == JobStatus.FAILED:
             category = row["error_category"] or "unknown"
             failed_by_category[category] = failed_by_category.get(category, 0) + n
-    oldest = raw["oldest"]
-    age = (
-        max((oldest["now"] - oldest["oldest_pending"]).total_seconds(), 0.0)
-        if oldest["oldest_pending"] is not None
-        else None
-    )
-    recent = {"completed_1h": 0, "failed_1h": 0, "completed_24h": 0, "failed_24h": 0}
+    pending = raw["pending"]
+    now = pending["now"]
+    oldest = pending["oldest_runnable"]
+    # From when the job became runnable (its run_after), by the database clock.
+    age = max((now - oldest).total_seconds(), 0.0) if oldest is not None else None
+    throughput = [
+        schemas.ThroughputPoint(
+            minute=row["minute"], completed=int(row["completed"]), failed=int(row["failed"])
+        )
+        for row in raw["throughput"]
+    ]
+    recent = {
+        "completed_1h": sum(point.completed for point in throughput),
+        "failed_1h": sum(point.failed for point in throughput),
+        "completed_24h": 0,
+        "failed_24h": 0,
+    }
     durations: dict[str, schemas.RunDuration] = {}
     for row in raw["recent"]:
-        for key in recent:
-            recent[key] += int(row[key])
+        recent["completed_24h"] += int(row["completed_24h"])
+        recent["failed_24h"] += int(row["failed_24h"])
         if row["completed_24h"]:
+            bounds = row["bounds"]
+            buckets = [int(n or 0) for n in row["completed_buckets"]]
             durations[row["task_type"]] = schemas.RunDuration(
                 completed_24h=int(row["completed_24h"]),
-                p50_seconds=_round(row["p50_seconds"]),
-                p95_seconds=_round(row["p95_seconds"]),
+                p50_seconds=_round(histogram.quantile(bounds, buckets, 0.5)),
+                p95_seconds=_round(histogram.quantile(bounds, buckets, 0.95)),
             )
     return schemas.StatsOut(
         total=sum(by_status.values()),
@@ -106,10 +117,17 @@ def build_stats(raw: dict[str, Any]) -> schemas.StatsOut:
         by_task_type={k: schemas.StatusCounts(**v) for k, v in sorted(by_task.items())},
         by_model_profile={k: schemas.StatusCounts(**v) for k, v in sorted(by_profile.items())},
         failed_by_category=dict(sorted(failed_by_category.items())),
+        oldest_runnable_age_seconds=_round(age),
         oldest_pending_age_seconds=_round(age),
+        scheduled=schemas.ScheduledJobs(
+            count=int(pending["scheduled"]),
+            capped=pending["scheduled_capped"],
+            next_run_after=pending["next_scheduled"],
+        ),
         recent=schemas.RecentCounts(**recent),
         run_duration_24h=dict(sorted(durations.items())),
-        generated_at=datetime.now(UTC),
+        throughput_1h=throughput,
+        generated_at=now,
     )
 
 

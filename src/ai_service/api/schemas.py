@@ -429,6 +429,11 @@ class StatusCounts(BaseModel):
 
 
 class RecentCounts(BaseModel):
+    """Jobs that finished (became completed or failed) in the last hour / day.
+
+    Windows are whole UTC minutes: the current one and the 59 (1,439) before it.
+    """
+
     completed_1h: int
     failed_1h: int
     completed_24h: int
@@ -437,8 +442,26 @@ class RecentCounts(BaseModel):
 
 class RunDuration(BaseModel):
     completed_24h: int
-    p50_seconds: float | None
-    p95_seconds: float | None
+    p50_seconds: float | None = Field(
+        description="Estimated from duration buckets (interpolated inside the bucket)."
+    )
+    p95_seconds: float | None = Field(
+        description="Estimated from duration buckets (interpolated inside the bucket)."
+    )
+
+
+class ScheduledJobs(BaseModel):
+    """Pending jobs that may not run yet: scheduled for later, or backing off after a failure."""
+
+    count: int = Field(description="How many, counted up to 10,000 (see `capped`).")
+    capped: bool = Field(description="True when there are more than `count` (10,000).")
+    next_run_after: datetime | None = Field(description="The earliest of their `run_after`.")
+
+
+class ThroughputPoint(BaseModel):
+    minute: datetime = Field(description="Start of the UTC minute.")
+    completed: int
+    failed: int
 
 
 class StatsOut(BaseModel):
@@ -447,10 +470,21 @@ class StatsOut(BaseModel):
     by_task_type: dict[str, StatusCounts]
     by_model_profile: dict[str, StatusCounts]
     failed_by_category: dict[str, int]
-    oldest_pending_age_seconds: float | None
+    oldest_runnable_age_seconds: float | None = Field(
+        description="How long the longest-waiting runnable pending job has been runnable "
+        "(now - run_after, database clock); null when none is runnable. Jobs scheduled for "
+        "later are not waiting: see `scheduled`."
+    )
+    oldest_pending_age_seconds: float | None = Field(
+        description="The same as `oldest_runnable_age_seconds` (the name of earlier versions)."
+    )
+    scheduled: ScheduledJobs
     recent: RecentCounts
     run_duration_24h: dict[str, RunDuration] = Field(description="Completed jobs, by task type.")
-    generated_at: datetime
+    throughput_1h: list[ThroughputPoint] = Field(
+        description="Jobs finished per minute, the last 60 UTC minutes, oldest first."
+    )
+    generated_at: datetime = Field(description="The database clock when the stats were read.")
 
 
 class HealthOut(BaseModel):

@@ -501,6 +501,109 @@ SELECT status, task_type, model_profile, error_category, sum(n)
 -- Remove counter rows that reached zero.
 DELETE FROM job_counts WHERE n = 0;
 
+-- name: job_counts_recount_lock_timeout
+-- How long the recount waits for its locks (this transaction only).
+SELECT set_config('lock_timeout', %(lock_timeout)s, true);
+
+-- name: job_counts_recount_lock
+-- Recount, step 1: the jobs table's lock before the compaction lock, in the order
+-- TRUNCATE takes them (its trigger), so the two cannot deadlock. ACCESS SHARE blocks
+-- no writer (only TRUNCATE and schema changes).
+LOCK TABLE jobs IN ACCESS SHARE MODE;
+
+-- name: job_counts_recount_gate
+-- Recount, step 2: wait for a counter compaction in flight and keep the others out
+-- until commit: the advisory lock of job_counts_compact (and the TRUNCATE trigger).
+SELECT pg_advisory_xact_lock(1095324502);
+
+-- name: job_counts_recount
+-- Recount, step 3: set every counter from the jobs table itself, while writers run.
+-- The counters' invariant is: exact count = job_counts + job_count_deltas. One
+-- statement, so one snapshot: it sees each writer's row changes together with the
+-- deltas its trigger wrote (same transaction), or neither. Each counter is set to
+-- (rows in the snapshot) - (deltas in the snapshot); those deltas stay, so they add
+-- back, and deltas committed after the snapshot add the changes it did not see.
+-- Nothing else writes job_counts meanwhile: compaction and TRUNCATE need the lock of
+-- step 2. Returns each key's figure before (counters + deltas) and after (the table).
+WITH truth AS (
+    SELECT status, task_type, model_profile,
+           CASE WHEN status = 'failed' THEN error_category ELSE '' END AS error_category,
+           count(*) AS n
+      FROM jobs
+     GROUP BY 1, 2, 3, 4
+), deltas AS (
+    SELECT status, task_type, model_profile, error_category, sum(n) AS n
+      FROM job_count_deltas
+     GROUP BY 1, 2, 3, 4
+), merged AS (
+    SELECT k.status, k.task_type, k.model_profile, k.error_category,
+           coalesce(c.n, 0) + coalesce(d.n, 0) AS before,
+           coalesce(t.n, 0) AS after,
+           coalesce(t.n, 0) - coalesce(d.n, 0) AS counter
+      FROM (SELECT status, task_type, model_profile, error_category FROM truth
+            UNION
+            SELECT status, task_type, model_profile, error_category FROM deltas
+            UNION
+            SELECT status, task_type, model_profile, error_category FROM job_counts) AS k
+      LEFT JOIN truth t USING (status, task_type, model_profile, error_category)
+      LEFT JOIN deltas d USING (status, task_type, model_profile, error_category)
+      LEFT JOIN job_counts c USING (status, task_type, model_profile, error_category)
+), written AS (
+    INSERT INTO job_counts (status, task_type, model_profile, error_category, n)
+    SELECT status, task_type, model_profile, error_category, counter
+      FROM merged
+     ORDER BY 1, 2, 3, 4
+        ON CONFLICT (status, task_type, model_profile, error_category)
+        DO UPDATE SET n = excluded.n
+)
+SELECT status, task_type, model_profile, error_category,
+       before::bigint AS before, after::bigint AS after
+  FROM merged;
+
+-- name: job_rollups_compact
+-- Fold the rollup deltas written by the triggers into the per-minute and per-hour
+-- rollups (one replica at a time; a lock of its own, so counters and rollups fold
+-- independently).
+WITH gate AS (
+    SELECT pg_try_advisory_xact_lock(1095324503) AS ok
+), moved AS (
+    DELETE FROM job_rollup_deltas WHERE (SELECT ok FROM gate) RETURNING *
+), minutes AS (
+    SELECT minute, task_type, model_profile, outcome, sum(n) AS n,
+           sum(duration_sum) AS duration_sum, job_buckets_sum(buckets) AS buckets
+      FROM moved
+     GROUP BY 1, 2, 3, 4
+), hours AS (
+    INSERT INTO job_rollups_hourly AS r
+                (hour, task_type, model_profile, outcome, n, duration_sum, buckets)
+    SELECT date_trunc('hour', minute, 'UTC'), task_type, model_profile, outcome, sum(n),
+           sum(duration_sum), job_buckets_sum(buckets)
+      FROM minutes
+     GROUP BY 1, 2, 3, 4
+     ORDER BY 1, 2, 3, 4
+        ON CONFLICT (hour, task_type, model_profile, outcome)
+        DO UPDATE SET n = r.n + excluded.n,
+                      duration_sum = r.duration_sum + excluded.duration_sum,
+                      buckets = job_buckets_add(r.buckets, excluded.buckets)
+)
+INSERT INTO job_rollups AS r (minute, task_type, model_profile, outcome, n, duration_sum, buckets)
+SELECT minute, task_type, model_profile, outcome, n, duration_sum, buckets
+  FROM minutes
+ ORDER BY 1, 2, 3, 4
+    ON CONFLICT (minute, task_type, model_profile, outcome)
+    DO UPDATE SET n = r.n + excluded.n,
+                  duration_sum = r.duration_sum + excluded.duration_sum,
+                  buckets = job_buckets_add(r.buckets, excluded.buckets);
+
+-- name: job_rollups_prune
+-- Delete rollups older than their retention (job_rollups_keep(), database clock).
+WITH minutes AS (
+    DELETE FROM job_rollups WHERE minute < now() - job_rollups_keep() RETURNING 1
+), hours AS (
+    DELETE FROM job_rollups_hourly WHERE hour < now() - job_rollups_keep() RETURNING 1
+)
+SELECT (SELECT count(*) FROM minutes) + (SELECT count(*) FROM hours) AS deleted;
+
 -- name: stats_counts
 -- Exact job counts by status, task type, model profile and (failed) error category.
 SELECT status, task_type, model_profile, error_category, sum(n)::bigint AS n
@@ -510,27 +613,98 @@ SELECT status, task_type, model_profile, error_category, sum(n)::bigint AS n
  GROUP BY 1, 2, 3, 4
 HAVING sum(n) <> 0;
 
--- name: stats_oldest_pending
--- Creation time of the oldest pending job and the database clock.
-SELECT (SELECT min(created_at) FROM jobs WHERE status = 'pending') AS oldest_pending,
-       now() AS now;
+-- name: stats_pending
+-- The database clock; the oldest runnable pending job's run_after (when it became
+-- runnable); how many pending jobs are scheduled for later (run_after in the future:
+-- scheduled, or backing off after a failure), counted up to `cap` + 1 only (a count
+-- of 300,000 would cost more than the rest of the stats), and the next of them. Each
+-- part reads a range of jobs_pending_run_after_idx.
+SELECT now() AS now,
+       (SELECT min(run_after) FROM jobs
+         WHERE status = 'pending' AND run_after <= now()) AS oldest_runnable,
+       (SELECT count(*) FROM (SELECT 1 FROM jobs
+                               WHERE status = 'pending' AND run_after > now()
+                               LIMIT %(cap)s + 1) AS s) AS scheduled,
+       (SELECT min(run_after) FROM jobs
+         WHERE status = 'pending' AND run_after > now()) AS next_scheduled;
 
 -- name: stats_recent
--- Finished jobs in the last hour and day, and run-duration percentiles, by task type.
+-- Jobs finished in the last 24 h (the current UTC minute and the 1,439 before it) by
+-- task type: completed and failed counts, and the completed ones' run-duration bucket
+-- counts (bounds: job_rollup_bounds()). Read from the rollups, never the jobs table:
+-- the whole hours inside the window from job_rollups_hourly, the minutes at its two
+-- edges from job_rollups, plus the deltas not folded yet (one snapshot, so a fold
+-- running meanwhile moves nothing in or out).
+WITH w AS (
+    SELECT date_trunc('minute', now(), 'UTC') - interval '1439 minutes' AS day_from,
+           date_trunc('hour', date_trunc('minute', now(), 'UTC') - interval '1380 minutes',
+                      'UTC') AS hours_from,
+           date_trunc('hour', now(), 'UTC') AS hours_to
+), finished AS (
+    SELECT r.task_type, r.outcome, r.n, r.buckets
+      FROM job_rollups r, w
+     WHERE r.minute >= w.day_from AND r.minute < w.hours_from
+  UNION ALL
+    SELECT r.task_type, r.outcome, r.n, r.buckets
+      FROM job_rollups_hourly r, w
+     WHERE r.hour >= w.hours_from AND r.hour < w.hours_to
+  UNION ALL
+    SELECT r.task_type, r.outcome, r.n, r.buckets
+      FROM job_rollups r, w
+     WHERE r.minute >= w.hours_to
+  UNION ALL
+    SELECT d.task_type, d.outcome, d.n, d.buckets
+      FROM job_rollup_deltas d, w
+     WHERE d.minute >= w.day_from
+), by_outcome AS (
+    SELECT task_type, outcome, n,
+           CASE WHEN outcome = 'completed' THEN buckets END AS cb
+      FROM finished
+)
+-- Bucket sums by subscript: far cheaper than unnesting every array.
 SELECT task_type,
-       count(*) FILTER (WHERE status = 'completed' AND finished_at >= now() - interval '1 hour')
-           AS completed_1h,
-       count(*) FILTER (WHERE status = 'failed' AND finished_at >= now() - interval '1 hour')
-           AS failed_1h,
-       count(*) FILTER (WHERE status = 'completed') AS completed_24h,
-       count(*) FILTER (WHERE status = 'failed') AS failed_24h,
-       percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
-           FILTER (WHERE status = 'completed' AND started_at IS NOT NULL) AS p50_seconds,
-       percentile_cont(0.95) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at))
-           FILTER (WHERE status = 'completed' AND started_at IS NOT NULL) AS p95_seconds
-  FROM jobs
- WHERE finished_at >= now() - interval '24 hours'
- GROUP BY task_type;
+       coalesce(sum(n) FILTER (WHERE outcome = 'completed'), 0)::bigint AS completed_24h,
+       coalesce(sum(n) FILTER (WHERE outcome = 'failed'), 0)::bigint AS failed_24h,
+       ARRAY[sum(cb[1]),
+             sum(cb[2]),
+             sum(cb[3]),
+             sum(cb[4]),
+             sum(cb[5]),
+             sum(cb[6]),
+             sum(cb[7]),
+             sum(cb[8]),
+             sum(cb[9]),
+             sum(cb[10]),
+             sum(cb[11]),
+             sum(cb[12]),
+             sum(cb[13]),
+             sum(cb[14]),
+             sum(cb[15]),
+             sum(cb[16])]::bigint[] AS completed_buckets,
+       job_rollup_bounds() AS bounds
+  FROM by_outcome
+ GROUP BY task_type
+ ORDER BY task_type;
+
+-- name: stats_throughput
+-- Jobs finished per minute, the current UTC minute and the 59 before it, oldest first
+-- (minutes without any included): from the per-minute rollups and unfolded deltas.
+WITH w AS (
+    SELECT date_trunc('minute', now(), 'UTC') - interval '59 minutes' AS from_minute
+), finished AS (
+    SELECT r.minute, r.outcome, r.n FROM job_rollups r, w WHERE r.minute >= w.from_minute
+  UNION ALL
+    SELECT d.minute, d.outcome, d.n FROM job_rollup_deltas d, w WHERE d.minute >= w.from_minute
+)
+SELECT m.minute,
+       coalesce(sum(f.n) FILTER (WHERE f.outcome = 'completed'), 0)::bigint AS completed,
+       coalesce(sum(f.n) FILTER (WHERE f.outcome = 'failed'), 0)::bigint AS failed
+  FROM w
+ CROSS JOIN generate_series(w.from_minute, w.from_minute + interval '59 minutes',
+                            interval '1 minute') AS m(minute)
+  LEFT JOIN finished f ON f.minute = m.minute
+ GROUP BY m.minute
+ ORDER BY m.minute;
 
 -- name: jobs_notify
 -- Wake the listeners of these task types (payload: the task type).
