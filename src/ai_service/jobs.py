@@ -52,6 +52,14 @@ ALLOWED_FROM: dict[str, frozenset[JobStatus]] = {
     "retry": frozenset({JobStatus.FAILED, JobStatus.RUNNING}),
 }
 
+# Statuses a bulk action takes when its filter names none. Bulk retry takes failed jobs
+# only: a running attempt is healthy work in progress (retrying it throws that away), so
+# a caller must ask for it by naming `running`.
+BULK_DEFAULT_STATUSES: dict[str, tuple[JobStatus, ...]] = {
+    "retry": (JobStatus.FAILED,),
+    "cancel": (JobStatus.PENDING, JobStatus.RUNNING),
+}
+
 
 class ErrorCategory(enum.StrEnum):
     """Why a job attempt failed."""
@@ -181,7 +189,13 @@ class NewJob:
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    """Selection of jobs shared by list, bulk retry and bulk cancel."""
+    """Selection of jobs shared by list, bulk retry and bulk cancel.
+
+    Fields combine with AND; an empty one selects everything. `error_category`
+    matches failed jobs only (a running or pending job still carries the category
+    of its previous attempt). The predicate is the `job_filter` fragment of
+    queries.sql; the API reads it from `schemas.FilterFields`.
+    """
 
     statuses: tuple[JobStatus, ...] = ()
     owner_service: str | None = None
@@ -226,7 +240,9 @@ def new_job_id() -> UUID:
 def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
     """Delay before retry number `attempt` (1-based): exponential, capped, jittered.
 
-    `jitter` in [0, 1) picks a point in the upper half of the window. The same
-    formula runs inside `job_fail` and `job_rescue_expired` in queries.sql.
+    `jitter` in [0, 1) picks a point in the upper half of the window. The mirror of
+    the `retry_backoff` fragment of queries.sql (which `job_fail` and
+    `job_rescue_expired` use, with `random()` as the jitter), for Python code that
+    needs the delay without the database; a test keeps the two equal.
     """
     return float(min(cap, base * 2.0 ** max(attempt - 1, 0)) * (0.5 + jitter * 0.5))
