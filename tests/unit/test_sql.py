@@ -148,7 +148,7 @@ def test_fragment_mistakes_are_refused(text: str, error: str) -> None:
 def test_every_fragment_has_a_one_line_description() -> None:
     lines = QUERIES_FILE.read_text().splitlines()
     headers = [i for i, line in enumerate(lines) if line.startswith("-- fragment: ")]
-    assert len(headers) == 2  # job_filter, retry_backoff
+    assert len(headers) == 3  # job_statuses, job_filter, retry_backoff
     for index in headers:
         assert lines[index + 1].startswith("-- "), lines[index]
 
@@ -157,9 +157,10 @@ def test_the_job_filter_is_written_once_and_used_by_the_list_and_both_bulk_actio
     text = QUERIES_FILE.read_text()
     for condition in ("owner_service = %(owner_service)s", "created_at < %(created_before)s"):
         assert text.count(condition) == 1, condition
+    assert text.count("OR s = 'failed'") == 1  # a category matches failed jobs only
     for name in ("job_list", "job_retry_by_filter", "job_cancel_by_filter"):
         assert "owner_service = %(owner_service)s" in queries()[name], name
-        assert "error_category = %(error_category)s" in queries()[name], name
+        assert "OR s = 'failed'" in queries()[name], name
 
 
 def test_the_backoff_rule_is_written_once_and_used_by_fail_and_rescue() -> None:
