@@ -193,8 +193,9 @@ class JobFilter:
 
     Fields combine with AND; an empty one selects everything. `error_category`
     matches failed jobs only (a running or pending job still carries the category
-    of its previous attempt). The predicate is the `job_filter` fragment of
-    queries.sql; the API reads it from `schemas.FilterFields`.
+    of its previous attempt). The predicate is written once, in the `job_statuses`
+    and `job_filter` fragments of queries.sql; the API reads it from
+    `schemas.FilterFields`, for the list and the bulk actions alike.
     """
 
     statuses: tuple[JobStatus, ...] = ()
@@ -240,9 +241,10 @@ def new_job_id() -> UUID:
 def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
     """Delay before retry number `attempt` (1-based): exponential, capped, jittered.
 
-    `jitter` in [0, 1) picks a point in the upper half of the window. The mirror of
-    the `retry_backoff` fragment of queries.sql (which `job_fail` and
-    `job_rescue_expired` use, with `random()` as the jitter), for Python code that
-    needs the delay without the database; a test keeps the two equal.
+    `jitter` in [0, 1) picks a point in the upper half of the window. The rule itself
+    is the `retry_backoff` fragment of queries.sql (used by `job_fail` and
+    `job_rescue_expired`, with `random()` as the jitter): the database decides every
+    backoff. This is its mirror for Python code that needs the figure without a
+    statement; tests/integration/test_sql.py keeps the two equal.
     """
     return float(min(cap, base * 2.0 ** max(attempt - 1, 0)) * (0.5 + jitter * 0.5))
