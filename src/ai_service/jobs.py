@@ -52,6 +52,14 @@ ALLOWED_FROM: dict[str, frozenset[JobStatus]] = {
     "retry": frozenset({JobStatus.FAILED, JobStatus.RUNNING}),
 }
 
+# Statuses a bulk action takes when its filter names none. Bulk retry takes failed jobs
+# only: a running attempt is healthy work in progress (retrying it throws that away), so
+# a caller must ask for it by naming `running`.
+BULK_DEFAULT_STATUSES: dict[str, tuple[JobStatus, ...]] = {
+    "retry": (JobStatus.FAILED,),
+    "cancel": (JobStatus.PENDING, JobStatus.RUNNING),
+}
+
 
 class ErrorCategory(enum.StrEnum):
     """Why a job attempt failed."""
@@ -185,7 +193,14 @@ class NewJob:
 
 @dataclass(frozen=True, slots=True)
 class JobFilter:
-    """Selection of jobs shared by list, bulk retry and bulk cancel."""
+    """Selection of jobs shared by list, bulk retry and bulk cancel.
+
+    Fields combine with AND; an empty one selects everything. `error_category`
+    matches failed jobs only (a running or pending job still carries the category
+    of its previous attempt). The predicate is written once, in the `job_statuses`
+    and `job_filter` fragments of queries.sql; the API reads it from
+    `schemas.FilterFields`, for the list and the bulk actions alike.
+    """
 
     statuses: tuple[JobStatus, ...] = ()
     owner_service: str | None = None
@@ -230,7 +245,10 @@ def new_job_id() -> UUID:
 def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
     """Delay before retry number `attempt` (1-based): exponential, capped, jittered.
 
-    `jitter` in [0, 1) picks a point in the upper half of the window. The same
-    formula runs inside `job_fail` and `job_rescue_expired` in queries.sql.
+    `jitter` in [0, 1) picks a point in the upper half of the window. The rule itself
+    is the `retry_backoff` fragment of queries.sql (used by `job_fail` and
+    `job_rescue_expired`, with `random()` as the jitter): the database decides every
+    backoff. This is its mirror for Python code that needs the figure without a
+    statement; tests/integration/test_sql.py keeps the two equal.
     """
     return float(min(cap, base * 2.0 ** max(attempt - 1, 0)) * (0.5 + jitter * 0.5))

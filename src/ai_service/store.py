@@ -18,7 +18,7 @@ import re
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from ai_service import errors
 from ai_service.jobs import (
     ALLOWED_FROM,
+    BULK_DEFAULT_STATUSES,
     ERRORS_KEPT,
     MAX_ATTEMPTS,
     PAYLOAD_COLUMNS,
@@ -47,6 +48,7 @@ from ai_service.notifier import CONNECT_OPTIONS, Announcer
 from ai_service.sql import queries
 
 FILTER_BATCH = 5000
+BULK_SAMPLE = 100  # ids a bulk action reports (it counts them all)
 CLAIM_ROUNDS = 4
 IDLE_CHECK_AFTER = 2.0  # seconds a pooled connection may idle before it is checked
 # When each pooled connection was last returned (see `Store._checked`).
@@ -113,6 +115,19 @@ class JobPage:
     jobs: list[Job]
     next_cursor: str | None
     truncated: bool = False
+
+
+@dataclass(frozen=True)
+class BulkOutcome:
+    """What a bulk retry or cancel changed: how many jobs, and the first ids (id order)."""
+
+    count: int
+    sample: list[UUID]
+
+    @property
+    def truncated(self) -> bool:
+        """True when more jobs changed than `sample` lists."""
+        return self.count > len(self.sample)
 
 
 @dataclass(frozen=True)
@@ -680,35 +695,51 @@ class Store:
             raise await self._explain_miss(job_id, "cancel", None)
         return job
 
-    async def retry_by_filter(self, job_filter: JobFilter) -> list[UUID]:
-        """Retry every failed/running job matching the filter; returns their ids."""
-        return await self._by_filter("job_retry_by_filter", "retry", job_filter)
+    async def retry_by_filter(
+        self, job_filter: JobFilter, *, sample: int = BULK_SAMPLE
+    ) -> BulkOutcome:
+        """Retry the jobs matching the filter: failed ones, unless `statuses` names
+        `running` too (a running attempt is reset only on request)."""
+        return await self._by_filter("job_retry_by_filter", "retry", job_filter, sample)
 
-    async def cancel_by_filter(self, job_filter: JobFilter) -> list[UUID]:
-        """Cancel every pending/running job matching the filter; returns their ids."""
-        return await self._by_filter("job_cancel_by_filter", "cancel", job_filter)
+    async def cancel_by_filter(
+        self, job_filter: JobFilter, *, sample: int = BULK_SAMPLE
+    ) -> BulkOutcome:
+        """Cancel the pending and running jobs matching the filter."""
+        return await self._by_filter("job_cancel_by_filter", "cancel", job_filter, sample)
 
-    async def _by_filter(self, name: str, action: str, job_filter: JobFilter) -> list[UUID]:
+    async def _by_filter(
+        self, name: str, action: str, job_filter: JobFilter, sample: int
+    ) -> BulkOutcome:
+        """Walk the matching jobs in id order, one batch (one statement) at a time.
+
+        Each statement answers one row (counts, the next start, a few ids), so the
+        memory used does not grow with the number of jobs changed.
+        """
         allowed = ALLOWED_FROM[action]
-        statuses = [s.value for s in (job_filter.statuses or tuple(allowed)) if s in allowed]
+        wanted = job_filter.statuses or BULK_DEFAULT_STATUSES[action]
+        statuses = sorted({s.value for s in wanted if s in allowed})
         if not statuses:
-            return []
+            return BulkOutcome(0, [])
         params = _filter_params(job_filter) | {
             "statuses": statuses,
             "batch": FILTER_BATCH,
             "max_attempts_limit": MAX_ATTEMPTS,
         }
-        changed: list[UUID] = []
+        count = 0
+        ids: list[UUID] = []
         after = UUID(int=0)
         while True:
-            rows = await self._fetch(name, params | {"after": after}, prepare=False)
+            [row] = await self._fetch(
+                name, params | {"after": after, "sample": sample - len(ids)}, prepare=False
+            )
             if action == "retry":
-                self.announcer.announce({row["task_type"] for row in rows})
-            ids = sorted(row["id"] for row in rows)
-            changed.extend(ids)
-            if len(rows) < FILTER_BATCH:
-                return changed
-            after = ids[-1]
+                self.announcer.announce(row["task_types"])
+            count += row["changed"]
+            ids.extend(row["sample"])
+            if row["seen"] < FILTER_BATCH:
+                return BulkOutcome(count, ids)
+            after = row["last_id"]
 
     # -- maintenance ----------------------------------------------------------------
 
@@ -833,13 +864,5 @@ def _count_key(row: dict[str, Any]) -> CountKey:
 
 
 def _filter_params(job_filter: JobFilter) -> dict[str, Any]:
-    return {
-        "owner_service": job_filter.owner_service,
-        "owner_ref": job_filter.owner_ref,
-        "task_type": job_filter.task_type,
-        "model_profile": job_filter.model_profile,
-        "worker_id": job_filter.worker_id,
-        "error_category": job_filter.error_category,
-        "created_after": job_filter.created_after,
-        "created_before": job_filter.created_before,
-    }
+    """The parameters of the `job_filter` fragment, but `statuses` (each caller's own)."""
+    return {f.name: getattr(job_filter, f.name) for f in fields(job_filter) if f.name != "statuses"}

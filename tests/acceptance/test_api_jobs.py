@@ -933,7 +933,9 @@ async def test_cancel_after_a_failed_attempt_has_category_cancelled(
     assert (body["status"], body["error_category"]) == ("cancelled", "cancelled")
     assert body["error_details"] is None
     assert [e["category"] for e in body["errors"]] == ["provider_unavailable"]
-    assert await list_ids(api, error_category="cancelled") == [job["id"]]
+    # A category filter matches failed jobs only: list cancelled ones by their status.
+    assert await list_ids(api, error_category="cancelled") == []
+    assert await list_ids(api, status="cancelled") == [job["id"]]
     assert await list_ids(api, error_category="provider_unavailable") == []
 
 
@@ -957,13 +959,72 @@ async def test_retry_by_filter_resets_exactly_the_matching_jobs(api: httpx.Async
     assert again.json() == {"count": 0, "ids": [], "ids_truncated": False}
 
 
-async def test_retry_by_filter_takes_running_jobs_and_ignores_other_statuses(
+async def test_bulk_retry_by_category_leaves_a_running_attempt_alone(
+    api: httpx.AsyncClient,
+) -> None:
+    # The reproduction: a job failed once (provider_error), was retried and runs again
+    # (the claim keeps the previous attempt's category); a bulk retry of provider_error
+    # failures must leave that healthy attempt and its lease alone.
+    job = await create(api, owner_ref="flaky")
+    first = await claim_one(api)
+    failed = await fail(api, first, "provider_error", retryable=False)
+    assert failed.json()["status"] == "failed"
+    assert (await api.post(f"{API}/jobs/{job['id']}/retry")).status_code == 200
+    second = await claim_one(api)
+    assert (second["id"], second["status"], second["error_category"]) == (
+        job["id"],
+        "running",
+        "provider_error",
+    )
+    [other] = await _failed_jobs(api, ["provider_error"])
+    for body in (
+        {"error_category": "provider_error"},
+        {"error_category": "provider_error", "status": ["failed", "running"]},
+    ):
+        response = await api.post(f"{API}/jobs/retry", json=body)
+        assert response.status_code == 200, response.text
+        expected = [other["id"]] if body.get("status") is None else []
+        assert response.json() == {"count": len(expected), "ids": expected, "ids_truncated": False}
+    after = await get(api, job["id"])
+    assert (after["status"], after["attempt"]) == ("running", 2)
+    beat = await api.post(
+        f"{API}/jobs/{job['id']}/heartbeat", json={"lease_token": second["lease_token"]}
+    )
+    assert beat.status_code == 200  # the lease still holds
+    assert await list_ids(api, error_category="provider_error", status="running") == []
+
+
+async def test_bulk_answers_count_every_job_and_list_the_first_100_ids(
+    api: httpx.AsyncClient,
+) -> None:
+    created = await api.post(
+        f"{API}/jobs/batch",
+        json={
+            "defaults": {k: v for k, v in job_body().items() if k != "owner_ref"},
+            "jobs": [{"owner_ref": f"many/{i}"} for i in range(150)],
+        },
+    )
+    assert created.status_code == 201, created.text
+    ids = sorted(uuid.UUID(j["id"]) for j in created.json()["jobs"])
+    response = await api.post(f"{API}/jobs/cancel", json={"owner_service": "telephony"})
+    body = response.json()
+    assert (body["count"], body["ids_truncated"]) == (150, True)
+    assert [uuid.UUID(i) for i in body["ids"]] == ids[:100]  # oldest first
+
+
+async def test_retry_by_filter_takes_running_jobs_only_when_named(
     api: httpx.AsyncClient,
 ) -> None:
     await create(api, owner_ref="a", task_type="transcribe")
     running = await claim_one(api)
     pending = await create(api, owner_ref="b", task_type="transcribe")
+    # By default a bulk retry takes failed jobs: the running attempt is healthy work.
     response = await api.post(f"{API}/jobs/retry", json={"task_type": "transcribe"})
+    assert response.json() == {"count": 0, "ids": [], "ids_truncated": False}
+    assert (await get(api, running["id"]))["status"] == "running"
+    response = await api.post(
+        f"{API}/jobs/retry", json={"task_type": "transcribe", "status": ["running"]}
+    )
     assert response.json() == {"count": 1, "ids": [running["id"]], "ids_truncated": False}
     assert (await get(api, running["id"]))["status"] == "pending"
     assert (await get(api, pending["id"]))["status"] == "pending"
@@ -1040,8 +1101,8 @@ async def test_bulk_actions_with_an_empty_filter_need_all_true(api: httpx.AsyncC
 
     retried = await api.post(f"{API}/jobs/retry", json={"all": True})
     assert retried.status_code == 200
-    assert retried.json()["count"] == 1
-    assert await statuses() == ["pending", "pending"]
+    assert retried.json()["count"] == 0  # no failed job; the running one is left alone
+    assert await statuses() == ["pending", "running"]
     cancelled = await api.post(f"{API}/jobs/cancel", json={"all": True})
     assert cancelled.status_code == 200
     assert cancelled.json()["count"] == 2

@@ -16,7 +16,7 @@ import pytest
 from ai_service import errors, histogram
 from ai_service import store as store_module
 from ai_service.jobs import JOB_COLUMNS, Job, JobFilter, JobStatus
-from ai_service.store import JobPage, Store
+from ai_service.store import BulkOutcome, JobPage, Store
 from tests.helpers import free_port, new_job
 
 # -- helpers ---------------------------------------------------------------------------
@@ -654,33 +654,95 @@ async def _one_of_each_status(store: Store, owner_service: str) -> dict[JobStatu
     }
 
 
-async def test_retry_by_filter_retries_only_failed_and_running(store: Store) -> None:
+async def test_retry_by_filter_retries_failed_jobs_and_running_ones_only_on_request(
+    store: Store,
+) -> None:
     mine = await _one_of_each_status(store, "telephony")
     other = await _one_of_each_status(store, "monitoring-pf")
-    ids = await store.retry_by_filter(JobFilter(owner_service="telephony"))
-    assert sorted(ids) == sorted([mine[JobStatus.FAILED].id, mine[JobStatus.RUNNING].id])
-    for status in (JobStatus.FAILED, JobStatus.RUNNING):
-        assert (await store.get_job(mine[status].id)).status is JobStatus.PENDING
-    for status in (JobStatus.PENDING, JobStatus.COMPLETED, JobStatus.CANCELLED):
+    outcome = await store.retry_by_filter(JobFilter(owner_service="telephony"))
+    assert outcome == BulkOutcome(1, [mine[JobStatus.FAILED].id])
+    assert (await store.get_job(mine[JobStatus.FAILED].id)).status is JobStatus.PENDING
+    # A running attempt is healthy work: the default leaves it (and its lease) alone.
+    for status in (JobStatus.RUNNING, JobStatus.PENDING, JobStatus.COMPLETED, JobStatus.CANCELLED):
         assert await store.get_job(mine[status].id) == mine[status]
+    running = JobFilter(owner_service="telephony", statuses=(JobStatus.RUNNING,))
+    assert await store.retry_by_filter(running) == BulkOutcome(1, [mine[JobStatus.RUNNING].id])
+    assert (await store.get_job(mine[JobStatus.RUNNING].id)).status is JobStatus.PENDING
     for job in other.values():
         assert await store.get_job(job.id) == job
 
 
 async def test_retry_by_filter_with_statuses_narrows_to_allowed_ones(store: Store) -> None:
     mine = await _one_of_each_status(store, "telephony")
-    only_failed = await store.retry_by_filter(JobFilter(statuses=(JobStatus.FAILED,)))
-    assert only_failed == [mine[JobStatus.FAILED].id]
     not_allowed = JobFilter(statuses=(JobStatus.COMPLETED, JobStatus.CANCELLED))
-    assert await store.retry_by_filter(not_allowed) == []
-    assert (await store.get_job(mine[JobStatus.RUNNING].id)).status is JobStatus.RUNNING
+    assert await store.retry_by_filter(not_allowed) == BulkOutcome(0, [])
+    both = JobFilter(statuses=(JobStatus.FAILED, JobStatus.RUNNING, JobStatus.COMPLETED))
+    outcome = await store.retry_by_filter(both)
+    assert outcome.sample == sorted([mine[JobStatus.FAILED].id, mine[JobStatus.RUNNING].id])
+    assert (await store.get_job(mine[JobStatus.COMPLETED].id)) == mine[JobStatus.COMPLETED]
+
+
+async def _failed_then_running_again(store: Store, category: str) -> Job:
+    """A job that failed once with `category`, was retried, and runs its second attempt."""
+    job = await create(store, task_type="flaky")
+    first = await claim_one(store, job)
+    await store.fail(job.id, category=category, message="502", lease_token=first.lease_token)
+    await store.retry(job.id)
+    second = await claim_one(store, job, worker="w2")
+    assert (second.status, second.attempt, second.error_category) == (
+        JobStatus.RUNNING,
+        2,
+        category,  # the claim keeps the previous attempt's category
+    )
+    return second
+
+
+async def test_bulk_retry_by_category_leaves_a_running_attempt_alone(store: Store) -> None:
+    # The reproduction: a job failed once (provider_error), was retried and runs again;
+    # a bulk retry of provider_error failures must not reset that healthy attempt.
+    running = await _failed_then_running_again(store, "provider_error")
+    failed = await create(store, owner_ref="still-failed")
+    await store.fail(failed.id, category="provider_error", message="x")
+    by_category = JobFilter(error_category="provider_error")
+    assert await store.retry_by_filter(by_category) == BulkOutcome(1, [failed.id])
+    assert await store.get_job(running.id) == running
+    # Naming `running` does not change what a category matches: failed jobs only.
+    also_running = JobFilter(
+        error_category="provider_error", statuses=(JobStatus.FAILED, JobStatus.RUNNING)
+    )
+    assert await store.retry_by_filter(also_running) == BulkOutcome(0, [])
+    assert await store.cancel_by_filter(by_category) == BulkOutcome(0, [])
+    assert await store.get_job(running.id) == running
+
+
+async def test_list_by_error_category_matches_failed_jobs_only(store: Store) -> None:
+    running = await _failed_then_running_again(store, "provider_error")
+    failed = await create(store, owner_ref="failed")
+    await store.fail(failed.id, category="provider_error", message="x")
+    backing_off = await create(store, owner_ref="backing-off", task_type="other")
+    first = await claim_one(store, backing_off)
+    pending = await store.fail(
+        backing_off.id,
+        category="provider_error",
+        message="x",
+        lease_token=first.lease_token,
+        retryable=True,
+    )
+    assert (pending.status, pending.error_category) == (JobStatus.PENDING, "provider_error")
+    assert await _listed(store, JobFilter(error_category="provider_error")) == [failed.id]
+    for status in (JobStatus.RUNNING, JobStatus.PENDING):
+        only = JobFilter(error_category="provider_error", statuses=(status,))
+        assert await _listed(store, only) == []
+    assert await _listed(store, JobFilter(statuses=(JobStatus.RUNNING,))) == [running.id]
 
 
 async def test_cancel_by_filter_cancels_only_pending_and_running(store: Store) -> None:
     mine = await _one_of_each_status(store, "telephony")
     other = await _one_of_each_status(store, "monitoring-pf")
-    ids = await store.cancel_by_filter(JobFilter(owner_service="telephony"))
-    assert sorted(ids) == sorted([mine[JobStatus.PENDING].id, mine[JobStatus.RUNNING].id])
+    outcome = await store.cancel_by_filter(JobFilter(owner_service="telephony"))
+    assert outcome == BulkOutcome(
+        2, sorted([mine[JobStatus.PENDING].id, mine[JobStatus.RUNNING].id])
+    )
     for status in (JobStatus.PENDING, JobStatus.RUNNING):
         job = await store.get_job(mine[status].id)
         assert job.status is JobStatus.CANCELLED
@@ -695,8 +757,9 @@ async def test_cancel_by_filter_cancels_only_pending_and_running(store: Store) -
 async def test_cancel_by_filter_with_statuses_narrows_to_allowed_ones(store: Store) -> None:
     mine = await _one_of_each_status(store, "telephony")
     only_running = await store.cancel_by_filter(JobFilter(statuses=(JobStatus.RUNNING,)))
-    assert only_running == [mine[JobStatus.RUNNING].id]
-    assert await store.cancel_by_filter(JobFilter(statuses=(JobStatus.FAILED,))) == []
+    assert only_running == BulkOutcome(1, [mine[JobStatus.RUNNING].id])
+    failed = JobFilter(statuses=(JobStatus.FAILED,))
+    assert await store.cancel_by_filter(failed) == BulkOutcome(0, [])
     assert (await store.get_job(mine[JobStatus.PENDING].id)).status is JobStatus.PENDING
 
 
@@ -706,14 +769,41 @@ async def test_bulk_actions_work_through_many_batches(
     monkeypatch.setattr(store_module, "FILTER_BATCH", 7)
     outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(30)])
     cancelled = await store.cancel_by_filter(JobFilter(owner_service="telephony"))
-    assert sorted(cancelled) == sorted(o.job.id for o in outcomes)
-    assert len(set(cancelled)) == 30
+    assert cancelled == BulkOutcome(30, sorted(o.job.id for o in outcomes))
 
     outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(30)])
     for o in outcomes:
         await store.fail(o.job.id, category="internal", message="x")
     retried = await store.retry_by_filter(JobFilter(statuses=(JobStatus.FAILED,)))
-    assert sorted(retried) == sorted(o.job.id for o in outcomes)
+    assert retried == BulkOutcome(30, sorted(o.job.id for o in outcomes))
+
+
+async def test_bulk_actions_count_every_job_and_list_only_the_first_ids(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each batch statement answers one row (counts and a few ids), never one row per
+    # job: what the store holds does not grow with the number of jobs changed.
+    monkeypatch.setattr(store_module, "FILTER_BATCH", 7)
+    answers: list[int] = []
+    fetch = store._fetch
+
+    async def counting_fetch(name: str, params: dict[str, Any], **kw: Any) -> Any:
+        rows = await fetch(name, params, **kw)
+        if name.endswith("_by_filter"):
+            answers.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(store, "_fetch", counting_fetch)
+    outcomes = await store.create_jobs([new_job(owner_ref=str(i)) for i in range(40)])
+    ids = sorted(o.job.id for o in outcomes)
+    for o in outcomes:
+        await store.fail(o.job.id, category="internal", message="x")
+    retried = await store.retry_by_filter(JobFilter(owner_service="telephony"), sample=10)
+    assert (retried.count, retried.sample, retried.truncated) == (40, ids[:10], True)
+    assert answers == [1] * 6  # 40 jobs in batches of 7: 5 full batches and a last one
+    cancelled = await store.cancel_by_filter(JobFilter(owner_service="telephony"), sample=40)
+    assert (cancelled.count, cancelled.sample, cancelled.truncated) == (40, ids, False)
+    assert store_module.BULK_SAMPLE == 100  # what the API reports
 
 
 async def test_bulk_retry_skips_jobs_at_the_attempt_limit_without_stopping_early(
@@ -731,25 +821,31 @@ async def test_bulk_retry_skips_jobs_at_the_attempt_limit_without_stopping_early
         [exhausted],
     )
     retried = await store.retry_by_filter(JobFilter(statuses=(JobStatus.FAILED,)))
-    assert sorted(retried) == [i for i in ids if i not in exhausted]
+    assert retried.sample == [i for i in ids if i not in exhausted]
     for job_id in exhausted:
         assert (await store.get_job(job_id)).status is JobStatus.FAILED
 
 
 async def test_bulk_actions_filter_on_every_field(store: Store) -> None:
     jobs = await _fixture_jobs(store)
+
+    async def ids(outcome: Awaitable[BulkOutcome]) -> list[uuid.UUID]:
+        return (await outcome).sample
+
     # whisperx: one failed and one completed job, neither can be cancelled.
-    assert await store.cancel_by_filter(JobFilter(model_profile="whisperx")) == []
-    assert await store.retry_by_filter(JobFilter(worker_id="w2")) == [jobs["failed"].id]
-    assert await store.retry_by_filter(JobFilter(error_category="timeout")) == [
+    assert await ids(store.cancel_by_filter(JobFilter(model_profile="whisperx"))) == []
+    assert await ids(store.retry_by_filter(JobFilter(worker_id="w2"))) == [jobs["failed"].id]
+    assert await ids(store.retry_by_filter(JobFilter(error_category="timeout"))) == [
         jobs["mirror_failed"].id
     ]
-    assert await store.cancel_by_filter(JobFilter(task_type="tg_analysis")) == [jobs["running"].id]
+    assert await ids(store.cancel_by_filter(JobFilter(task_type="tg_analysis"))) == [
+        jobs["running"].id
+    ]
     # owner_ref "a": the pending job, and the mirror-failed one that was just retried.
     later = JobFilter(owner_ref="a", created_after=jobs["mirror_failed"].created_at)
     earlier = JobFilter(owner_ref="a", created_before=jobs["mirror_failed"].created_at)
-    assert await store.cancel_by_filter(later) == [jobs["mirror_failed"].id]
-    assert await store.cancel_by_filter(earlier) == [jobs["pending"].id]
+    assert await ids(store.cancel_by_filter(later)) == [jobs["mirror_failed"].id]
+    assert await ids(store.cancel_by_filter(earlier)) == [jobs["pending"].id]
 
 
 async def _lock_waiters(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -813,7 +909,8 @@ async def test_batched_worker_calls_and_bulk_actions_do_not_deadlock(
         await holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", [high.id])
         worker_call = asyncio.ensure_future(BATCHED[batched](store, [high, low]))
         await _until_lock_waiters(watch, 1, worker_call)
-        bulk_call = asyncio.ensure_future(getattr(store, bulk)(JobFilter()))
+        running = JobFilter(statuses=(JobStatus.RUNNING,))  # bulk retry takes them on request
+        bulk_call = asyncio.ensure_future(getattr(store, bulk)(running))
         await _until_lock_waiters(watch, 2, worker_call, bulk_call)
         await holder.commit()
         results = await asyncio.gather(worker_call, bulk_call, return_exceptions=True)

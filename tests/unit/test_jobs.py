@@ -13,6 +13,7 @@ import pytest
 from ai_service import jobs as jobs_module
 from ai_service.jobs import (
     ALLOWED_FROM,
+    BULK_DEFAULT_STATUSES,
     JOB_COLUMNS,
     MAX_ATTEMPTS,
     ErrorCategory,
@@ -44,6 +45,16 @@ def test_allowed_from_matches_the_documented_state_machine() -> None:
         "cancel": {JobStatus.PENDING, JobStatus.RUNNING},
         "retry": {JobStatus.FAILED, JobStatus.RUNNING},
     }
+
+
+def test_bulk_retry_takes_failed_jobs_unless_asked_and_cancel_pending_and_running() -> None:
+    # A running attempt is healthy work: a bulk retry resets it only when named.
+    assert BULK_DEFAULT_STATUSES == {
+        "retry": (JobStatus.FAILED,),
+        "cancel": (JobStatus.PENDING, JobStatus.RUNNING),
+    }
+    for action, statuses in BULK_DEFAULT_STATUSES.items():
+        assert set(statuses) <= ALLOWED_FROM[action]
 
 
 def test_empty_filter_is_empty() -> None:

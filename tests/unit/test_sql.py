@@ -106,3 +106,65 @@ def test_queries_use_only_named_placeholders() -> None:
     for name, text in queries().items():
         stripped = re.sub(r"%\(\w+\)s", "", text)
         assert "%" not in stripped, name
+
+
+FRAGMENTS = """\
+-- fragment: by_owner
+-- Rows of one owner.
+owner = %(owner)s AND kind = 'x'
+
+-- name: listing
+-- Uses the fragment twice.
+SELECT * FROM t WHERE /*by_owner*/ AND id IN (SELECT id FROM u WHERE /*by_owner*/);
+"""
+
+
+def test_a_fragment_is_spliced_wherever_a_query_names_it() -> None:
+    parsed = parse_queries(FRAGMENTS)
+    assert list(parsed) == ["listing"]  # a fragment is no query
+    spliced = "(owner = %(owner)s AND kind = 'x')"
+    assert parsed["listing"] == (
+        f"SELECT * FROM t WHERE {spliced} AND id IN (SELECT id FROM u WHERE {spliced})"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("-- name: q\nSELECT /*nothing*/;\n", "placeholder /\\*nothing\\*/ names no fragment"),
+        ("-- fragment: f\n1\n-- name: q\nSELECT 2;\n", "fragment 'f' is used by no query"),
+        (
+            "-- fragment: f\n/*g*/\n-- fragment: g\n1\n-- name: q\nSELECT /*f*/;\n",
+            "fragment 'f' holds a placeholder",
+        ),
+        ("-- fragment: q\n1\n-- name: q\nSELECT /*q*/;\n", "duplicate query name 'q'"),
+    ],
+)
+def test_fragment_mistakes_are_refused(text: str, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        parse_queries(text)
+
+
+def test_every_fragment_has_a_one_line_description() -> None:
+    lines = QUERIES_FILE.read_text().splitlines()
+    headers = [i for i, line in enumerate(lines) if line.startswith("-- fragment: ")]
+    assert len(headers) == 3  # job_statuses, job_filter, retry_backoff
+    for index in headers:
+        assert lines[index + 1].startswith("-- "), lines[index]
+
+
+def test_the_job_filter_is_written_once_and_used_by_the_list_and_both_bulk_actions() -> None:
+    text = QUERIES_FILE.read_text()
+    for condition in ("owner_service = %(owner_service)s", "created_at < %(created_before)s"):
+        assert text.count(condition) == 1, condition
+    assert text.count("OR s = 'failed'") == 1  # a category matches failed jobs only
+    for name in ("job_list", "job_retry_by_filter", "job_cancel_by_filter"):
+        assert "owner_service = %(owner_service)s" in queries()[name], name
+        assert "OR s = 'failed'" in queries()[name], name
+
+
+def test_the_backoff_rule_is_written_once_and_used_by_fail_and_rescue() -> None:
+    text = QUERIES_FILE.read_text()
+    assert text.count("power(2,") == 1
+    for name in ("job_fail", "job_rescue_expired"):
+        assert "power(2, greatest(attempt - 1, 0))" in queries()[name], name

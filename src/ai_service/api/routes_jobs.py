@@ -21,31 +21,12 @@ from ai_service.api.deps import (
     known_query,
 )
 from ai_service.api.errors import responses
-from ai_service.jobs import PAYLOAD_COLUMNS, JobFilter, JobStatus, NewJob, is_retryable
-from ai_service.store import Completion, Store
+from ai_service.jobs import PAYLOAD_COLUMNS, JobFilter, NewJob, is_retryable
+from ai_service.store import BulkOutcome, Completion, Store
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
 
 _REQUIRED = ("owner_service", "owner_ref", "task_type", "model_profile", "input")
-_LIST_PARAMS = frozenset(
-    {
-        "status",
-        "owner_service",
-        "owner_ref",
-        "task_type",
-        "model_profile",
-        "worker_id",
-        "error_category",
-        "created_after",
-        "created_before",
-        "limit",
-        "cursor",
-        "include",
-    }
-)
-MAX_IDS_IN_ANSWER = 10_000
-# The included payloads of one list page stop at this many bytes (at least one job).
-LIST_PAYLOAD_MAX_BYTES = 8 * 1024 * 1024
 
 
 def _new_job(body: schemas.JobCreate) -> NewJob:
@@ -128,15 +109,6 @@ async def create_batch(
     return schemas.BatchOut(created=created, existing=len(outcomes) - created, jobs=items)
 
 
-_INCLUDE_DESCRIPTION = (
-    "Payload fields to add to each job: any of "
-    + ", ".join(f"`{c}`" for c in PAYLOAD_COLUMNS)
-    + ", comma-separated or repeated. Without it the jobs carry the technical summary only. "
-    f"A page stops early once its payloads reach {LIST_PAYLOAD_MAX_BYTES // 1024 // 1024} MiB "
-    "(`truncated: true`; continue with `next_cursor`)."
-)
-
-
 def _include(values: list[str] | None) -> frozenset[str]:
     names = [name.strip() for value in values or () for name in value.split(",")]
     for name in names:
@@ -153,46 +125,21 @@ def _include(values: list[str] | None) -> frozenset[str]:
     response_model_exclude_unset=True,
     responses=responses(),
     summary="List jobs, newest first, with filters and keyset pagination",
-    dependencies=[known_query(*_LIST_PARAMS)],
+    dependencies=[known_query(*schemas.ListQuery.model_fields)],
 )
 async def list_jobs(
-    store: StoreDep,
-    principal: PrincipalDep,
-    status_: Annotated[list[JobStatus] | None, Query(alias="status")] = None,
-    owner_service: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
-    owner_ref: Annotated[str | None, Query(min_length=1, max_length=500)] = None,
-    task_type: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
-    model_profile: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
-    worker_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    error_category: Annotated[str | None, Query(min_length=1, max_length=100)] = None,
-    created_after: Annotated[schemas.Timestamp | None, Query()] = None,
-    created_before: Annotated[schemas.Timestamp | None, Query()] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
-    include: Annotated[
-        list[str] | None, Query(max_length=len(PAYLOAD_COLUMNS), description=_INCLUDE_DESCRIPTION)
-    ] = None,
+    store: StoreDep, principal: PrincipalDep, query: Annotated[schemas.ListQuery, Query()]
 ) -> schemas.JobListOut:
-    included = _include(include)
-    job_filter = JobFilter(
-        statuses=tuple(status_ or ()),
-        # A submitter lists its own owner_service only (403 for a filter naming another).
-        owner_service=scoped_owner(principal, owner_service, "owner_service"),
-        owner_ref=owner_ref,
-        task_type=task_type,
-        model_profile=model_profile,
-        worker_id=worker_id,
-        error_category=error_category,
-        created_after=created_after,
-        created_before=created_before,
-    )
-    _reject_nul(job_filter)
+    included = _include(query.include)
+    job_filter = query.to_filter()
+    # A submitter lists its own owner_service only (403 for a filter naming another).
+    owner = scoped_owner(principal, job_filter.owner_service, "owner_service")
     page = await store.list_jobs(
-        job_filter,
-        limit=limit,
-        cursor=cursor,
+        replace(job_filter, owner_service=owner),
+        limit=query.limit,
+        cursor=query.cursor,
         include=included,
-        max_payload_bytes=LIST_PAYLOAD_MAX_BYTES,
+        max_payload_bytes=schemas.LIST_PAYLOAD_MAX_BYTES,
     )
     return schemas.JobListOut(
         jobs=[schemas.JobSummaryOut.of(j, included) for j in page.jobs],
@@ -201,26 +148,8 @@ async def list_jobs(
     )
 
 
-def _reject_nul(job_filter: JobFilter) -> None:
-    for name in (
-        "owner_service",
-        "owner_ref",
-        "task_type",
-        "model_profile",
-        "worker_id",
-        "error_category",
-    ):
-        value = getattr(job_filter, name)
-        if value is not None and "\x00" in value:
-            raise errors.InvalidRequest(name, "must not contain NUL characters")
-
-
-def _bulk_out(ids: list[UUID]) -> schemas.BulkOut:
-    return schemas.BulkOut(
-        count=len(ids),
-        ids=ids[:MAX_IDS_IN_ANSWER],
-        ids_truncated=len(ids) > MAX_IDS_IN_ANSWER,
-    )
+def _bulk_out(outcome: BulkOutcome) -> schemas.BulkOut:
+    return schemas.BulkOut(count=outcome.count, ids=outcome.sample, ids_truncated=outcome.truncated)
 
 
 def _bulk_filter(body: schemas.BulkRequest, principal: Principal) -> JobFilter:
@@ -245,7 +174,7 @@ def _bulk_filter(body: schemas.BulkRequest, principal: Principal) -> JobFilter:
     "/jobs/retry",
     response_model=schemas.BulkOut,
     responses=responses(body=True),
-    summary="Retry failed/running jobs matching a filter",
+    summary="Retry the failed jobs matching a filter (running ones only when `status` names them)",
 )
 async def retry_by_filter(
     body: schemas.BulkRequest, store: StoreDep, principal: PrincipalDep

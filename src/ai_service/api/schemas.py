@@ -382,30 +382,56 @@ class HeartbeatOut(BaseModel):
 
 
 class FilterFields(_Strict):
-    """The list filters, for bulk retry and cancel."""
+    """The job filter: query parameters of the list, body of bulk retry and cancel.
 
-    status: list[JobStatus] | None = None
+    Fields combine with AND. `error_category` matches failed jobs only (a running or
+    pending job still carries the category of its previous attempt).
+    """
+
+    status: list[JobStatus] | None = Field(
+        default=None,
+        max_length=len(JobStatus),
+        description="Any of these statuses. Bulk retry: failed (default) and running; "
+        "bulk cancel: pending and running (default both).",
+    )
     owner_service: ShortText | None = None
     owner_ref: RefText | None = None
     task_type: ShortText | None = None
     model_profile: ShortText | None = None
     worker_id: WorkerId | None = None
-    error_category: Category | None = None
-    created_after: Timestamp | None = None
-    created_before: Timestamp | None = None
+    error_category: Category | None = Field(
+        default=None, description="The category of a failed job (matches failed jobs only)."
+    )
+    created_after: Timestamp | None = Field(default=None, description="Inclusive.")
+    created_before: Timestamp | None = Field(default=None, description="Exclusive.")
 
     def to_filter(self) -> JobFilter:
-        return JobFilter(
-            statuses=tuple(self.status or ()),
-            owner_service=self.owner_service,
-            owner_ref=self.owner_ref,
-            task_type=self.task_type,
-            model_profile=self.model_profile,
-            worker_id=self.worker_id,
-            error_category=self.error_category,
-            created_after=self.created_after,
-            created_before=self.created_before,
-        )
+        """The domain filter (`status` becomes `statuses`; the other fields keep their names)."""
+        values = self.model_dump(include=set(FilterFields.model_fields) - {"status"})
+        return JobFilter(statuses=tuple(self.status or ()), **values)
+
+
+# The included payloads of one list page stop at this many bytes (at least one job).
+LIST_PAYLOAD_MAX_BYTES = 8 * 1024 * 1024
+_INCLUDE_DESCRIPTION = (
+    "Payload fields to add to each job: any of "
+    + ", ".join(f"`{c}`" for c in PAYLOAD_COLUMNS)
+    + ", comma-separated or repeated. Without it the jobs carry the technical summary only. "
+    f"A page stops early once its payloads reach {LIST_PAYLOAD_MAX_BYTES // 1024 // 1024} MiB "
+    "(`truncated: true`; continue with `next_cursor`)."
+)
+
+
+class ListQuery(FilterFields):
+    """The query parameters of the job list: the filter, the page, the payloads."""
+
+    limit: Annotated[int, Field(ge=1, le=500)] = 50
+    cursor: str | None = Field(
+        default=None, min_length=1, max_length=200, description="`next_cursor` of a page."
+    )
+    include: list[str] | None = Field(
+        default=None, max_length=len(PAYLOAD_COLUMNS), description=_INCLUDE_DESCRIPTION
+    )
 
 
 class BulkRequest(FilterFields):
@@ -415,9 +441,13 @@ class BulkRequest(FilterFields):
 
 
 class BulkOut(BaseModel):
+    """What a bulk action changed: every job counted, the first ids listed."""
+
     count: int = Field(description="How many jobs changed.")
-    ids: list[UUID] = Field(description="Their ids (the first 10,000).")
-    ids_truncated: bool = Field(description="True when more jobs changed than ids are listed.")
+    ids: list[UUID] = Field(
+        description="The first 100 of them, oldest first (a sample when `ids_truncated`)."
+    )
+    ids_truncated: bool = Field(description="True when more jobs changed than `ids` lists.")
 
 
 class StatusCounts(BaseModel):

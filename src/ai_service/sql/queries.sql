@@ -1,7 +1,41 @@
 -- Every runtime query of the service. `store.py` is the only module that runs them.
 -- Each state change is one guarded statement: it changes the row only when the
 -- job is in an allowed status (and, for running jobs, holds the caller's lease).
--- Placeholders are psycopg named parameters: %(name)s.
+-- Placeholders are psycopg named parameters: %(name)s. A `/*name*/` comment is replaced
+-- by the fragment of that name (see sql/__init__.py).
+
+-- fragment: job_statuses
+-- The statuses a job filter (jobs.JobFilter) can match, as an array: those in
+-- `statuses` (every status when NULL), and of them only `failed` when the filter names
+-- an `error_category`: a claim keeps the previous attempt's category on a running job
+-- (a retryable failure leaves it on a pending one), so a category describes failed jobs
+-- only. A job matches the filter when its status is in this array and job_filter holds;
+-- the statements read each of these statuses from jobs_status_idx (status, id), in id
+-- order, so neither other statuses nor (for a status filter) the history are walked.
+ARRAY(SELECT s
+        FROM unnest(coalesce(%(statuses)s::text[],
+                             '{pending,running,completed,failed,cancelled}'::text[])) AS s
+       WHERE %(error_category)s::text IS NULL OR s = 'failed')
+
+-- fragment: job_filter
+-- The other conditions of the job filter, over a row of `jobs`: each parameter that is
+-- NULL selects everything. The statements that use it are planned with their values
+-- (never prepared), so the unused conditions fold away.
+    (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
+AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
+AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
+AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
+AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
+AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
+AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
+AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
+
+-- fragment: retry_backoff
+-- Seconds before a failed attempt (number `attempt`, 1-based) may run again:
+-- exponential from `backoff_base`, capped at `backoff_max`, jittered into the upper
+-- half of the window. jobs.backoff_seconds is its Python mirror (a test keeps them equal).
+least(%(backoff_max)s::float8, %(backoff_base)s::float8 * power(2, greatest(attempt - 1, 0)))
+    * (0.5 + random() * 0.5)
 
 -- name: job_create_many
 -- Insert jobs given as one JSON array of objects (one parameter, parsed by PostgreSQL:
@@ -30,9 +64,35 @@ SELECT j.*
 SELECT * FROM jobs WHERE id = %(id)s;
 
 -- name: job_list
--- Jobs matching optional filters, newest first (ids are UUIDv7), after a keyset cursor.
--- The big columns come only when asked for: a CASE that is false never reads (detoasts)
--- the value.
+-- Jobs matching the filter, newest first (ids are UUIDv7), after a keyset cursor. When
+-- the filter names statuses (or a category, which names `failed`), each of them is read
+-- newest first from its own index, at most `limit` ids each, and the newest `limit` of
+-- those make the page: a rare status is never looked for among the whole history.
+-- Otherwise the primary key is walked newest first. Only one of the two branches is
+-- planned (the other's condition folds to false). The big columns come only when asked
+-- for: a CASE that is false never reads (detoasts) the value.
+WITH page AS MATERIALIZED (
+    (SELECT c.id
+       FROM unnest(/*job_statuses*/) AS s(status)
+      CROSS JOIN LATERAL (
+         SELECT id FROM jobs
+          WHERE status = s.status
+            AND /*job_filter*/
+            AND (%(cursor_id)s::uuid IS NULL OR id < %(cursor_id)s::uuid)
+          ORDER BY id DESC
+          LIMIT %(limit)s
+      ) AS c
+      WHERE %(statuses)s::text[] IS NOT NULL OR %(error_category)s::text IS NOT NULL
+      ORDER BY c.id DESC
+      LIMIT %(limit)s)
+    UNION ALL
+    (SELECT id FROM jobs
+      WHERE %(statuses)s::text[] IS NULL AND %(error_category)s::text IS NULL
+        AND /*job_filter*/
+        AND (%(cursor_id)s::uuid IS NULL OR id < %(cursor_id)s::uuid)
+      ORDER BY id DESC
+      LIMIT %(limit)s)
+)
 SELECT id, owner_service, owner_ref, task_type, model_profile, status, priority,
        CASE WHEN %(with_input)s THEN input END AS input,
        CASE WHEN %(with_result)s THEN result END AS result,
@@ -43,18 +103,8 @@ SELECT id, owner_service, owner_ref, task_type, model_profile, status, priority,
        lease_expires_at, lease_seconds, timeout_seconds, idempotency_key, created_at,
        updated_at, started_at, finished_at
   FROM jobs
- WHERE (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
-   AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
-   AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
-   AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
-   AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
-   AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
-   AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
-   AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
-   AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
-   AND (%(cursor_id)s::uuid IS NULL OR id < %(cursor_id)s::uuid)
- ORDER BY id DESC
- LIMIT %(limit)s;
+ WHERE id = ANY(ARRAY(SELECT id FROM page))
+ ORDER BY id DESC;
 
 -- name: job_claim
 -- Atomically take up to `limit` runnable pending jobs, optionally of the given task types
@@ -218,9 +268,7 @@ UPDATE jobs
    SET status = CASE WHEN status = 'running' AND %(retryable)s AND attempt < max_attempts
                      THEN 'pending' ELSE 'failed' END,
        run_after = CASE WHEN status = 'running' AND %(retryable)s AND attempt < max_attempts
-                        THEN now() + make_interval(secs => least(%(backoff_max)s::float8,
-                                 %(backoff_base)s::float8 * power(2, greatest(attempt - 1, 0)))
-                                 * (0.5 + random() * 0.5))
+                        THEN now() + make_interval(secs => /*retry_backoff*/)
                         ELSE run_after END,
        finished_at = CASE WHEN status = 'running' AND %(retryable)s AND attempt < max_attempts
                           THEN NULL ELSE now() END,
@@ -326,42 +374,56 @@ UPDATE jobs
 RETURNING *;
 
 -- name: job_retry_by_filter
--- Manual retry of the next batch (by id, after `after`) of failed/running jobs matching
--- the filter; returns their ids. Walking by id visits each job once even while workers
--- claim and fail the retried ones again. Jobs that used `max_attempts_limit` attempts
--- are not selected (jobs.retry_allowed). The batch is picked and locked once in a CTE:
--- a subquery under `id IN (...)` may be rescanned, and a rescan skips the rows this
--- statement already updated and locks the next ones, going past the batch size.
-WITH picked AS (
-    SELECT id FROM jobs
-     WHERE status = ANY(%(statuses)s::text[])
-       AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
-       AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
-       AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
-       AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
-       AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
-       AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
-       AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
-       AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
-       AND attempt < greatest(max_attempts, %(max_attempts_limit)s)
-       AND id > %(after)s::uuid
-     ORDER BY id
+-- Manual retry of the next batch (by id, after `after`) of the jobs matching the filter
+-- (`statuses`: failed, running); answers one row: the candidates seen and the last
+-- one's id (where the next batch starts), how many jobs changed, the first `sample` of
+-- their ids and their task types. Walking by id visits each job once even while workers
+-- claim and fail the retried ones again. Each status is read in id order (see
+-- job_statuses): a batch never walks jobs of other statuses. Candidates are read without
+-- locks, then locked in id order (status and filter checked again on the row locked: it
+-- may have changed since). Jobs that used `max_attempts_limit` attempts are not
+-- selected (jobs.retry_allowed).
+WITH candidates AS MATERIALIZED (
+    SELECT c.id
+      FROM unnest(/*job_statuses*/) AS s(status)
+     CROSS JOIN LATERAL (
+        SELECT id FROM jobs
+         WHERE status = s.status
+           AND /*job_filter*/
+           AND attempt < greatest(max_attempts, %(max_attempts_limit)s)
+           AND id > %(after)s::uuid
+         ORDER BY id
+         LIMIT %(batch)s
+     ) AS c
+     ORDER BY c.id
      LIMIT %(batch)s
+), picked AS MATERIALIZED (
+    SELECT id FROM jobs
+     WHERE id = ANY(ARRAY(SELECT id FROM candidates))
+       AND status = ANY(/*job_statuses*/)
+       AND /*job_filter*/
+     ORDER BY id
        FOR UPDATE
+), changed AS (
+    UPDATE jobs j
+       SET status = 'pending',
+           max_attempts = greatest(j.max_attempts, j.attempt + 1),
+           run_after = now(),
+           lease_token = NULL,
+           lease_expires_at = NULL,
+           finished_at = NULL,
+           updated_at = now()
+      FROM picked
+     WHERE j.id = picked.id
+       AND j.status IN ('failed', 'running')
+       AND j.attempt < greatest(j.max_attempts, %(max_attempts_limit)s)
+    RETURNING j.id, j.task_type
 )
-UPDATE jobs j
-   SET status = 'pending',
-       max_attempts = greatest(j.max_attempts, j.attempt + 1),
-       run_after = now(),
-       lease_token = NULL,
-       lease_expires_at = NULL,
-       finished_at = NULL,
-       updated_at = now()
-  FROM picked
- WHERE j.id = picked.id
-   AND j.status IN ('failed', 'running')
-   AND j.attempt < greatest(j.max_attempts, %(max_attempts_limit)s)
-RETURNING j.id, j.task_type;
+SELECT (SELECT count(*) FROM candidates) AS seen,
+       (SELECT id FROM candidates ORDER BY id DESC LIMIT 1) AS last_id,
+       (SELECT count(*) FROM changed) AS changed,
+       ARRAY(SELECT id FROM changed ORDER BY id LIMIT %(sample)s) AS sample,
+       ARRAY(SELECT DISTINCT task_type FROM changed) AS task_types;
 
 -- name: job_cancel
 -- Cancel one pending or running job; its category becomes `cancelled` (an earlier
@@ -380,33 +442,48 @@ UPDATE jobs
 RETURNING *;
 
 -- name: job_cancel_by_filter
--- Cancel the next batch (by id, after `after`) of pending/running jobs matching the
--- filter; returns their ids. Their category becomes `cancelled`.
-UPDATE jobs
-   SET status = 'cancelled',
-       error_category = 'cancelled',
-       error_message = 'cancelled on request',
-       error_details = NULL,
-       lease_token = NULL,
-       lease_expires_at = NULL,
-       finished_at = now(),
-       updated_at = now()
- WHERE id IN (SELECT id FROM jobs
-               WHERE status = ANY(%(statuses)s::text[])
-                 AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s::text)
-                 AND (%(owner_ref)s::text IS NULL OR owner_ref = %(owner_ref)s::text)
-                 AND (%(task_type)s::text IS NULL OR task_type = %(task_type)s::text)
-                 AND (%(model_profile)s::text IS NULL OR model_profile = %(model_profile)s::text)
-                 AND (%(worker_id)s::text IS NULL OR worker_id = %(worker_id)s::text)
-                 AND (%(error_category)s::text IS NULL OR error_category = %(error_category)s::text)
-                 AND (%(created_after)s::timestamptz IS NULL OR created_at >= %(created_after)s::timestamptz)
-                 AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s::timestamptz)
-                 AND id > %(after)s::uuid
-               ORDER BY id
-               LIMIT %(batch)s
-                 FOR UPDATE)
-   AND status IN ('pending', 'running')
-RETURNING id;
+-- Cancel the next batch (by id, after `after`) of the jobs matching the filter
+-- (`statuses`: pending, running); their category becomes `cancelled`. Walks and answers as
+-- job_retry_by_filter does (without task types).
+WITH candidates AS MATERIALIZED (
+    SELECT c.id
+      FROM unnest(/*job_statuses*/) AS s(status)
+     CROSS JOIN LATERAL (
+        SELECT id FROM jobs
+         WHERE status = s.status
+           AND /*job_filter*/
+           AND id > %(after)s::uuid
+         ORDER BY id
+         LIMIT %(batch)s
+     ) AS c
+     ORDER BY c.id
+     LIMIT %(batch)s
+), picked AS MATERIALIZED (
+    SELECT id FROM jobs
+     WHERE id = ANY(ARRAY(SELECT id FROM candidates))
+       AND status = ANY(/*job_statuses*/)
+       AND /*job_filter*/
+     ORDER BY id
+       FOR UPDATE
+), changed AS (
+    UPDATE jobs j
+       SET status = 'cancelled',
+           error_category = 'cancelled',
+           error_message = 'cancelled on request',
+           error_details = NULL,
+           lease_token = NULL,
+           lease_expires_at = NULL,
+           finished_at = now(),
+           updated_at = now()
+      FROM picked
+     WHERE j.id = picked.id
+       AND j.status IN ('pending', 'running')
+    RETURNING j.id
+)
+SELECT (SELECT count(*) FROM candidates) AS seen,
+       (SELECT id FROM candidates ORDER BY id DESC LIMIT 1) AS last_id,
+       (SELECT count(*) FROM changed) AS changed,
+       ARRAY(SELECT id FROM changed ORDER BY id LIMIT %(sample)s) AS sample;
 
 -- name: job_rescue_expired
 -- Return running jobs whose lease expired to pending (attempts left, with backoff) or fail
@@ -433,9 +510,7 @@ WITH expired AS (
 UPDATE jobs j
    SET status = CASE WHEN j.attempt < j.max_attempts THEN 'pending' ELSE 'failed' END,
        run_after = CASE WHEN j.attempt < j.max_attempts
-                        THEN now() + make_interval(secs => least(%(backoff_max)s::float8,
-                                 %(backoff_base)s::float8 * power(2, greatest(j.attempt - 1, 0)))
-                                 * (0.5 + random() * 0.5))
+                        THEN now() + make_interval(secs => /*retry_backoff*/)
                         ELSE j.run_after END,
        finished_at = CASE WHEN j.attempt < j.max_attempts THEN NULL ELSE now() END,
        error_category = e.category,
