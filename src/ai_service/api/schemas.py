@@ -271,6 +271,7 @@ class JobSummaryOut(BaseModel):
     attempt: int
     max_attempts: int
     run_after: datetime
+    timeout_seconds: int | None
     worker_id: str | None
     lease_expires_at: datetime | None
     idempotency_key: str | None
