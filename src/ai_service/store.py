@@ -13,24 +13,18 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
-import re
-import time
-import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterable, Sequence
+from collections.abc import AsyncGenerator, Collection, Iterable, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import Any, cast
 from uuid import UUID
 
-import orjson
 import psycopg
 import psycopg.errors
-from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb, set_json_loads
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
 
-from ai_service import errors
+from ai_service import db, errors
 from ai_service.jobs import (
     ALLOWED_FROM,
     BULK_DEFAULT_STATUSES,
@@ -44,55 +38,15 @@ from ai_service.jobs import (
     new_job_id,
     retry_allowed,
 )
-from ai_service.notifier import CONNECT_OPTIONS, Announcer
+from ai_service.notifier import Announcer
 from ai_service.sql import queries
 
 FILTER_BATCH = 5000
 BULK_SAMPLE = 100  # ids a bulk action reports (it counts them all)
 CLAIM_ROUNDS = 4
-IDLE_CHECK_AFTER = 2.0  # seconds a pooled connection may idle before it is checked
-# When each pooled connection was last returned (see `Store._checked`).
-_RETURNED: weakref.WeakKeyDictionary[psycopg.AsyncConnection[Any], float] = (
-    weakref.WeakKeyDictionary()
-)
 RESCUE_BATCH = 1000
-DEADLOCK_RETRIES = 3
 SCHEDULED_COUNT_CAP = 10_000  # stats count scheduled jobs up to this many
 RECOUNT_LOCK_TIMEOUT = 10.0  # seconds a recount waits for its locks (a TRUNCATE in flight)
-
-
-class _Deadlock(Exception):
-    """PostgreSQL chose this statement as a deadlock victim (it was rolled back)."""
-
-
-def _dumps(value: Any) -> bytes | str:
-    try:
-        return orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):
-        # orjson refuses integers beyond 64 bits; PostgreSQL's jsonb takes them.
-        return json.dumps(value)
-
-
-_LONG_NUMBER = re.compile(rb"\d{19}")
-# An escaped NUL (an odd number of backslashes before u0000): jsonb refuses it.
-_JSON_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
-
-
-def _loads(data: bytes | bytearray | memoryview | str) -> Any:
-    raw = data.encode() if isinstance(data, str) else bytes(data)
-    if _LONG_NUMBER.search(raw):
-        # orjson reads integers beyond 64 bits as floats; the stdlib keeps them exact.
-        return json.loads(raw)
-    return orjson.loads(raw)
-
-
-def _raw(value: bytes) -> bytes:
-    return value
-
-
-def jsonb(value: Any) -> Jsonb | None:
-    """Adapt a Python value for a jsonb parameter (None stays SQL NULL)."""
-    return None if value is None else Jsonb(value, dumps=_dumps)
 
 
 @dataclass(frozen=True)
@@ -145,18 +99,6 @@ class Completion:
 
     def encoded(self, result_json: bytes) -> Completion:
         return replace(self, result_json=result_json)
-
-
-def encode_result(result: Any) -> bytes:
-    """A result as JSON that PostgreSQL's jsonb accepts, or `InvalidRequest` naming it."""
-    try:
-        raw = _dumps(result)
-    except (TypeError, ValueError) as exc:
-        raise errors.InvalidRequest("result", f"is not JSON-serialisable: {exc}") from None
-    data = raw.encode() if isinstance(raw, str) else raw
-    if _JSON_NUL.search(data):
-        raise errors.InvalidRequest("result", "contains a NUL character, which jsonb cannot store")
-    return data
 
 
 def encode_cursor(job: Job) -> str:
@@ -232,27 +174,9 @@ class Store:
         wait: bool = False,
     ) -> Store:
         """Open a pool; with `wait=False` the database may still be down (readyz says so)."""
-
-        async def configure(conn: psycopg.AsyncConnection[Any]) -> None:
-            set_json_loads(_loads, conn)
-
-        async def reset(conn: psycopg.AsyncConnection[Any]) -> None:
-            _RETURNED[conn] = time.monotonic()
-
-        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            database_url,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
-            kwargs={"autocommit": True, "row_factory": dict_row, **CONNECT_OPTIONS},
-            configure=configure,
-            reset=reset,
-            # When reconnection attempts give up, the pool still grows again on
-            # demand: requests answer 503 until PostgreSQL is back, then recover.
-            open=False,
-            name="ai-service",
+        pool = await db.open_pool(
+            database_url, min_size=min_size, max_size=max_size, timeout=timeout, wait=wait
         )
-        await pool.open(wait=wait, timeout=timeout)
         return cls(pool, backoff_base=backoff_base, backoff_max=backoff_max)
 
     async def close(self) -> None:
@@ -262,74 +186,13 @@ class Store:
     async def _send_wakeups(self, task_types: list[str]) -> None:
         await self._fetch("jobs_notify", {"task_types": task_types})
 
-    # -- plumbing -------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _checked(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """A pooled connection known to be alive.
-
-        A connection that sat idle may have died with a database restart: it
-        gets one empty round trip before use, and a dead one is closed (the
-        pool replaces it) and the next one tried at once, so the first requests
-        after a restart do not fail. Connections in steady use skip the check.
-        """
-        for _ in range(self.pool.max_size + 1):
-            async with self.pool.connection() as conn:
-                if time.monotonic() - _RETURNED.get(conn, 0.0) > IDLE_CHECK_AFTER:
-                    try:
-                        await conn.execute("")
-                    except psycopg.Error:
-                        await conn.close()
-                        continue
-                yield conn
-                return
-        raise errors.DatabaseUnavailable("database unavailable: no live connection")
-
-    @contextlib.asynccontextmanager
-    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        try:
-            async with self._checked() as conn:
-                yield conn
-        except PoolTimeout:
-            raise errors.DatabaseUnavailable("no database connection available") from None
-        except psycopg.errors.DeadlockDetected:
-            raise _Deadlock() from None
-        except psycopg.errors.CheckViolation as exc:
-            constraint = exc.diag.constraint_name or "constraint"
-            raise errors.InvalidRequest(constraint, "violates a job invariant") from None
-        except psycopg.DataError as exc:
-            # The API validates JSON and text before they get here; this is the backstop.
-            message = getattr(getattr(exc, "diag", None), "message_primary", None) or "invalid data"
-            raise errors.InvalidRequest("body", f"rejected by the database: {message}") from None
-        except psycopg.errors.QueryCanceled:
-            raise errors.StatementTimeout(
-                "the database cancelled the statement (statement timeout)"
-            ) from None
-        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg.InternalError) as exc:
-            if is_outage(exc):
-                raise errors.DatabaseUnavailable(
-                    f"database unavailable: {type(exc).__name__}"
-                ) from None
-            # A limit of this statement (e.g. 54000 program_limit_exceeded): the
-            # request's own error, which retrying the same statement cannot cure.
-            message = getattr(getattr(exc, "diag", None), "message_primary", None) or "refused"
-            raise errors.InvalidRequest(
-                "body", f"rejected by the database: {message} (SQLSTATE {exc.sqlstate})"
-            ) from None
+    def _conn(self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
+        return db.connection(self.pool)
 
     async def _fetch(
         self, name: str, params: dict[str, Any], *, prepare: bool | None = None
     ) -> list[dict[str, Any]]:
-        for attempt in range(DEADLOCK_RETRIES):
-            try:
-                async with self._conn() as conn:
-                    cur = await conn.execute(self._q[name], params, prepare=prepare)
-                    return await cur.fetchall() if cur.description else []
-            except _Deadlock:
-                # Each statement runs alone (autocommit): the victim rolled back, rerun it.
-                if attempt == DEADLOCK_RETRIES - 1:
-                    raise errors.DatabaseUnavailable("database busy: repeated deadlocks") from None
-        raise AssertionError("unreachable")
+        return await db.fetch(self.pool, self._q[name], params, prepare=prepare)
 
     async def _one_job(self, name: str, params: dict[str, Any]) -> Job | None:
         rows = await self._fetch(name, params)
@@ -393,21 +256,21 @@ class Store:
             }
             for job_id, j, request_hash in zip(ids, new_jobs, hashes, strict=True)
         ]
-        params = {"jobs": jsonb(records)}
+        params = {"jobs": db.jsonb(records)}
         if all(h is None for h in hashes):
             # Without keys nothing can conflict: every row is inserted.
             rows = await self._fetch("job_create_many", params)
             inserted = {row["id"]: Job.from_row(row) for row in rows}
             self._announce_runnable(inserted.values())
             return [Created(inserted[job_id], True) for job_id in ids]
-        for attempt in range(DEADLOCK_RETRIES):
+        for attempt in range(db.DEADLOCK_RETRIES):
             try:
                 async with self._conn() as conn, conn.transaction():
                     created = await self._create_keyed(conn, ids, new_jobs, hashes, params)
                 self._announce_runnable(c.job for c in created if c.created)
                 return created
-            except _Deadlock:
-                if attempt == DEADLOCK_RETRIES - 1:
+            except db.Deadlock:
+                if attempt == db.DEADLOCK_RETRIES - 1:
                     raise errors.DatabaseUnavailable("database busy: repeated deadlocks") from None
         raise AssertionError("unreachable")
 
@@ -511,7 +374,7 @@ class Store:
                         more = True
                         continue
                     if budget is not None and wanted:
-                        size = sum(len(_dumps(row[c])) for c in wanted if row[c] is not None)
+                        size = sum(len(db.dumps(row[c])) for c in wanted if row[c] is not None)
                         if jobs and size > budget:
                             more = truncated = True
                             break
@@ -561,7 +424,7 @@ class Store:
         self, job_id: UUID, result: dict[str, Any], lease_token: UUID | None = None
     ) -> Job:
         job = await self._one_job(
-            "job_complete", {"id": job_id, "result": jsonb(result), "lease_token": lease_token}
+            "job_complete", {"id": job_id, "result": db.jsonb(result), "lease_token": lease_token}
         )
         if job is None:
             current = await self._one_job("job_get", {"id": job_id})
@@ -590,14 +453,14 @@ class Store:
             % (
                 str(c.job_id).encode(),
                 str(c.lease_token).encode(),
-                c.result_json if c.result_json is not None else encode_result(c.result),
+                c.result_json if c.result_json is not None else db.encode_result(c.result),
             )
             for c in completions
         )
         rows = await self._fetch(
             "job_complete_many",
             {
-                "completions": Jsonb(b"[" + records + b"]", dumps=_raw),
+                "completions": Jsonb(b"[" + records + b"]", dumps=db.raw),
                 "ids": [c.job_id for c in completions],
             },
         )
@@ -620,7 +483,7 @@ class Store:
                 "id": job_id,
                 "category": category,
                 "message": message,
-                "details": jsonb(details),
+                "details": db.jsonb(details),
                 "lease_token": lease_token,
                 "retryable": retryable,
                 "backoff_base": self.backoff_base,
@@ -810,7 +673,7 @@ class Store:
                 cur = await conn.execute(self._q["job_counts_recount"], {})
                 rows = await cur.fetchall()
                 await conn.execute(self._q["job_counts_drop_zero"], {})
-        except _Deadlock:
+        except db.Deadlock:
             raise errors.DatabaseUnavailable(
                 "recount: chosen as a deadlock victim; nothing changed, try again"
             ) from None
@@ -842,21 +705,6 @@ class Store:
         pending["scheduled_capped"] = pending["scheduled"] > SCHEDULED_COUNT_CAP
         pending["scheduled"] = min(pending["scheduled"], SCHEDULED_COUNT_CAP)
         return {"counts": counts, "pending": pending, "recent": recent, "throughput": throughput}
-
-
-# SQLSTATEs (or their two-character classes) that mean "the database is not
-# there right now": connection exceptions, shutdown, too many connections or
-# out of resources, a read-only (demoted) server. Retrying later can succeed.
-_OUTAGE_CLASSES = ("08", "53", "58")
-_OUTAGE_STATES = frozenset({"57P01", "57P02", "57P03", "57P05", "25006", "40001", "55P03"})
-
-
-def is_outage(exc: psycopg.Error) -> bool:
-    """Whether a database error is an outage (retry) rather than this statement's fault."""
-    state = exc.sqlstate
-    if state is None:  # no answer from the server at all: the connection is gone
-        return True
-    return state in _OUTAGE_STATES or state[:2] in _OUTAGE_CLASSES
 
 
 def _count_key(row: dict[str, Any]) -> CountKey:

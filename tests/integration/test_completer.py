@@ -16,8 +16,9 @@ import psycopg
 import pytest
 
 from ai_service import errors
+from ai_service.db import is_outage
 from ai_service.jobs import JobStatus
-from ai_service.store import Completion, Store, is_outage
+from ai_service.store import Completion, Store
 from ai_service.worker.completer import Completer, Refused
 from tests.helpers import new_job
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ai_service import embedded_db, errors, migrate
-from ai_service import store as store_module
+from ai_service import db, embedded_db, errors, migrate
 from ai_service.store import Store
 
 DATA_ROOT = Path(__file__).resolve().parents[2] / ".data"
@@ -40,7 +39,7 @@ async def _restart_under(store: Store, server: embedded_db.EmbeddedPostgres) -> 
 async def test_first_requests_after_a_restart_succeed(
     restartable: embedded_db.EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "IDLE_CHECK_AFTER", 0.05)
+    monkeypatch.setattr(db, "IDLE_CHECK_AFTER", 0.05)
     store = await Store.open(restartable.url, min_size=4, max_size=4, wait=True)
     try:
         await _restart_under(store, restartable)
@@ -55,7 +54,7 @@ async def test_without_the_idle_check_a_restart_costs_failed_requests(
     restartable: embedded_db.EmbeddedPostgres, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The counter-proof: the check above is what saves those requests."""
-    monkeypatch.setattr(store_module, "IDLE_CHECK_AFTER", 3600.0)
+    monkeypatch.setattr(db, "IDLE_CHECK_AFTER", 3600.0)
     store = await Store.open(restartable.url, min_size=4, max_size=4, wait=True)
     try:
         await _restart_under(store, restartable)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from uuid import UUID
 
 from ai_service import errors
-from ai_service.store import Completion, Store, encode_result
+from ai_service.db import encode_result
+from ai_service.store import Completion, Store
 
 log = logging.getLogger("ai_service.worker")
 
