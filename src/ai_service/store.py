@@ -284,7 +284,8 @@ class Store:
             try:
                 async with self._conn() as conn:
                     cur = await conn.execute(self._q[name], params, prepare=prepare)
-                    return await cur.fetchall() if cur.description else []
+                    # rownumber, not description: that builds a Column per column.
+                    return await cur.fetchall() if cur.rownumber is not None else []
             except _Deadlock:
                 # Each statement runs alone (autocommit): the victim rolled back, rerun it.
                 if attempt == DEADLOCK_RETRIES - 1:
