@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,9 @@ from ai_service import errors
 from ai_service.config import Settings, load_settings
 
 DEV_DATA_DIR = Path(".data/pg")
+# prometheus_client's variable (`metrics.MULTIPROC_DIR_VARIABLE`): named here so that
+# setting it does not import prometheus_client first.
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 def _settings() -> Settings:
@@ -26,7 +32,40 @@ def _settings() -> Settings:
         raise SystemExit(2) from None
 
 
+@contextlib.contextmanager
+def metrics_dir(processes: int) -> Iterator[None]:
+    """Prometheus multiprocess mode for several API processes, none for one.
+
+    With `processes` > 1: a fresh directory for this run (inside
+    PROMETHEUS_MULTIPROC_DIR when that is set, else in the temporary
+    directory), named by PROMETHEUS_MULTIPROC_DIR for the processes to come
+    and removed when they are done, so that no value of an earlier run is
+    added in. Must run before prometheus_client is imported.
+    """
+    if processes <= 1:
+        # One process keeps its metrics in memory; files would only go stale.
+        os.environ.pop(MULTIPROC_DIR_VARIABLE, None)
+        yield
+        return
+    parent = os.environ.get(MULTIPROC_DIR_VARIABLE) or None
+    path = tempfile.mkdtemp(prefix="ai-service-metrics-", dir=parent)
+    os.environ[MULTIPROC_DIR_VARIABLE] = path
+    try:
+        yield
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        if parent is None:
+            os.environ.pop(MULTIPROC_DIR_VARIABLE, None)
+        else:
+            os.environ[MULTIPROC_DIR_VARIABLE] = parent
+
+
 def cmd_api(settings: Settings) -> None:
+    with metrics_dir(settings.http_workers):
+        _serve_api(settings)
+
+
+def _serve_api(settings: Settings) -> None:
     import uvicorn
 
     from ai_service import logs

@@ -5,17 +5,35 @@ the configured ones (`worker.registry.metric_labels`), error categories outside
 the built-in ones and unusual HTTP methods are all counted as `other`. A label
 value a caller chooses would otherwise add series that stay in `/metrics` for
 the life of the process.
+
+Several API processes (`HTTP_WORKERS` > 1) share one `/metrics`: `ai-service
+api` then gives them a fresh `PROMETHEUS_MULTIPROC_DIR` (`cli.metrics_dir`),
+prometheus_client keeps every value in a file there, and `render` adds up the
+files of all processes (Prometheus multiprocess mode).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 from ai_service.jobs import ErrorCategory, Job
+
+# Read once, like prometheus_client reads it when it is imported: values live in
+# files there (multiprocess mode) only when it was set before that import.
+MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+MULTIPROC_DIR = os.environ.get(MULTIPROC_DIR_VARIABLE) or None
 
 OTHER = "other"
 _CATEGORIES = frozenset(c.value for c in ErrorCategory)
@@ -68,7 +86,10 @@ class Metrics:
             "Jobs in the table by status and task type (pending and running).",
             ("status", "task_type"),
             registry=self.registry,
+            # Read from the database by whichever process serves /metrics.
+            multiprocess_mode="mostrecent",
         )
+        self._queue_keys: set[tuple[str, str]] = set()
         self.http_latency = Histogram(
             "ai_http_request_duration_seconds",
             "HTTP request latency.",
@@ -86,9 +107,11 @@ class Metrics:
         )
         self.maintenance_leader = Gauge(
             "ai_maintenance_leader",
-            "1 while this process leads the maintenance service, else 0.",
+            "1 while this process (with HTTP_WORKERS > 1: one of this server's "
+            "processes) leads the maintenance service, else 0.",
             ("service",),
             registry=self.registry,
+            multiprocess_mode="livemax",
         )
 
     def _child(self, metric: Any, *labels: str) -> Any:
@@ -105,21 +128,26 @@ class Metrics:
     def _profile(self, model_profile: str) -> str:
         return model_profile if model_profile in self.model_profiles else OTHER
 
+    def _count(self, counter: Counter, jobs: Iterable[Job]) -> None:
+        # One increment per label pair, not per job (a batch is mostly of one kind).
+        counts: dict[tuple[str, str], int] = {}
+        for job in jobs:
+            key = (job.task_type, job.model_profile)
+            counts[key] = counts.get(key, 0) + 1
+        for (task_type, model_profile), n in counts.items():
+            self._child(counter, self._task(task_type), self._profile(model_profile)).inc(n)
+
     def observe_created(self, jobs: Iterable[Job]) -> None:
         """Count jobs just inserted."""
-        for job in jobs:
-            self._child(
-                self.created, self._task(job.task_type), self._profile(job.model_profile)
-            ).inc()
+        self._count(self.created, jobs)
 
-    def observe_claimed(self, jobs: Iterable[Job]) -> None:
+    def observe_claimed(self, jobs: Sequence[Job]) -> None:
         """Count claimed jobs and observe how long each waited while runnable."""
+        self._count(self.claimed, jobs)
         for job in jobs:
-            task_type = self._task(job.task_type)
-            self._child(self.claimed, task_type, self._profile(job.model_profile)).inc()
             if job.started_at is not None:
                 wait = (job.started_at - max(job.run_after, job.created_at)).total_seconds()
-                self._child(self.queue_wait, task_type).observe(max(wait, 0.0))
+                self._child(self.queue_wait, self._task(job.task_type)).observe(max(wait, 0.0))
 
     def observe_finished(
         self,
@@ -148,9 +176,13 @@ class Metrics:
             if row["status"] in ("pending", "running"):
                 key = (row["status"], self._task(row["task_type"]))
                 totals[key] = totals.get(key, 0) + int(row["n"])
-        self.jobs_by_status.clear()
+        # Pairs that are gone read 0: with several processes a removed series
+        # would keep its last value in the files of the processes.
+        for key in self._queue_keys - totals.keys():
+            self.jobs_by_status.labels(*key).set(0)
         for (status, task_type), n in totals.items():
             self.jobs_by_status.labels(status, task_type).set(n)
+        self._queue_keys |= totals.keys()
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """Observe one HTTP answer; `route` is the route template or `unmatched`."""
@@ -158,4 +190,14 @@ class Metrics:
         self._child(self.http_latency, method, route, str(status)).observe(seconds)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """The Prometheus text of this process, or of all processes in multiprocess mode."""
+        if MULTIPROC_DIR is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def close(self) -> None:
+        """At process exit: in multiprocess mode, drop this process's live gauges."""
+        if MULTIPROC_DIR is not None:
+            multiprocess.mark_process_dead(os.getpid(), MULTIPROC_DIR)  # type: ignore[no-untyped-call]

@@ -35,7 +35,7 @@ from ai_service.jobs import (
     JobFilter,
     JobStatus,
     NewJob,
-    new_job_id,
+    new_job_ids,
     retry_allowed,
 )
 from ai_service.notifier import Announcer
@@ -99,6 +99,13 @@ class Completion:
 
     def encoded(self, result_json: bytes) -> Completion:
         return replace(self, result_json=result_json)
+
+
+def _inserted(row: dict[str, Any], new: NewJob) -> Job:
+    """A job just inserted: its row (`job_create_many` leaves out the payloads) and its input."""
+    return Job.from_row(
+        row | {"input": new.input, "result": None, "errors": [], "error_details": None}
+    )
 
 
 def encode_cursor(job: Job) -> str:
@@ -237,7 +244,7 @@ class Store:
         naming `jobs[i].idempotency_key`, and nothing is inserted: with keys, the
         insert and that check run in one transaction.
         """
-        ids = [new_job_id() for _ in new_jobs]
+        ids = new_job_ids(len(new_jobs))
         hashes = [j.fingerprint() if j.idempotency_key is not None else None for j in new_jobs]
         records = [
             {
@@ -260,9 +267,10 @@ class Store:
         if all(h is None for h in hashes):
             # Without keys nothing can conflict: every row is inserted.
             rows = await self._fetch("job_create_many", params)
-            inserted = {row["id"]: Job.from_row(row) for row in rows}
-            self._announce_runnable(inserted.values())
-            return [Created(inserted[job_id], True) for job_id in ids]
+            inserted = {row["id"]: row for row in rows}
+            jobs = [_inserted(inserted[i], j) for i, j in zip(ids, new_jobs, strict=True)]
+            self._announce_runnable(jobs)
+            return [Created(job, True) for job in jobs]
         for attempt in range(db.DEADLOCK_RETRIES):
             try:
                 async with self._conn() as conn, conn.transaction():
@@ -285,11 +293,17 @@ class Store:
         """The insert and the idempotency check of `create_jobs`, inside its transaction."""
         cur = await conn.execute(self._q["job_create_many"], params)
         rows: list[dict[str, Any]] = await cur.fetchall()
-        inserted = {row["id"]: row for row in rows}
-        by_key: dict[tuple[str, str], dict[str, Any]] = {
-            (row["owner_service"], row["idempotency_key"]): row
-            for row in rows
-            if row["idempotency_key"] is not None
+        rows_by_id = {row["id"]: row for row in rows}
+        inserted = {
+            job_id: _inserted(rows_by_id[job_id], new)
+            for job_id, new in zip(ids, new_jobs, strict=True)
+            if job_id in rows_by_id
+        }
+        # (owner_service, key) -> the job holding it and its request fingerprint.
+        by_key: dict[tuple[str, str], tuple[Job, str | None]] = {
+            (new.owner_service, new.idempotency_key): (inserted[job_id], wanted)
+            for job_id, new, wanted in zip(ids, new_jobs, hashes, strict=True)
+            if job_id in inserted and new.idempotency_key is not None
         }
         missing = [
             (j.owner_service, j.idempotency_key)
@@ -307,19 +321,21 @@ class Store:
                 },
             )
             for row in await cur.fetchall():
-                by_key.setdefault((row["owner_service"], row["idempotency_key"]), row)
+                key = (row["owner_service"], row["idempotency_key"])
+                by_key.setdefault(key, (Job.from_row(row), row["request_hash"]))
         results: list[Created] = []
         for index, (job_id, new, wanted) in enumerate(zip(ids, new_jobs, hashes, strict=True)):
             if job_id in inserted:
-                results.append(Created(Job.from_row(inserted[job_id]), True))
+                results.append(Created(inserted[job_id], True))
                 continue
             found = by_key.get((new.owner_service, new.idempotency_key or ""))
             if found is None:  # deleted between the two statements: very unlikely
                 raise errors.DatabaseUnavailable("idempotent create raced with a delete; retry")
+            job, request_hash = found
             # Jobs created before fingerprints were stored have none: they match.
-            if found["request_hash"] is not None and found["request_hash"] != wanted:
-                raise errors.IdempotencyConflict(f"jobs[{index}].idempotency_key", found["id"])
-            results.append(Created(Job.from_row(found), False))
+            if request_hash is not None and request_hash != wanted:
+                raise errors.IdempotencyConflict(f"jobs[{index}].idempotency_key", job.id)
+            results.append(Created(job, False))
         return results
 
     def _announce_runnable(self, jobs: Iterable[Job]) -> None:

@@ -556,7 +556,9 @@ async def test_huge_integers_in_input_are_stored_exactly(api: httpx.AsyncClient)
         json={"result": {"n": 10**30}, "lease_token": claimed["lease_token"]},
     )
     assert done.status_code == 200
-    assert done.json()["result"] == {"n": 10**30}
+    got = await api.get(f"{API}/jobs/{job_id}")
+    assert got.json()["result"] == {"n": 10**30}
+    assert str(10**30) in got.text
 
 
 async def test_deeply_nested_input_never_breaks_create_get_list_or_claim(

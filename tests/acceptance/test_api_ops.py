@@ -5,18 +5,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ApiFactory
 from tests.helpers import free_port, job_body
+from tests.processes import ServiceGroup
 
 API = "/api/v1"
 
@@ -337,6 +341,54 @@ async def test_metrics_expose_job_counters_histograms_gauges_and_http_latency(
     assert value(found, http, method="POST", route="/api/v1/jobs", status="200") == 1
     routes = {lab["route"] for lab, _ in found[http]}
     assert not any(re.search(r"[0-9a-f]{8}-[0-9a-f]{4}", r) for r in routes), routes
+
+
+def created_by_process(metrics_dir: Path) -> dict[int, float]:
+    """`ai_jobs_created_total` as each API process wrote it into the multiprocess files."""
+    counts: dict[int, float] = {}
+    for path in metrics_dir.glob("counter_*.db"):
+        pid = int(path.stem.removeprefix("counter_"))
+        for key, count, _, _ in MmapedDict.read_all_values_from_file(str(path)):
+            if json.loads(key)[1] == "ai_jobs_created_total":
+                counts[pid] = counts.get(pid, 0.0) + count
+    return counts
+
+
+async def test_metrics_of_two_api_processes_add_up(tmp_path: Path, database_url: str) -> None:
+    """HTTP_WORKERS=2: requests land on both processes; /metrics, whichever answers, counts all."""
+    parent = tmp_path / "metrics"
+    parent.mkdir()
+    async with ServiceGroup(tmp_path, database_url) as services:
+        api = await services.start(
+            "api", "api", HTTP_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(parent)
+        )
+        [run_dir] = parent.iterdir()  # this run's own directory, made by `ai-service api`
+
+        async def create_on_a_new_connection(n: int) -> None:
+            async with httpx.AsyncClient(base_url=api.base_url) as http:
+                await create(http, owner_ref=f"mp/{n}")
+
+        created = 0
+        deadline = time.monotonic() + 60
+        # The kernel hands each new connection to either process: go on until both counted.
+        while len([c for c in created_by_process(run_dir).values() if c > 0]) < 2:
+            assert time.monotonic() < deadline, created_by_process(run_dir)
+            await asyncio.gather(*(create_on_a_new_connection(created + i) for i in range(8)))
+            created += 8
+        per_process = created_by_process(run_dir)
+        assert sum(per_process.values()) == created
+        assert all(c < created for c in per_process.values())  # neither saw them all
+        for _ in range(6):
+            async with httpx.AsyncClient(base_url=api.base_url) as http:
+                response = await http.get("/metrics")
+            assert response.status_code == 200
+            found = samples(response.text)
+            assert value(found, "ai_jobs_created_total", task_type="llm_chat") == created
+            http_count = "ai_http_request_duration_seconds_count"
+            assert value(found, http_count, method="POST", route="/api/v1/jobs") == created
+            assert value(found, "ai_jobs", status="pending", task_type="llm_chat") == created
+        assert await api.terminate() == 0
+    assert not run_dir.exists()  # removed with the run: the next one starts from zero
 
 
 async def test_metrics_stay_small_after_5000_distinct_task_types_and_profiles(

@@ -56,6 +56,20 @@ async def test_create_then_get_returns_the_same_job(store: Store) -> None:
     assert fetched == created.job
 
 
+async def test_created_jobs_equal_their_stored_rows_with_and_without_keys(store: Store) -> None:
+    # The insert does not read the payloads back: what it answers must be the row anyway.
+    payload = {"z": [1, 2.5, None], "a": {"nested": "ü"}, "big": 2**70}
+    later = datetime.now(UTC) + timedelta(hours=1)
+    batches = [
+        [new_job(owner_ref=f"plain/{i}", input=payload, priority=i) for i in range(3)],
+        [new_job(owner_ref="keyed", idempotency_key="eq-1", input=payload, run_after=later)],
+    ]
+    for batch in batches:
+        for outcome in await store.create_jobs(batch):
+            assert outcome.created
+            assert await store.get_job(outcome.job.id) == outcome.job
+
+
 async def test_create_fills_in_the_defaults(store: Store) -> None:
     job = await create(store)
     assert job.status is JobStatus.PENDING

@@ -23,6 +23,7 @@ from ai_service.jobs import (
     backoff_seconds,
     is_retryable,
     new_job_id,
+    new_job_ids,
     retry_allowed,
 )
 from tests.helpers import new_job
@@ -151,6 +152,21 @@ def test_new_job_ids_are_ordered_by_creation_time(monkeypatch: pytest.MonkeyPatc
     ids = [new_job_id() for _ in range(200)]
     assert ids == sorted(ids)
     assert [str(i) for i in ids] == sorted(str(i) for i in ids)  # text order too
+
+
+def test_a_batch_of_ids_is_ordered_after_the_ids_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(time, "time_ns", lambda: 1_767_225_600_123_000_000)
+    monkeypatch.setattr(jobs_module, "_last_id", 0)
+    first = new_job_id()
+    batch = new_job_ids(1000)
+    after = new_job_id()
+    ids = [first, *batch, after]
+    assert ids == sorted(ids)
+    assert len(set(ids)) == len(ids)
+    assert all(i.version == 7 and i.variant == uuid.RFC_4122 for i in batch)
+    assert {i.int >> 80 for i in batch} == {1_767_225_600_123}
 
 
 def test_new_job_ids_in_one_millisecond_are_unique(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -12,15 +11,13 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ai_service import migrate, outbound
 from ai_service.api import auth
 from ai_service.api import docs as api_docs
 from ai_service.api import errors as api_errors
-from ai_service.api.access_log import AccessLogMiddleware
-from ai_service.api.middleware import HeadMiddleware, JsonBodyMiddleware, UrlLimitMiddleware
+from ai_service.api.lean import LeanEndpoint
+from ai_service.api.middleware import EdgeMiddleware
 from ai_service.api.routes_infra import router as infra_router
 from ai_service.api.routes_jobs import router as jobs_router
 from ai_service.api.routes_ops import probes, stats_router
@@ -32,92 +29,6 @@ from ai_service.store import Store
 from ai_service.worker.registry import metric_labels
 
 log = logging.getLogger("ai_service.api")
-
-
-class BodyTooLarge(HTTPException):
-    """Raised while reading a streamed body past the limit (FastAPI re-raises it)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds {limit} bytes")
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over `limit` bytes with 413, declared or streamed."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        too_large = api_errors.envelope(
-            413,
-            "payload_too_large",
-            f"request body exceeds {self.limit} bytes",
-            {"limit_bytes": self.limit},
-        )
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.limit:
-                    await too_large(scope, receive, send)
-                    return
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await too_large(scope, receive, send)
-
-
-class MetricsMiddleware:
-    """Observe request latency by method, route template and status."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.observe_http(scope["method"], path, status, time.perf_counter() - start)
 
 
 def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
@@ -159,6 +70,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
             await notifier.stop()
             await http.aclose()
             await store.close()
+            metrics.close()
 
     app = FastAPI(
         title="AI Service",
@@ -181,21 +93,22 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.include_router(jobs_router)
     app.include_router(stats_router)
     app.include_router(infra_router)
-    # The last added runs first: HEAD becomes GET for everything below it, metrics
-    # see every answer, auth comes before the body checks so that an
-    # unauthenticated caller learns nothing else, and the access log wraps auth to
-    # name the caller it identified.
-    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
-    app.add_middleware(JsonBodyMiddleware)
+    # One pure-ASGI pass at the edge (see `api.middleware`): HEAD, metrics, URL
+    # limit, access log, auth, JSON body, body limit, then the lean endpoints.
+    policy = auth.RoutePolicy.for_app(app)
+    lean = {
+        (entry.method, entry.template): endpoint
+        for entry in policy.table.entries
+        if entry.route is not None and (endpoint := LeanEndpoint.of(entry.route, app)) is not None
+    }
     app.add_middleware(
-        auth.AuthMiddleware,
+        EdgeMiddleware,
+        metrics=metrics,
         authenticator=auth.Authenticator(settings),
-        policy=auth.RoutePolicy.for_app(app),
+        policy=policy,
+        lean=lean,
+        max_body_bytes=settings.max_body_bytes,
     )
-    app.add_middleware(AccessLogMiddleware)
-    app.add_middleware(UrlLimitMiddleware)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(HeadMiddleware)
     return app
 
 

@@ -7,9 +7,10 @@ is logged at start).
 
 Two layers:
 
-- `AuthMiddleware` (pure ASGI, before the body is read or a route runs):
-  401 without a known token, 403 when the token's role may not call the
-  route (`ROUTE_RULES`, decided from method and path). It leaves the caller's
+- `edge.EdgeMiddleware` (pure ASGI, before the body is read or a route runs)
+  asks `Authenticator.identify` and `RoutePolicy.refusal`: 401 without a
+  known token, 403 when the token's role may not call the route
+  (`ROUTE_RULES`, decided from method and path). It leaves the caller's
   `Principal` in `scope["state"]["principal"]`.
 - The routes confine a submitter to its `owner_service` where that needs the
   body or the job row (`scoped_owner`, `Principal.owns`): another
@@ -22,24 +23,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
-from fastapi.routing import iter_route_contexts
-from starlette._utils import get_route_path
-from starlette.routing import compile_path
-from starlette.types import ASGIApp, Receive, Scope, Send
+from fastapi.responses import JSONResponse
 
 from ai_service import errors
 from ai_service.api import errors as api_errors
+from ai_service.api.route_table import API_PREFIX, Matched, RouteTable
 from ai_service.config import Role, Settings, token_id
 
 log = logging.getLogger("ai_service.api.auth")
 
-API_PREFIX = "/api/v1/"
 ALL_ROLES = frozenset(Role)
 _SHOWN_PATH = 200  # longest request path quoted in a 403 message
 
@@ -165,30 +162,20 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
 }
 
 
-def api_routes(app: FastAPI) -> Iterator[tuple[str, str]]:
-    """(method, path template) of every `/api/v1` route of `app`, in routing order.
-
-    HEAD is left out: it follows the GET rule of the same path.
-    """
-    for route in iter_route_contexts(app.routes):
-        path = route.path or ""
-        if path.startswith(API_PREFIX):
-            for method in sorted((route.methods or set()) - {"HEAD"}):
-                yield method, path
-
-
 class RoutePolicy:
-    """`ROUTE_RULES` compiled against the app's routes, matched as the router matches."""
+    """`ROUTE_RULES` over the app's `/api/v1` routes, matched as the router matches."""
 
-    def __init__(self, routes: list[tuple[str, str, re.Pattern[str], Rule]]) -> None:
-        self._routes = routes
+    def __init__(self, table: RouteTable, rules: Mapping[tuple[str, str], Rule]) -> None:
+        self.table = table
+        self._rules = rules
 
     @classmethod
     def for_app(
         cls, app: FastAPI, rules: Mapping[tuple[str, str], Rule] = ROUTE_RULES
     ) -> RoutePolicy:
         """Compile the rules; a route without a rule (or a rule without a route) is a bug."""
-        routes = list(api_routes(app))
+        table = RouteTable.for_app(app)
+        routes = [(e.method, e.template) for e in table.entries]
         missing = sorted(set(routes) - set(rules))
         stale = sorted(set(rules) - set(routes))
         if missing or stale:
@@ -196,15 +183,32 @@ class RoutePolicy:
                 f"auth.ROUTE_RULES does not match the routes: no rule for {missing}, "
                 f"no route for {stale}"
             )
-        return cls([(m, p, compile_path(p)[0], rules[(m, p)]) for m, p in routes])
+        return cls(table, dict(rules))
 
     def match(self, method: str, path: str) -> tuple[str, Rule] | None:
         """The route template and rule that will handle a request, or None."""
-        wanted = "GET" if method == "HEAD" else method
-        for route_method, template, regex, rule in self._routes:
-            if route_method == wanted and regex.match(path):
-                return template, rule
-        return None
+        matched = self.table.match(method, path)
+        if matched is None:
+            return None
+        template = matched.entry.template
+        return template, self._rules[(matched.entry.method, template)]
+
+    def refusal(
+        self, principal: Principal, method: str, path: str, matched: Matched | None
+    ) -> JSONResponse | None:
+        """The 403 answer when `principal` may not call the route `matched` (None: it may).
+
+        Unknown paths under /api/v1 are for admins only (fail closed).
+        """
+        if principal.role is Role.ADMIN:
+            return None
+        if matched is not None:
+            entry = matched.entry
+            if principal.role in self._rules[(entry.method, entry.template)].roles:
+                return None
+        shown = matched.entry.template if matched is not None else path[:_SHOWN_PATH]
+        refusal = forbidden(principal, method, shown)
+        return api_errors.envelope(403, refusal.code, refusal.message, refusal.details)
 
 
 def forbidden(principal: Principal, method: str, route: str) -> errors.Forbidden:
@@ -215,44 +219,14 @@ def forbidden(principal: Principal, method: str, route: str) -> errors.Forbidden
     )
 
 
-class AuthMiddleware:
-    """401 for `/api/v1/*` without a known token, 403 for a role the route refuses.
-
-    Runs before the body is read: an unauthenticated caller learns nothing
-    else. Unknown paths under /api/v1 are for admins only (fail closed).
-    """
-
-    def __init__(self, app: ASGIApp, authenticator: Authenticator, policy: RoutePolicy) -> None:
-        self.app = app
-        self.authenticator = authenticator
-        self.policy = policy
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not get_route_path(scope).startswith(API_PREFIX):
-            await self.app(scope, receive, send)
-            return
-        header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
-        principal = self.authenticator.identify(header)
-        if principal is None:
-            response = api_errors.envelope(
-                401,
-                "unauthorized",
-                "missing or wrong bearer token",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-            await response(scope, receive, send)
-            return
-        scope.setdefault("state", {})["principal"] = principal
-        if principal.role is not Role.ADMIN:
-            path = get_route_path(scope)
-            matched = self.policy.match(scope["method"], path)
-            if matched is None or principal.role not in matched[1].roles:
-                shown = matched[0] if matched else path[:_SHOWN_PATH]
-                refusal = forbidden(principal, scope["method"], shown)
-                response = api_errors.envelope(403, refusal.code, refusal.message, refusal.details)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+def unauthorized() -> JSONResponse:
+    """The 401 answer for a missing or unknown bearer token."""
+    return api_errors.envelope(
+        401,
+        "unauthorized",
+        "missing or wrong bearer token",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 # -- owner_service confinement (in the routes) -------------------------------------

@@ -45,7 +45,7 @@ async def get_http(request: Request) -> httpx.AsyncClient:
 
 
 async def get_principal(request: Request) -> Principal:
-    """The caller identified by `auth.AuthMiddleware` (fails closed if it did not run)."""
+    """The caller identified at the edge (`middleware.EdgeMiddleware`; fails closed without)."""
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):
         raise errors.Forbidden("the caller could not be identified")

@@ -67,6 +67,17 @@ def status_for(exc: errors.AIServiceError) -> int:
     return 500
 
 
+def domain_response(exc: errors.AIServiceError) -> JSONResponse:
+    """The envelope answering a domain error (also used by `api.lean`)."""
+    status = status_for(exc)
+    if status >= 500:
+        log.warning("request failed: %s: %s", exc.code, exc.message)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 503:
+        headers = {"Retry-After": "1"}
+    return envelope(status, exc.code, exc.message, exc.details, headers)
+
+
 def _field_name(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path")]
     name = ""
@@ -92,13 +103,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(errors.AIServiceError)
     async def domain_error(_: Request, exc: errors.AIServiceError) -> JSONResponse:
-        status = status_for(exc)
-        if status >= 500:
-            log.warning("request failed: %s: %s", exc.code, exc.message)
-        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        if status == 503:
-            headers = {"Retry-After": "1"}
-        return envelope(status, exc.code, exc.message, exc.details, headers)
+        return domain_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -356,6 +356,24 @@ class CompleteManyOut(BaseModel):
     )
 
 
+class CompletedOut(BaseModel):
+    """A completed job, in short: read the result back with `GET /api/v1/jobs/{id}`."""
+
+    id: UUID
+    status: JobStatus = Field(description="Always `completed`.")
+    finished_at: datetime
+
+    @classmethod
+    def of(cls, job: Job) -> Self:
+        assert job.finished_at is not None  # a completed job has finished
+        values: dict[str, Any] = {
+            "id": job.id,
+            "status": job.status,
+            "finished_at": job.finished_at,
+        }
+        return cls.model_construct(**values)  # type: ignore[return-value]
+
+
 class FailRequest(_Strict):
     category: Category
     message: Message

@@ -4,7 +4,7 @@ httptools cannot parse a URL longer than 64 KiB (its offsets are 16-bit), and
 uvicorn then answers a bare `400 Invalid HTTP request received.` in plain text.
 This protocol stops collecting the URL past `MAX_URL_BYTES` and marks the request
 instead, so that the app answers 414 `uri_too_long` in the error envelope
-(`middleware.UrlLimitMiddleware`). It also bounds the memory one URL can take.
+(`middleware.EdgeMiddleware`). It also bounds the memory one URL can take.
 """
 
 from __future__ import annotations

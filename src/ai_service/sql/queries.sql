@@ -40,6 +40,9 @@ least(%(backoff_max)s::float8, %(backoff_base)s::float8 * power(2, greatest(atte
 -- name: job_create_many
 -- Insert jobs given as one JSON array of objects (one parameter, parsed by PostgreSQL:
 -- far cheaper than ten typed arrays); idempotency conflicts insert nothing.
+-- Returns every column but the payloads: a new job's input is the one sent, and it
+-- has no result, errors or error details yet (reading 1000 inputs back would cost
+-- more than inserting them).
 INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
                   input, max_attempts, run_after, idempotency_key, request_hash, timeout_seconds)
 SELECT id, owner_service, owner_ref, task_type, model_profile, priority,
@@ -50,7 +53,10 @@ SELECT id, owner_service, owner_ref, task_type, model_profile, priority,
             priority int, input jsonb, max_attempts int, run_after timestamptz,
             idempotency_key text, request_hash text, timeout_seconds int)
     ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING *;
+RETURNING id, owner_service, owner_ref, task_type, model_profile, status, priority,
+          error_category, error_message, error_count, attempt, max_attempts, run_after,
+          worker_id, lease_token, lease_expires_at, lease_seconds, timeout_seconds,
+          idempotency_key, created_at, updated_at, started_at, finished_at;
 
 -- name: job_get_by_idempotency_keys
 -- Existing jobs for (owner_service, idempotency_key) pairs.

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import uvicorn
+import uvloop
 
 from ai_service import outbound
 from ai_service.config import Settings
@@ -114,7 +115,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def run(settings: Settings) -> None:
-    """Entry point of `ai-service worker`: SIGTERM/SIGINT start a graceful stop."""
+    """Entry point of `ai-service worker`: SIGTERM/SIGINT start a graceful stop.
+
+    The event loop is uvloop's, like the API's (uvicorn picks it): the claim
+    loop, the completions and the provider calls all turn on it.
+    """
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -123,4 +128,5 @@ def run(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
