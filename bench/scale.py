@@ -227,11 +227,14 @@ async def hot_share(store: Store, url: str, rounds: int = 50) -> float:
             assert row is not None
             return int(row[0]), int(row[1])
 
-    await asyncio.sleep(1.2)  # let earlier statistics reach the shared counters
+    # A backend reports its table statistics when idle, at the latest 10 s later
+    # (PGSTAT_IDLE_INTERVAL): wait for the claim's to land before the first reading,
+    # and for the heartbeats' before the second.
+    await asyncio.sleep(11)
     before = counters()
     for _ in range(rounds):
         await store.heartbeat_many(leases, 600)
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(11)
     after = counters()
     updates, hot = after[0] - before[0], after[1] - before[1]
     return hot / updates if updates else float("nan")
