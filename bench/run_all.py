@@ -14,7 +14,7 @@ import asyncio
 import os
 import platform
 
-from bench import api_latency, llm_saturation, pickup, scale, throughput
+from bench import api_latency, drain, llm_saturation, pickup, scale, throughput
 from bench._common import header
 
 
@@ -42,9 +42,10 @@ async def main(quick: bool) -> None:
     print(machine())
     jobs = 5_000 if quick else 20_000
     await throughput.main(jobs, workers=2)
+    await drain.main(jobs, [16, 64, 256, 1000], baseline=not quick)
     await pickup.main(100 if quick else 300)
     await api_latency.main(3 if quick else 10, 32)
-    await scale.main(100_000 if quick else 1_000_000)
+    await scale.main(100_000 if quick else 10_000_000)
     await llm_saturation.main(1000 if quick else 3000, 64, 0.2)
 
 
