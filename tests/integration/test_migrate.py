@@ -62,3 +62,20 @@ def test_0002_counts_old_histories_and_keeps_their_newest_20_entries(empty_datab
     )
     assert not {"error_count", "request_hash"} & {c["column_name"] for c in columns}
     assert len(rows(empty_database, "SELECT id FROM jobs")) == 3
+
+
+def test_downgrading_0003_gives_the_wake_ups_back_to_the_triggers(empty_database: str) -> None:
+    """Code before 0003 relies on the triggers' NOTIFY; the downgrade restores it."""
+    migrate.upgrade(empty_database)
+    command.downgrade(migrate.alembic_config(empty_database), "0002")
+    with psycopg.connect(empty_database, autocommit=True) as listener:
+        listener.execute("LISTEN ai_service_jobs")
+        with psycopg.connect(empty_database, autocommit=True) as conn:
+            conn.execute(
+                "INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, input)"
+                " VALUES (gen_random_uuid(), 's', 'r', 't', 'p', '{}')"
+            )
+        assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == [
+            "ai_service_jobs"
+        ]
+    migrate.upgrade(empty_database)  # and back up again

@@ -121,6 +121,39 @@ END $$;
 """
 
 DOWNGRADE = r"""
+-- The wake-ups go back into the triggers (as in 0001).
+CREATE OR REPLACE FUNCTION jobs_after_insert() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO job_count_deltas (status, task_type, model_profile, error_category, n)
+    SELECT status, task_type, model_profile,
+           CASE WHEN status = 'failed' THEN error_category ELSE '' END, count(*)
+      FROM new_rows
+     GROUP BY 1, 2, 3, 4;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'pending') THEN
+        PERFORM pg_notify('ai_service_jobs', '');
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE OR REPLACE FUNCTION jobs_after_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO job_count_deltas (status, task_type, model_profile, error_category, n)
+    SELECT status, task_type, model_profile, error_category, sum(n)
+      FROM (SELECT status, task_type, model_profile,
+                   CASE WHEN status = 'failed' THEN error_category ELSE '' END AS error_category,
+                   1 AS n
+              FROM new_rows
+            UNION ALL
+            SELECT status, task_type, model_profile,
+                   CASE WHEN status = 'failed' THEN error_category ELSE '' END,
+                   -1
+              FROM old_rows) AS d
+     GROUP BY 1, 2, 3, 4
+    HAVING sum(n) <> 0;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE status = 'pending') THEN
+        PERFORM pg_notify('ai_service_jobs', '');
+    END IF;
+    RETURN NULL;
+END $$;
 DROP TRIGGER IF EXISTS jobs_check_payloads ON jobs;
 DROP FUNCTION IF EXISTS jobs_check_payloads();
 ALTER TABLE jobs DROP CONSTRAINT jobs_lease_iff_running;
