@@ -7,6 +7,7 @@ durability settings (fsync on), so figures are honest for a single server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import statistics
@@ -79,13 +80,35 @@ def summary_ms(values: Sequence[float]) -> str:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def header(title: str) -> None:
     print(f"\n== {title} " + "=" * max(0, 70 - len(title)), flush=True)
 
 
 @contextmanager
-def service_process(command: str, database_url: str, port_var: str, **env: str) -> Iterator[str]:
-    """Run `ai-service <command>` as its own process; yields its base URL once ready."""
+def service_process(
+    command: str,
+    database_url: str,
+    port_var: str,
+    *,
+    src: Path | None = None,
+    log: Path | None = None,
+    pids: list[int] | None = None,
+    **env: str,
+) -> Iterator[str]:
+    """Run `ai-service <command>` as its own process; yields its base URL once ready.
+
+    `src`: run the `ai_service` package found there instead of this checkout's
+    (another commit's `src/`, same virtual environment). `log`: the file that
+    receives the process's output (else it shares the bench's). `pids`: gets the
+    process id appended.
+    """
     port = free_port()
     full_env = dict(os.environ)
     full_env.update(
@@ -99,7 +122,18 @@ def service_process(command: str, database_url: str, port_var: str, **env: str) 
         }
     )
     full_env.update(env)
-    proc = subprocess.Popen([sys.executable, "-m", "ai_service", command], env=full_env)
+    if src is not None:
+        full_env["PYTHONPATH"] = str(src)
+    with contextlib.ExitStack() as files:
+        output = files.enter_context(log.open("ab")) if log is not None else None
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ai_service", command],
+            env=full_env,
+            stdout=output,
+            stderr=output,
+        )
+    if pids is not None:
+        pids.append(proc.pid)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

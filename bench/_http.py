@@ -68,10 +68,14 @@ class Connection:
 
 
 class Pool:
-    """A fixed number of connections handed out to concurrent callers."""
+    """A fixed number of connections handed out to concurrent callers.
 
-    def __init__(self, base_url: str, size: int) -> None:
+    `headers` go with every request (e.g. `Authorization`).
+    """
+
+    def __init__(self, base_url: str, size: int, headers: dict[str, str] | None = None) -> None:
         parts = urlsplit(base_url)
+        self._headers = headers
         self._free: asyncio.Queue[Connection] = asyncio.Queue()
         for _ in range(size):
             self._free.put_nowait(Connection(parts.hostname or "127.0.0.1", parts.port or 80))
@@ -79,7 +83,7 @@ class Pool:
     async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
         conn = await self._free.get()
         try:
-            return await conn.request(method, path, body)
+            return await conn.request(method, path, body, self._headers)
         finally:
             self._free.put_nowait(conn)
 

@@ -14,7 +14,7 @@ import asyncio
 import os
 import platform
 
-from bench import api_latency, drain, llm_saturation, pickup, scale, throughput
+from bench import api_latency, drain, http_path, llm_saturation, pickup, scale, throughput
 from bench._common import header
 
 
@@ -43,6 +43,7 @@ async def main(quick: bool) -> None:
     jobs = 5_000 if quick else 20_000
     await throughput.main(jobs, workers=2)
     await drain.main(jobs, [16, 64, 256, 1000], baseline=not quick)
+    await http_path.main(http_path.OLD_COMMIT, 1 if quick else 3, 2 * jobs, jobs // 2)
     await pickup.main(100 if quick else 300)
     await api_latency.main(3 if quick else 10, 32)
     await scale.main(100_000 if quick else 10_000_000)

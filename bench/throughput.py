@@ -39,18 +39,25 @@ from bench._http import Pool
 NOOP = {"owner_service": "bench", "task_type": "noop", "model_profile": "none", "input": {}}
 
 
-async def create_backlog(base: str, jobs: int, parallel: int = 4) -> float:
+async def create_backlog(
+    base: str,
+    jobs: int,
+    parallel: int = 4,
+    headers: dict[str, str] | None = None,
+    task_type: str = "noop",
+) -> float:
     """Create `jobs` no-op jobs with batch requests; returns jobs/s."""
     batches = [range(start, min(start + 1000, jobs)) for start in range(0, jobs, 1000)]
     queue = list(batches)
+    defaults = NOOP | {"task_type": task_type}
 
     async def sender(client: httpx.AsyncClient) -> None:
         while queue:
             refs = queue.pop()
-            body = {"defaults": NOOP, "jobs": [{"owner_ref": f"r{i}"} for i in refs]}
+            body = {"defaults": defaults, "jobs": [{"owner_ref": f"r{i}"} for i in refs]}
             (await client.post("/api/v1/jobs/batch", json=body)).raise_for_status()
 
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=120, headers=headers) as client:
         start = time.perf_counter()
         await asyncio.gather(*(sender(client) for _ in range(parallel)))
         return jobs / (time.perf_counter() - start)
@@ -95,7 +102,12 @@ async def built_in(url: str, base: str, jobs: int, workers: int) -> float:
 
 
 async def external_http(
-    base: str, jobs: int, clients: int = 16, parallel: int = 4, batched: bool = False
+    base: str,
+    jobs: int,
+    clients: int = 16,
+    parallel: int = 4,
+    batched: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> float:
     """`clients` external workers, each: claim 50, then complete them one request per
     job (`parallel` at a time), or all 50 in one `POST /jobs/complete` (`batched`)."""
@@ -103,7 +115,7 @@ async def external_http(
 
     async def worker(n: int) -> None:
         nonlocal done
-        pool = Pool(base, parallel)
+        pool = Pool(base, parallel, headers)
         try:
             while True:
                 status, answer = await pool.request(

@@ -68,7 +68,7 @@ def cmd_api(settings: Settings) -> None:
 def _serve_api(settings: Settings) -> None:
     import uvicorn
 
-    from ai_service import logs
+    from ai_service import heap, logs
     from ai_service.api.app import create_app
     from ai_service.api.server import HttpProtocol
 
@@ -97,7 +97,9 @@ def _serve_api(settings: Settings) -> None:
             **options,
         )
     else:
-        uvicorn.run(create_app(settings), **options)
+        app = create_app(settings)
+        heap.freeze()
+        uvicorn.run(app, **options)
 
 
 def cmd_migrate(settings: Settings) -> None:
@@ -152,9 +154,10 @@ def cmd_maintenance(settings: Settings, action: str) -> None:
 
 def cmd_worker(settings: Settings) -> None:
     import ai_service.worker.main as worker_main
-    from ai_service import logs
+    from ai_service import heap, logs
 
     logs.configure(settings)
+    heap.freeze()
     worker_main.run(settings)
 
 

@@ -61,6 +61,11 @@ def configure(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactingFilter(settings_redactor(settings)))
     handler.setFormatter(JsonFormatter())
+    # The JSON lines carry no thread or process names: not looking them up saves
+    # a third of each record's cost (the API writes one access line per request).
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())

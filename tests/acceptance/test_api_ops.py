@@ -363,32 +363,43 @@ async def test_metrics_of_two_api_processes_add_up(tmp_path: Path, database_url:
             "api", "api", HTTP_WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(parent)
         )
         [run_dir] = parent.iterdir()  # this run's own directory, made by `ai-service api`
+        try:
+            created = await created_through_both(api.base_url, run_dir)
+        finally:
+            # SIGTERM, not the group's SIGKILL: uvicorn stops its worker processes.
+            stopped = await api.terminate()
+        assert stopped == 0
+    assert list(parent.iterdir()) == []  # removed with the run: the next one starts from zero
+    assert created > 0
 
-        async def create_on_a_new_connection(n: int) -> None:
-            async with httpx.AsyncClient(base_url=api.base_url) as http:
-                await create(http, owner_ref=f"mp/{n}")
 
-        created = 0
-        deadline = time.monotonic() + 60
-        # The kernel hands each new connection to either process: go on until both counted.
-        while len([c for c in created_by_process(run_dir).values() if c > 0]) < 2:
-            assert time.monotonic() < deadline, created_by_process(run_dir)
-            await asyncio.gather(*(create_on_a_new_connection(created + i) for i in range(8)))
-            created += 8
-        per_process = created_by_process(run_dir)
-        assert sum(per_process.values()) == created
-        assert all(c < created for c in per_process.values())  # neither saw them all
-        for _ in range(6):
-            async with httpx.AsyncClient(base_url=api.base_url) as http:
-                response = await http.get("/metrics")
-            assert response.status_code == 200
-            found = samples(response.text)
-            assert value(found, "ai_jobs_created_total", task_type="llm_chat") == created
-            http_count = "ai_http_request_duration_seconds_count"
-            assert value(found, http_count, method="POST", route="/api/v1/jobs") == created
-            assert value(found, "ai_jobs", status="pending", task_type="llm_chat") == created
-        assert await api.terminate() == 0
-    assert not run_dir.exists()  # removed with the run: the next one starts from zero
+async def created_through_both(base_url: str, run_dir: Path) -> int:
+    """Create jobs until both API processes counted some; check /metrics adds them up."""
+
+    async def create_on_a_new_connection(n: int) -> None:
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            await create(http, owner_ref=f"mp/{n}")
+
+    created = 0
+    deadline = time.monotonic() + 60
+    # The kernel hands each new connection to either process: go on until both counted.
+    while len([c for c in created_by_process(run_dir).values() if c > 0]) < 2:
+        assert time.monotonic() < deadline, created_by_process(run_dir)
+        await asyncio.gather(*(create_on_a_new_connection(created + i) for i in range(8)))
+        created += 8
+    per_process = created_by_process(run_dir)
+    assert sum(per_process.values()) == created
+    assert all(c < created for c in per_process.values())  # neither saw them all
+    for _ in range(6):
+        async with httpx.AsyncClient(base_url=base_url) as http:
+            response = await http.get("/metrics")
+        assert response.status_code == 200
+        found = samples(response.text)
+        assert value(found, "ai_jobs_created_total", task_type="llm_chat") == created
+        http_count = "ai_http_request_duration_seconds_count"
+        assert value(found, http_count, method="POST", route="/api/v1/jobs") == created
+        assert value(found, "ai_jobs", status="pending", task_type="llm_chat") == created
+    return created
 
 
 async def test_metrics_stay_small_after_5000_distinct_task_types_and_profiles(

@@ -101,6 +101,21 @@ def test_configure_masks_every_record_of_every_logger(
     assert json.loads(line)["message"] == "sent Bearer ***"
 
 
+def test_configure_skips_the_thread_and_process_names_no_line_shows(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for flag in ("logThreads", "logProcesses", "logMultiprocessing"):
+        monkeypatch.setattr(logging, flag, True)  # restored after the test
+    stream = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.configure(make_settings(LOG_LEVEL="info"))
+    record = logging.makeLogRecord({"msg": "x"})
+    assert (record.threadName, record.processName) == (None, None)
+    logging.getLogger("ai_service.api.access").info("POST /api/v1/jobs 201 1.0ms auth=off")
+    entry = json.loads(stream.getvalue())
+    assert set(entry) == {"time", "level", "logger", "message"}
+
+
 def test_scoped_tokens_are_masked_like_the_admin_token() -> None:
     env = {"AI_SERVICE_TOKENS": "sub-token-321:submitter:telephony,wrk-token-654:worker"}
     line = _format(env, "sub-token-321 and wrk-token-654")

@@ -16,6 +16,7 @@ from ai_service import migrate, outbound
 from ai_service.api import auth
 from ai_service.api import docs as api_docs
 from ai_service.api import errors as api_errors
+from ai_service.api.completions import CompletionBatcher
 from ai_service.api.lean import LeanEndpoint
 from ai_service.api.middleware import EdgeMiddleware
 from ai_service.api.routes_infra import router as infra_router
@@ -60,6 +61,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
             cookies=outbound.cookieless_jar(),
         )
         app.state.store = store
+        app.state.completions = CompletionBatcher(store)
         app.state.notifier = notifier
         app.state.maintenance = maintenance
         app.state.http = http
@@ -124,9 +126,12 @@ def _openapi_with_bearer(app: FastAPI) -> dict[str, Any]:
 
 
 def create_app_from_env() -> FastAPI:
-    """App factory for uvicorn worker processes (`HTTP_WORKERS` > 1)."""
+    """App factory for uvicorn worker processes (`HTTP_WORKERS` > 1), one per process."""
     import os
 
+    from ai_service import heap
     from ai_service.config import load_settings
 
-    return create_app(load_settings(os.environ))
+    app = create_app(load_settings(os.environ))
+    heap.freeze()
+    return app

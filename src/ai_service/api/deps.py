@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 
 from ai_service import errors
 from ai_service.api.auth import Principal
+from ai_service.api.completions import CompletionBatcher
 from ai_service.config import Settings
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
@@ -32,6 +33,11 @@ async def get_store(request: Request) -> Store:
 async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
+
+
+async def get_completions(request: Request) -> CompletionBatcher:
+    completions: CompletionBatcher = request.app.state.completions
+    return completions
 
 
 async def get_notifier(request: Request) -> JobNotifier | None:
@@ -55,6 +61,7 @@ async def get_principal(request: Request) -> Principal:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+CompletionsDep = Annotated[CompletionBatcher, Depends(get_completions)]
 NotifierDep = Annotated[JobNotifier | None, Depends(get_notifier)]
 HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

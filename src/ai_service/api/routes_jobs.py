@@ -14,6 +14,7 @@ from ai_service import errors
 from ai_service.api import schemas
 from ai_service.api.auth import Principal, require_all_allowed, scoped_owner
 from ai_service.api.deps import (
+    CompletionsDep,
     MetricsDep,
     NotifierDep,
     PrincipalDep,
@@ -295,13 +296,17 @@ async def _require_visible(store: Store, principal: Principal, job_id: UUID) -> 
     summary="Store a successful result (answers id, status and finished_at)",
 )
 async def complete_job(
-    job_id: UUID, body: schemas.CompleteRequest, store: StoreDep, metrics: MetricsDep
+    job_id: UUID,
+    body: schemas.CompleteRequest,
+    completions: CompletionsDep,
+    metrics: MetricsDep,
 ) -> schemas.CompletedOut:
-    job = await store.complete(job_id, body.result, body.lease_token)
+    # Concurrent completes share a statement (`api.completions`); the answers do not.
+    done = await completions.complete(job_id, body.result, body.lease_token)
     metrics.observe_finished(
-        job.task_type, job.model_profile, "completed", job.started_at, job.updated_at
+        done.task_type, done.model_profile, "completed", done.started_at, done.finished_at
     )
-    return schemas.CompletedOut.of(job)
+    return schemas.CompletedOut.of(done.id, done.finished_at)
 
 
 @router.post(

@@ -364,12 +364,11 @@ class CompletedOut(BaseModel):
     finished_at: datetime
 
     @classmethod
-    def of(cls, job: Job) -> Self:
-        assert job.finished_at is not None  # a completed job has finished
+    def of(cls, job_id: UUID, finished_at: datetime) -> Self:
         values: dict[str, Any] = {
-            "id": job.id,
-            "status": job.status,
-            "finished_at": job.finished_at,
+            "id": job_id,
+            "status": JobStatus.COMPLETED,
+            "finished_at": finished_at,
         }
         return cls.model_construct(**values)  # type: ignore[return-value]
 

@@ -40,9 +40,9 @@ least(%(backoff_max)s::float8, %(backoff_base)s::float8 * power(2, greatest(atte
 -- name: job_create_many
 -- Insert jobs given as one JSON array of objects (one parameter, parsed by PostgreSQL:
 -- far cheaper than ten typed arrays); idempotency conflicts insert nothing.
--- Returns every column but the payloads: a new job's input is the one sent, and it
--- has no result, errors or error details yet (reading 1000 inputs back would cost
--- more than inserting them).
+-- Returns what the database decided for each inserted row; the rest of a new job is
+-- what was sent and the columns' defaults (reading 1000 rows back would cost more
+-- than inserting them).
 INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
                   input, max_attempts, run_after, idempotency_key, request_hash, timeout_seconds)
 SELECT id, owner_service, owner_ref, task_type, model_profile, priority,
@@ -53,10 +53,7 @@ SELECT id, owner_service, owner_ref, task_type, model_profile, priority,
             priority int, input jsonb, max_attempts int, run_after timestamptz,
             idempotency_key text, request_hash text, timeout_seconds int)
     ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, owner_service, owner_ref, task_type, model_profile, status, priority,
-          error_category, error_message, error_count, attempt, max_attempts, run_after,
-          worker_id, lease_token, lease_expires_at, lease_seconds, timeout_seconds,
-          idempotency_key, created_at, updated_at, started_at, finished_at;
+RETURNING id, run_after, created_at, updated_at;
 
 -- name: job_get_by_idempotency_keys
 -- Existing jobs for (owner_service, idempotency_key) pairs.
@@ -790,6 +787,10 @@ SELECT m.minute,
 -- name: jobs_notify
 -- Wake the listeners of these task types (payload: the task type).
 SELECT pg_notify('ai_service_jobs', t) FROM unnest(%(task_types)s::text[]) AS t;
+
+-- name: db_now
+-- The transaction's timestamp: what now() gives every statement of it.
+SELECT now() AS now;
 
 -- name: db_ping
 -- Readiness probe: the server answers and accepts writes (not a standby).
