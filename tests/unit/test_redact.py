@@ -7,7 +7,14 @@ from urllib.parse import parse_qs, quote, quote_plus, urlsplit
 
 import pytest
 
-from ai_service.redact import Redactor, redact_text, redact_url, settings_redactor, url_secrets
+from ai_service.redact import (
+    Redactor,
+    redact_text,
+    redact_url,
+    settings_redactor,
+    settings_secrets,
+    url_secrets,
+)
 from tests.helpers import make_settings
 
 
@@ -144,6 +151,14 @@ def test_url_secrets_are_user_password_pair_and_non_harmless_query_values() -> N
     assert "wav" not in secrets
 
 
+def test_url_secrets_finds_user_info_and_secret_query_values() -> None:
+    secrets = url_secrets("http://alice:pa%40ss@h/v1?api_key=abc123&model=m&access_token=tok9")
+    assert {"pa%40ss", "pa@ss", "alice:pa@ss", "abc123", "tok9"} <= set(secrets)
+    assert "m" not in secrets
+    assert "alice" not in secrets  # an account name, not a secret, next to a password
+    assert url_secrets("https://ghp_token123@h/") == ["ghp_token123"]
+
+
 def test_settings_redactor_covers_every_secret_bearing_variable() -> None:
     settings = make_settings(
         AI_SERVICE_TOKEN="v-ai-service-token",
@@ -171,3 +186,16 @@ def test_settings_redactor_covers_every_secret_bearing_variable() -> None:
     assert settings_redactor(settings).text(text) == " ".join(["***"] * len(values)) + (
         " sslmode=require"  # harmless libpq options stay readable
     )
+
+
+def test_settings_secrets_cover_keys_tokens_and_url_credentials() -> None:
+    settings = make_settings(
+        AI_SERVICE_TOKEN="svc-token",
+        LLM_BASE_URL="http://h:8000?api_key=llm-q",
+        WHISPERX_URL="http://u:llm-pw@h:9000",
+        VLLM_METRICS_URLS="http://m:metrics-pw@h:8000/metrics",
+        INFRA_STATUS_TOKEN="infra-tok",
+    )
+    secrets = settings_secrets(settings)
+    for secret in ("svc-token", "llm-pw", "llm-q", "metrics-pw", "infra-tok"):
+        assert secret in secrets

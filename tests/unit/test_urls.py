@@ -9,8 +9,8 @@ import pytest
 from ai_service.api.routes_infra import sidecar_status_target
 from ai_service.config import load_settings
 from ai_service.errors import ConfigError
-from ai_service.provider_status import models_path
 from ai_service.providers.audio_llm import chat_completions_url
+from ai_service.providers.probes import models_path
 from ai_service.sidecar.vllm_metrics import metrics_url
 from ai_service.urls import has_userinfo, join_url, request_target
 from ai_service.worker.llm import openai_base_url

@@ -1,7 +1,7 @@
 """`GET /api/v1/providers/status` and `GET /api/v1/infra/status`.
 
 Providers: every configured AI provider probed concurrently (see
-`ai_service.provider_status`), cached per app for `PROVIDER_STATUS_CACHE`
+`api.provider_status`), cached per app for `PROVIDER_STATUS_CACHE`
 seconds. Infra: the AI-server sidecar's `/status` (at `INFRA_STATUS_URL`,
 bearer `INFRA_STATUS_TOKEN`) passed through with `fetched_at`; 502 with the
 error envelope when the sidecar cannot be read. Neither answer ever contains
@@ -17,11 +17,13 @@ import httpx
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field, ValidationError
 
-from ai_service import errors, provider_status
+from ai_service import errors
+from ai_service.api import provider_status
 from ai_service.api.deps import HttpDep, SettingsDep
 from ai_service.api.errors import responses
 from ai_service.api.schemas import ErrorOut
 from ai_service.config import Settings
+from ai_service.providers.probes import describe_error
 from ai_service.redact import redact_url, settings_secrets
 from ai_service.sidecar.schemas import (
     ContainersSection,
@@ -174,7 +176,7 @@ async def fetch_sidecar(settings: Settings, http: httpx.AsyncClient) -> SidecarS
     try:
         response = await http.get(url, headers=headers, timeout=timeout)
     except Exception as exc:  # any transport failure is the sidecar being unavailable
-        reason = provider_status.describe_error(exc, secrets, timeout)
+        reason = describe_error(exc, secrets, timeout)
         raise errors.UpstreamUnavailable(
             f"sidecar at {shown} is unreachable: {reason}", {"url": shown}
         ) from None

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from ai_service.provider_status import clean_text, describe_error
+from ai_service.providers.probes import clean_text, describe_error
 from ai_service.redact import redact_url, url_secrets
 from ai_service.sidecar.schemas import VllmInstance, VllmSection
 from ai_service.urls import request_target, url_path

@@ -1,7 +1,8 @@
 """Reachability of the WhisperX instances (`WHISPERX_URL`).
 
 whisper-asr-webservice has no health endpoint, so the probe is the one the
-API's provider status uses (`/docs` 200, else `/health` 200).
+API's provider status uses (`providers.probes.probe_whisperx`: `/docs` 200,
+else `/health` 200).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from ai_service.provider_status import describe_error, probe_whisperx
+from ai_service.providers.probes import describe_error, probe_whisperx
 from ai_service.redact import redact_url, url_secrets
 from ai_service.sidecar.schemas import WhisperxInstance, WhisperxSection
 
