@@ -16,7 +16,7 @@
     ├── UpstreamUnavailable    a remote service the API depends on (sidecar) failed
     └── JobFailure             a handler's attempt failed (category, retryable, details)
 
-`ai_service.api.errors` is the only place that maps these to status codes.
+`ai_service.error_envelope` is the only place that maps these to status codes.
 """
 
 from __future__ import annotations

@@ -12,10 +12,9 @@ import httpx
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from ai_service import migrate, outbound
+from ai_service import error_envelope, migrate, outbound
 from ai_service.api import auth
 from ai_service.api import docs as api_docs
-from ai_service.api import errors as api_errors
 from ai_service.api.completions import CompletionBatcher
 from ai_service.api.lean import LeanEndpoint
 from ai_service.api.middleware import EdgeMiddleware
@@ -89,7 +88,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.notifier = None
-    api_errors.install(app)
+    error_envelope.install(app, log)
     api_docs.install(app)
     app.include_router(probes)
     app.include_router(jobs_router)

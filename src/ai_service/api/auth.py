@@ -30,7 +30,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from ai_service import errors
+from ai_service import error_envelope, errors
 from ai_service.api import errors as api_errors
 from ai_service.api.route_table import API_PREFIX, Matched, RouteTable
 from ai_service.config import Role, Settings, token_id
@@ -208,7 +208,7 @@ class RoutePolicy:
                 return None
         shown = matched.entry.template if matched is not None else path[:_SHOWN_PATH]
         refusal = forbidden(principal, method, shown)
-        return api_errors.envelope(403, refusal.code, refusal.message, refusal.details)
+        return error_envelope.envelope(403, refusal.code, refusal.message, refusal.details)
 
 
 def forbidden(principal: Principal, method: str, route: str) -> errors.Forbidden:
@@ -221,7 +221,7 @@ def forbidden(principal: Principal, method: str, route: str) -> errors.Forbidden
 
 def unauthorized() -> JSONResponse:
     """The 401 answer for a missing or unknown bearer token."""
-    return api_errors.envelope(
+    return error_envelope.envelope(
         401,
         "unauthorized",
         "missing or wrong bearer token",

@@ -14,13 +14,14 @@ routes whose parameters are path parameters, at most one JSON body model and
 dependencies that take nothing but the `Request` (`api.deps`). A request
 with a query string, an empty or non-JSON body, or a body or path parameter
 that fails validation goes to FastAPI unchanged (the body replayed), so
-every error answer comes from one place (`api.errors`).
+every error answer comes from one place (`error_envelope`).
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,10 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ai_service import errors
-from ai_service.api.errors import domain_response
+from ai_service.error_envelope import domain_response
+
+# The API's logger, as for the errors FastAPI answers (`api.app` installs the envelope).
+log = logging.getLogger("ai_service.api")
 
 Dependency = Callable[[Request], Awaitable[Any]]
 
@@ -156,7 +160,7 @@ class LeanEndpoint:
                     values[name] = value
             result = await self.route.dependant.call(**values)  # type: ignore[misc]
         except errors.AIServiceError as exc:
-            await domain_response(exc)(scope, receive, send)
+            await domain_response(exc, log)(scope, receive, send)
             return
         if isinstance(result, Response):
             await result(scope, receive, send)

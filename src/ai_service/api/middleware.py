@@ -1,7 +1,7 @@
 """The edge of HTTP: every check and record around a request, in one pure-ASGI pass.
 
 `EdgeMiddleware` does, in this order (each refusal in the error envelope of
-`api.errors`, before any route runs):
+`error_envelope`, before any route runs):
 
 1. HEAD answers exactly like GET (status and headers) without the body: every
    layer below sees a GET, so that auth and routing treat both alike;
@@ -32,9 +32,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ai_service.api import access_log
 from ai_service.api.auth import Authenticator, Principal, RoutePolicy, unauthorized
-from ai_service.api.errors import MALFORMED_JSON, envelope
 from ai_service.api.lean import LeanEndpoint
 from ai_service.api.route_table import API_PREFIX, Matched
+from ai_service.error_envelope import MALFORMED_JSON, envelope
 from ai_service.metrics import Metrics
 
 # Longest path plus query string served; the longest legitimate list query is ~2 KiB.

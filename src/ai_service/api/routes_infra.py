@@ -21,8 +21,8 @@ from ai_service import errors
 from ai_service.api import provider_status
 from ai_service.api.deps import HttpDep, SettingsDep
 from ai_service.api.errors import responses
-from ai_service.api.schemas import ErrorOut
 from ai_service.config import Settings
+from ai_service.error_envelope import ErrorOut
 from ai_service.providers.probes import describe_error
 from ai_service.redact import redact_url, settings_secrets
 from ai_service.sidecar.schemas import (

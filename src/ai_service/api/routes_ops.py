@@ -11,7 +11,8 @@ from fastapi.responses import Response
 from ai_service import errors, histogram
 from ai_service.api import schemas
 from ai_service.api.deps import MetricsDep, StoreDep, known_query
-from ai_service.api.errors import envelope, responses
+from ai_service.api.errors import responses
+from ai_service.error_envelope import ErrorOut, envelope
 from ai_service.jobs import JobStatus
 
 READY_TIMEOUT = 2.0
@@ -28,7 +29,7 @@ async def healthz() -> schemas.HealthOut:
 @probes.get(
     "/readyz",
     response_model=schemas.HealthOut,
-    responses={503: {"model": schemas.ErrorOut, "description": "Database unavailable"}},
+    responses={503: {"model": ErrorOut, "description": "Database unavailable"}},
     summary="PostgreSQL answers within 2 s",
 )
 async def readyz(store: StoreDep) -> Any:

@@ -537,11 +537,3 @@ class StatsOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: str
-
-
-class ErrorOut(BaseModel):
-    """The envelope of every 4xx/5xx answer."""
-
-    error: str = Field(description="Stable machine-readable code, e.g. `job_not_found`.")
-    message: str
-    details: dict[str, Any] = Field(default_factory=dict)

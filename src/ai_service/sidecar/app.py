@@ -5,6 +5,11 @@
 checks. The four sections are collected concurrently; each is bounded by
 `PROVIDER_PROBE_TIMEOUT`, and a section that fails for any reason is reported
 unavailable instead of failing the request.
+
+The sidecar is a program of its own, deployed on the AI server: it imports
+nothing of the job service (API, store, database, workers; see
+tests/unit/test_sidecar_boundary.py), only the shared error envelope,
+settings, probes and redaction.
 """
 
 from __future__ import annotations
@@ -21,15 +26,15 @@ import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from ai_service import errors
-from ai_service.api import errors as api_errors
-from ai_service.api.schemas import HealthOut
+from ai_service import error_envelope, errors
 from ai_service.config import Settings
+from ai_service.error_envelope import ErrorOut
 from ai_service.sidecar.containers import collect_containers
 from ai_service.sidecar.gpu import GpuCollector
 from ai_service.sidecar.schemas import (
     ContainersSection,
     GpuSection,
+    HealthOut,
     SidecarStatus,
     VllmSection,
     WhisperxSection,
@@ -91,7 +96,7 @@ def create_app(settings: Settings, *, nvml: Any | None = None) -> FastAPI:
         description="AI-server telemetry: GPUs, containers, vLLM and WhisperX.",
         lifespan=lifespan,
     )
-    api_errors.install(app)
+    error_envelope.install(app, log)
 
     @app.get("/healthz", response_model=HealthOut, summary="Process health (open)")
     async def healthz() -> HealthOut:
@@ -101,7 +106,7 @@ def create_app(settings: Settings, *, nvml: Any | None = None) -> FastAPI:
         "/status",
         response_model=SidecarStatus,
         dependencies=[Depends(require_sidecar_token)],
-        responses={401: api_errors.ERROR_RESPONSES[401]},
+        responses={401: {"model": ErrorOut, "description": "Missing or wrong bearer token"}},
         summary="GPU, container, vLLM and WhisperX telemetry",
     )
     async def status(request: Request) -> SidecarStatus:

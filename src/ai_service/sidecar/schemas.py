@@ -1,4 +1,4 @@
-"""The sidecar's `/status` document, shared with the API's `GET /api/v1/infra/status`.
+"""The sidecar's answers: `/status` (shared with the API's `GET /api/v1/infra/status`), `/healthz`.
 
 Every reading is optional: an unsupported or unreadable value is `null`
 rather than a failure. Unknown fields are ignored when the API reads a
@@ -103,6 +103,12 @@ class WhisperxSection(BaseModel):
     available: bool
     reason: str | None = None
     instances: list[WhisperxInstance] = Field(default_factory=list)
+
+
+# No docstring: it would become the schema's description in `/openapi.json`,
+# which documents the same `{"status": "ok"}` as the API's health answer.
+class HealthOut(BaseModel):
+    status: str
 
 
 class SidecarStatus(BaseModel):
