@@ -147,7 +147,7 @@ def _inserted(row: dict[str, Any], new: NewJob) -> Job:
         lease_token=None,
         lease_expires_at=None,
         lease_seconds=None,
-        timeout_seconds=None,
+        timeout_seconds=new.timeout_seconds,
         idempotency_key=new.idempotency_key,
         created_at=row["created_at"],
         updated_at=row["updated_at"],

@@ -63,6 +63,7 @@ async def test_created_jobs_equal_their_stored_rows_with_and_without_keys(store:
     batches = [
         [new_job(owner_ref=f"plain/{i}", input=payload, priority=i) for i in range(3)],
         [new_job(owner_ref="keyed", idempotency_key="eq-1", input=payload, run_after=later)],
+        [new_job(owner_ref="deadline", input=payload, timeout_seconds=90, max_attempts=5)],
     ]
     for batch in batches:
         for outcome in await store.create_jobs(batch):
