@@ -15,7 +15,7 @@ import json
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -181,14 +181,24 @@ async def connection(pool: AsyncConnectionPool[Any]) -> AsyncIterator[psycopg.As
         ) from None
 
 
+GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan"
+
+
 async def fetch(
     pool: AsyncConnectionPool[Any],
     query: str,
     params: dict[str, Any],
     *,
     prepare: bool | None = None,
+    generic: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run one statement (autocommit); a deadlock victim is rerun."""
+    """Run one statement (autocommit); a deadlock victim is rerun.
+
+    `generic`: run as `fetch_together` does, with PostgreSQL's generic plan.
+    """
+    if generic:
+        [rows] = await fetch_together(pool, [(query, params)])
+        return rows
     for attempt in range(DEADLOCK_RETRIES):
         try:
             async with connection(pool) as conn:
@@ -196,6 +206,31 @@ async def fetch(
                 return await cur.fetchall() if cur.description else []
         except Deadlock:
             # Each statement runs alone (autocommit): the victim rolled back, rerun it.
+            if attempt == DEADLOCK_RETRIES - 1:
+                raise errors.DatabaseUnavailable("database busy: repeated deadlocks") from None
+    raise AssertionError("unreachable")
+
+
+async def fetch_together(
+    pool: AsyncConnectionPool[Any], statements: Sequence[tuple[str, dict[str, Any]]]
+) -> list[list[dict[str, Any]]]:
+    """Run statements in one transaction, sent in one round trip: the rows of each.
+
+    They are prepared and run with PostgreSQL's generic plan: they must be
+    statements whose plan does not depend on the values (index lookups driven
+    by the parameters, such as the claim's skip scans and the batch updates by
+    id). PostgreSQL would otherwise keep planning such a statement afresh for
+    each call when it estimates that custom plans are cheaper, and the planning
+    of a large statement costs more than running it. A deadlock victim is rerun.
+    """
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            async with connection(pool) as conn:
+                async with conn.pipeline(), conn.transaction():
+                    await conn.execute(GENERIC_PLAN)
+                    cursors = [await conn.execute(q, p, prepare=True) for q, p in statements]
+                return [await cur.fetchall() if cur.description else [] for cur in cursors]
+        except Deadlock:
             if attempt == DEADLOCK_RETRIES - 1:
                 raise errors.DatabaseUnavailable("database busy: repeated deadlocks") from None
     raise AssertionError("unreachable")

@@ -119,6 +119,60 @@ def _completions_params(completions: Sequence[Completion]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class ClaimRequest:
+    """What one claim asks for: `job_claim`'s parameters but the candidate scan."""
+
+    worker_id: str
+    limit: int
+    lease_seconds: float
+    task_types: tuple[str, ...] | None = None
+    model_profiles: tuple[str, ...] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        worker_id: str,
+        limit: int,
+        lease_seconds: float,
+        task_types: Iterable[str] | None = None,
+        model_profiles: Iterable[str] | None = None,
+    ) -> ClaimRequest:
+        return cls(
+            worker_id,
+            limit,
+            lease_seconds,
+            tuple(sorted(set(task_types))) if task_types is not None else None,
+            tuple(sorted(set(model_profiles))) if model_profiles is not None else None,
+        )
+
+    @property
+    def first_scan(self) -> int:
+        """Candidates read (unlocked) by a first round: a bounded excess over the limit."""
+        return 2 * self.limit + 8
+
+    def params(self, wanted: int, scan: int) -> dict[str, Any]:
+        return {
+            "worker_id": self.worker_id,
+            "limit": wanted,
+            "scan": scan,
+            "lease_seconds": self.lease_seconds,
+            "task_types": list(self.task_types) if self.task_types is not None else None,
+            "model_profiles": list(self.model_profiles)
+            if self.model_profiles is not None
+            else None,
+        }
+
+
+def _claimed_jobs(rows: list[dict[str, Any]]) -> list[Job]:
+    """The jobs of a `job_claim` answer (always one row at least, for `seen`)."""
+    return [Job.from_row(row) for row in rows if row["id"] is not None]
+
+
+def _claim_order(job: Job) -> tuple[int, datetime, UUID]:
+    return (-job.priority, job.run_after, job.id)
+
+
 def _inserted(row: dict[str, Any], new: NewJob) -> Job:
     """A job just inserted: what `job_create_many` returns, what was sent, the defaults.
 
@@ -245,9 +299,14 @@ class Store:
         return db.connection(self.pool)
 
     async def _fetch(
-        self, name: str, params: dict[str, Any], *, prepare: bool | None = None
+        self,
+        name: str,
+        params: dict[str, Any],
+        *,
+        prepare: bool | None = None,
+        generic: bool = False,
     ) -> list[dict[str, Any]]:
-        return await db.fetch(self.pool, self._q[name], params, prepare=prepare)
+        return await db.fetch(self.pool, self._q[name], params, prepare=prepare, generic=generic)
 
     async def _one_job(self, name: str, params: dict[str, Any]) -> Job | None:
         rows = await self._fetch(name, params)
@@ -460,29 +519,42 @@ class Store:
 
         Jobs come in claim order: priority (highest first), then run_after, then id.
         """
-        params = {
-            "worker_id": worker_id,
-            "limit": limit,
-            "lease_seconds": lease_seconds,
-            "task_types": sorted(set(task_types)) if task_types is not None else None,
-            "model_profiles": sorted(set(model_profiles)) if model_profiles is not None else None,
-        }
+        request = ClaimRequest.of(worker_id, limit, lease_seconds, task_types, model_profiles)
         jobs: list[Job] = []
         # Candidates are read without locks, a bounded excess over what is wanted; when
         # concurrent claimers took them all, look again, further down the queue.
-        scan = 2 * limit + 8
+        scan = request.first_scan
         for _ in range(CLAIM_ROUNDS):
             wanted = limit - len(jobs)
-            rows = await self._fetch(
-                "job_claim", params | {"limit": wanted, "scan": scan}, prepare=True
-            )
-            got = [Job.from_row(row) for row in rows if row["id"] is not None]
+            rows = await self._fetch("job_claim", request.params(wanted, scan), generic=True)
+            got = _claimed_jobs(rows)
             jobs.extend(got)
             if len(got) == wanted or rows[0]["seen"] < scan:
                 break  # satisfied, or every runnable job was among the candidates
             scan *= 4
-        jobs.sort(key=lambda j: (-j.priority, j.run_after, j.id))
+        jobs.sort(key=_claim_order)
         return jobs
+
+    async def complete_and_claim(
+        self, completions: Sequence[Completion], request: ClaimRequest
+    ) -> tuple[dict[UUID, dict[str, Any]], list[Job]]:
+        """`complete_many`, then one round of `claim`, in one transaction.
+
+        One round trip and one commit refill the slots that the completions free
+        (the built-in worker's cycle). The claim may return fewer jobs than
+        asked, also when more are runnable (concurrent claimers took its
+        candidates): a caller that needs them claims again.
+        """
+        done, taken = await db.fetch_together(
+            self.pool,
+            [
+                (self._q["job_complete_many"], _completions_params(completions)),
+                (self._q["job_claim"], request.params(request.limit, request.first_scan)),
+            ],
+        )
+        jobs = _claimed_jobs(taken)
+        jobs.sort(key=_claim_order)
+        return {row["id"]: row for row in done}, jobs
 
     async def complete(
         self, job_id: UUID, result: dict[str, Any], lease_token: UUID | None = None

@@ -1,7 +1,9 @@
 """A worker never holds more leases than its concurrency, whatever the setting.
 
-Audited twice: in the process (the most jobs held at once) and in the database
-(the most `running` rows seen while the queue drains).
+Audited three times: in the process (the most jobs held at once), in the
+database while the queue drains (the most `running` rows seen), and exactly
+afterwards from the jobs' own times (a lease starts with its claim's
+transaction and ends with its completion's).
 """
 
 from __future__ import annotations
@@ -14,6 +16,24 @@ import pytest
 from ai_service.store import Store
 from tests.helpers import new_job
 from tests.workers import running_worker
+
+# The most leases held at once: +1 at each claim, -1 at each completion; at equal
+# times the ends count first (a completion and the claim that refills its slot
+# share one transaction, hence one now()).
+PEAK_LEASES = """
+SELECT coalesce(max(held), 0) FROM (
+    SELECT sum(delta) OVER (ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS held
+      FROM (SELECT started_at AS at, 1 AS delta FROM jobs
+            UNION ALL
+            SELECT finished_at, -1 FROM jobs) AS events
+) AS running
+"""
+
+# Jobs claimed by the transaction that completed others (the refill of their slots).
+REFILLED = """
+SELECT count(*) FROM jobs j
+ WHERE EXISTS (SELECT 1 FROM jobs d WHERE d.finished_at = j.started_at)
+"""
 
 
 @pytest.mark.parametrize(("concurrency", "claim_limit"), [(1, 4), (16, 4), (256, 100)])
@@ -42,6 +62,11 @@ async def test_leases_held_never_exceed_the_concurrency(
                 break
             await asyncio.sleep(0.005)
         peak = runner.leases.peak
+        exact = (await (await conn.execute(PEAK_LEASES)).fetchone() or (0,))[0]
+        refilled = (await (await conn.execute(REFILLED)).fetchone() or (0,))[0]
     assert 1 <= peak <= concurrency
     assert seen_running <= concurrency
+    assert 1 <= exact <= concurrency
     assert runner.counters.completed == total
+    # Most slots were refilled by the completions' own transactions.
+    assert refilled >= total // 2

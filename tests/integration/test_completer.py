@@ -17,9 +17,9 @@ import pytest
 
 from ai_service import errors
 from ai_service.db import is_outage
-from ai_service.jobs import JobStatus
-from ai_service.store import Completion, Store
-from ai_service.worker.completer import Completer, Refused
+from ai_service.jobs import Job, JobStatus
+from ai_service.store import ClaimRequest, Completion, Store
+from ai_service.worker.completer import WRITERS, Completer, Refused
 from tests.helpers import new_job
 
 TRIGGER = """
@@ -83,6 +83,92 @@ async def test_a_result_refused_inside_a_batch_leaves_the_others_completed(
     assert outcomes[:5] + outcomes[6:] == [True] * 8
     statuses = await _statuses(store, [c.job_id for c in completions])
     assert statuses.count(JobStatus.COMPLETED) == 8
+
+
+async def test_a_result_submitted_after_the_queue_ran_dry_is_written(store: Store) -> None:
+    # One at a time: each submission comes right after the writer found the queue
+    # empty, the moment a writer that is done but not yet forgotten would strand it.
+    completer = Completer(store)
+    for completion in await _claimed(store, 30):
+        assert await asyncio.wait_for(completer.submit(completion), 10) is True
+    assert not completer._writers
+
+
+async def test_at_most_the_set_number_of_batches_are_written_at_once(store: Store) -> None:
+    completions = await _claimed(store, 40)
+    completer = Completer(store)
+    real = store.complete_many
+    writing = most = 0
+
+    async def counted(batch: list[Completion]) -> dict[UUID, dict[str, object]]:
+        nonlocal writing, most
+        writing += 1
+        most = max(most, writing)
+        try:
+            await asyncio.sleep(0.05)
+            return await real(batch)
+        finally:
+            writing -= 1
+
+    store.complete_many = counted  # type: ignore[method-assign]
+    outcomes = []
+    for completion in completions:  # finishing one by one, as jobs do
+        outcomes.append(asyncio.ensure_future(completer.submit(completion)))
+        await asyncio.sleep(0.005)
+    assert await asyncio.gather(*outcomes) == [True] * 40
+    assert most == WRITERS
+
+
+class Refiller:
+    """A `Refill` that claims `limit` jobs with each batch and keeps what it got."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.settled: list[tuple[list[UUID], list[Job] | None]] = []
+
+    def request(self, batch: object) -> ClaimRequest:
+        return ClaimRequest.of("w", self.limit, 600)
+
+    def settle(
+        self, request: ClaimRequest, batch: list[Completion], jobs: list[Job] | None
+    ) -> None:
+        assert request.limit == self.limit
+        self.settled.append(([c.job_id for c in batch], jobs))
+
+
+async def test_a_refill_claims_in_the_transaction_that_records_the_batch(store: Store) -> None:
+    completions = await _claimed(store, 3)
+    await store.create_jobs([new_job(owner_ref=f"next{i}") for i in range(5)])
+    refill = Refiller(limit=2)
+    completer = Completer(store, refill=refill)
+    assert await asyncio.gather(*(completer.submit(c) for c in completions)) == [True] * 3
+    [(batch, jobs)] = refill.settled
+    assert batch == [c.job_id for c in completions]
+    assert jobs is not None
+    assert len(jobs) == 2
+    finished = {(await store.get_job(c.job_id)).finished_at for c in completions}
+    # One transaction: one now() for the completions and the claim.
+    assert finished == {job.started_at for job in jobs}
+    assert {(await store.get_job(job.id)).status for job in jobs} == {JobStatus.RUNNING}
+
+
+async def test_a_refused_result_undoes_the_refill_and_the_others_still_complete(
+    store: Store, database_url: str
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute(TRIGGER)
+    completions = await _claimed(store, 4)
+    completions[1] = Completion(completions[1].job_id, completions[1].lease_token, {"poison": 1})
+    [waiting] = await store.create_jobs([new_job(owner_ref="next")])
+    refill = Refiller(limit=1)
+    completer = Completer(store, refill=refill)
+    outcomes = await asyncio.gather(*(completer.submit(c) for c in completions))
+    assert isinstance(outcomes[1], Refused)
+    assert [outcomes[i] for i in (0, 2, 3)] == [True] * 3
+    # The batch's transaction failed as a whole, its claim with it: the refill is
+    # told so, and the batch is then written without one.
+    assert [jobs for _, jobs in refill.settled] == [None]
+    assert (await store.get_job(waiting.job.id)).status is JobStatus.PENDING
 
 
 async def test_a_statement_timeout_is_not_retried_as_an_outage(

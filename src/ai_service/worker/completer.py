@@ -5,22 +5,32 @@ next single `complete_many` statement, each row still fenced by its own lease
 token. A batch that the database refuses as a whole (one result it cannot
 store, a statement limit) is split so that the others still complete and only
 the offending job is refused; an outage keeps every result and retries.
+
+With a `Refill` (the runner), the batch's own transaction also claims the jobs
+that take the slots it frees: one commit per cycle of the built-in worker, and
+a freed slot is refilled at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol, cast
 from uuid import UUID
 
 from ai_service import errors
 from ai_service.db import encode_result
-from ai_service.store import Completion, Store
+from ai_service.jobs import Job
+from ai_service.store import ClaimRequest, Completion, Store
 
 log = logging.getLogger("ai_service.worker")
 
 COMPLETE_BATCH = 500
+# Batches written at once: while one batch's transaction runs, the next one's
+# jobs finish; a second writer overlaps their commit with the first's.
+WRITERS = 2
 RECORD_RETRY_DELAY = 1.0
 
 
@@ -35,14 +45,33 @@ Outcome = bool | Refused
 """True: completed under its lease. False: the lease was gone (result discarded)."""
 
 
+class Refill(Protocol):
+    """Claims the slots a batch frees, in the batch's own transaction."""
+
+    def request(self, batch: Sequence[Completion]) -> ClaimRequest | None:
+        """What to claim once `batch` is recorded (its slots reserved), or None."""
+
+    def settle(
+        self, request: ClaimRequest, batch: Sequence[Completion], jobs: list[Job] | None
+    ) -> None:
+        """The batch is recorded and `jobs` claimed; None: nothing was claimed."""
+
+
 class Completer:
     """One `complete_many` per batch of finished jobs; `submit` answers per job."""
 
-    def __init__(self, store: Store, *, retry_delay: float = RECORD_RETRY_DELAY) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        retry_delay: float = RECORD_RETRY_DELAY,
+        refill: Refill | None = None,
+    ) -> None:
         self.store = store
         self.retry_delay = retry_delay
+        self.refill = refill
         self._queue: list[tuple[Completion, asyncio.Future[Outcome]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
 
     async def submit(self, completion: Completion) -> Outcome:
         """Store a result under its lease and say what became of it."""
@@ -54,15 +83,23 @@ class Completer:
             return Refused(exc.message)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         self._queue.append((completion, future))
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._flush(), name="completer")
+        if len(self._writers) < WRITERS:
+            self._writers.add(asyncio.create_task(self._flush(), name="completer"))
         return await asyncio.shield(future)
 
     async def _flush(self) -> None:
+        try:
+            await self._write_queue()
+        finally:
+            # At once, not in a done-callback: a result submitted after the queue ran
+            # dry must find this writer gone and start another one.
+            self._writers.discard(cast(asyncio.Task[None], asyncio.current_task()))
+
+    async def _write_queue(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:COMPLETE_BATCH], self._queue[COMPLETE_BATCH:]
             try:
-                outcomes = await self._write([c for c, _ in batch])
+                outcomes = await self._write_and_refill([c for c, _ in batch])
             except asyncio.CancelledError:
                 for _, future in batch:
                     if not future.done():
@@ -71,6 +108,26 @@ class Completer:
             for completion, future in batch:
                 if not future.done():
                     future.set_result(outcomes[completion.job_id])
+
+    async def _write_and_refill(self, completions: list[Completion]) -> dict[UUID, Outcome]:
+        """`_write`, claiming the freed slots in the same transaction when asked to."""
+        request = self.refill.request(completions) if self.refill is not None else None
+        if request is None:
+            return await self._write(completions)
+        assert self.refill is not None
+        jobs: list[Job] | None = None
+        try:
+            held, jobs = await self.store.complete_and_claim(completions, request)
+        except asyncio.CancelledError:
+            self.refill.settle(request, completions, None)
+            raise
+        except Exception:
+            # An outage or a refused result: write as without a refill (that retries
+            # and splits); the claim loop refills the slots afterwards.
+            self.refill.settle(request, completions, None)
+            return await self._write(completions)
+        self.refill.settle(request, completions, jobs)
+        return {c.job_id: c.job_id in held for c in completions}
 
     async def _write(self, completions: list[Completion]) -> dict[UUID, Outcome]:
         """Outcome per job; never raises except on cancellation."""
@@ -93,5 +150,5 @@ class Completer:
 
     async def drain(self) -> None:
         """Wait until every submitted result has been written."""
-        if self._task is not None:
-            await self._task
+        while self._writers:
+            await asyncio.gather(*self._writers)

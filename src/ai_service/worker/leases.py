@@ -32,6 +32,7 @@ class InFlight:
     task: asyncio.Task[None] | None = None
     lost: bool = False  # lease gone: stop the work, discard the result
     recording: bool = False  # the handler is done; its outcome is being written
+    refilled: bool = False  # its slot went to a job claimed with its outcome
 
 
 class Leases:

@@ -5,7 +5,9 @@
 - Holds at most `concurrency` jobs (`leases.Leases`): a slot frees when the
   job's outcome is recorded, and is refilled at once.
 - Completions go through the group-commit `completer.Completer`; a result the
-  database refuses fails that job alone (`internal`), at once.
+  database refuses fails that job alone (`internal`), at once. The runner is
+  its `Refill`: the transaction that records a batch also claims the jobs that
+  take its slots, so a busy worker's cycle is one commit, not two.
 - One heartbeat statement extends every held lease; a job whose lease is gone
   (cancelled, retried, rescued) has its work stopped and its result discarded.
 - `shutdown()` stops claiming, lets in-flight jobs finish within the grace
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +29,7 @@ from ai_service.jobs import ErrorCategory, Job, is_retryable
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.redact import settings_redactor
-from ai_service.store import Completion, Store
+from ai_service.store import ClaimRequest, Completion, Store
 from ai_service.worker.completer import Completer, Refused
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.leases import InFlight, Leases
@@ -80,13 +83,18 @@ class Runner:
         self.poll_interval = settings.worker_poll_interval
         self.shutdown_timeout = settings.worker_shutdown_timeout
         self.heartbeat_interval = heartbeat_interval or min(self.lease_seconds / 3, 10.0)
-        self.completer = Completer(store)
+        self.completer = Completer(store, refill=self)
         self.leases = Leases(store, self.lease_seconds, self.heartbeat_interval)
         self.in_flight = self.leases.flights
         self.counters = Counters()
         self.started_at = datetime.now(UTC)
         self.last_claim_at: datetime | None = None
         self.stopping = False
+        self._reserved = 0  # slots promised to claims under way
+        self._refills: dict[int, HandlerSpec] = {}  # by id() of the ClaimRequest
+        # At most half the slots per claim: two groups of jobs alternate, so that one
+        # group's outcomes are written while the other's jobs run.
+        self.claim_batch = self.claim_limit
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redactor = settings_redactor(settings)
@@ -162,7 +170,8 @@ class Runner:
                 free = self.concurrency - self._handling()
                 if free <= 0 or self.stopping:
                     break
-                limit = min(free, self.claim_limit)
+                limit = min(free, self.claim_batch)
+                self._reserved += limit
                 try:
                     jobs = await self.store.claim(
                         self.worker_id,
@@ -180,11 +189,9 @@ class Runner:
                     # Never let the loop die: a worker that claims nothing looks idle.
                     log.exception("claim failed")
                     break
-                self.last_claim_at = datetime.now(UTC)
-                if jobs:
-                    self.metrics.observe_claimed(jobs)
-                for job in jobs:
-                    self._start_job(job, spec)
+                finally:
+                    self._reserved -= limit
+                self._started(jobs, spec)
                 more = more or len(jobs) == limit
             if more and self._handling() < self.concurrency:
                 continue
@@ -203,7 +210,61 @@ class Runner:
 
     def _handling(self) -> int:
         """Slots in use: a job holds its slot until its outcome is recorded."""
-        return len(self.leases)
+        return len(self.leases) + self._reserved
+
+    def _started(self, jobs: list[Job], spec: HandlerSpec) -> None:
+        self.last_claim_at = datetime.now(UTC)
+        if jobs:
+            self.metrics.observe_claimed(jobs)
+        for job in jobs:
+            self._start_job(job, spec)
+
+    # -- refills (completer.Refill) -------------------------------------------------
+
+    def request(self, batch: Sequence[Completion]) -> ClaimRequest | None:
+        """Claim, with `batch`'s outcomes, as many jobs as it frees slots.
+
+        For the handler whose jobs finished (the claim loop serves the others).
+        """
+        if self.stopping:
+            return None
+        mine = [f for f in map(self._holder, batch) if f is not None]
+        free = self.concurrency - self._handling() + len(mine)
+        if not mine or free <= 0:
+            return None
+        spec = mine[0].spec
+        limit = min(free, self.claim_batch)
+        self._reserved += limit
+        request = ClaimRequest.of(
+            self.worker_id, limit, self.lease_seconds, spec.task_types, spec.model_profiles
+        )
+        self._refills[id(request)] = spec
+        return request
+
+    def settle(
+        self, request: ClaimRequest, batch: Sequence[Completion], jobs: list[Job] | None
+    ) -> None:
+        """The batch is recorded: its slots go to `jobs` (None: nothing was claimed)."""
+        spec = self._refills.pop(id(request), None)
+        self._reserved -= request.limit
+        if jobs is None or spec is None:
+            return
+        for flight in map(self._holder, batch):
+            if flight is not None:
+                self.leases.remove(flight)
+                flight.refilled = True
+        self._started(jobs, spec)
+        if self._handling() < self.concurrency:
+            # Slots beyond the claim limit, or fewer jobs than asked: the claim loop
+            # takes over (it looks further, and for the other handlers).
+            self._wake.set()
+
+    def _holder(self, completion: Completion) -> InFlight | None:
+        """The flight of this completion's attempt, if it still holds its slot."""
+        flight = self.in_flight.get(completion.job_id)
+        if flight is None or flight.job.lease_token != completion.lease_token:
+            return None
+        return flight
 
     def _start_job(self, job: Job, spec: HandlerSpec) -> None:
         earlier = self.in_flight.get(job.id)
@@ -268,7 +329,8 @@ class Runner:
                 self._discard(job, "it was cancelled, retried or rescued meanwhile")
         finally:
             self.leases.remove(flight)
-            self._wake.set()  # the slot is free for the next job
+            if not flight.refilled:
+                self._wake.set()  # the slot is free for the next job
 
     def _crash(self, flight: InFlight, exc: Exception) -> errors.JobFailure:
         """An unexpected exception of a handler, as a permanent `internal` failure."""
