@@ -36,7 +36,9 @@ SELECT count(*) FROM jobs j
 """
 
 
-@pytest.mark.parametrize(("concurrency", "claim_limit"), [(1, 4), (16, 4), (256, 100)])
+@pytest.mark.parametrize(
+    ("concurrency", "claim_limit"), [(1, 4), (2, 100), (16, 4), (16, 100), (256, 100)]
+)
 async def test_leases_held_never_exceed_the_concurrency(
     store: Store, database_url: str, concurrency: int, claim_limit: int
 ) -> None:

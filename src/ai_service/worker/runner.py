@@ -91,10 +91,11 @@ class Runner:
         self.last_claim_at: datetime | None = None
         self.stopping = False
         self._reserved = 0  # slots promised to claims under way
-        self._refills: dict[int, HandlerSpec] = {}  # by id() of the ClaimRequest
+        self._passing = 0  # slots of jobs whose outcome is being written with a refill
+        self._refills: dict[int, tuple[HandlerSpec, int]] = {}  # by id() of the request
         # At most half the slots per claim: two groups of jobs alternate, so that one
         # group's outcomes are written while the other's jobs run.
-        self.claim_batch = self.claim_limit
+        self.claim_batch = min(self.claim_limit, max(1, (self.concurrency + 1) // 2))
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._redactor = settings_redactor(settings)
@@ -210,7 +211,7 @@ class Runner:
 
     def _handling(self) -> int:
         """Slots in use: a job holds its slot until its outcome is recorded."""
-        return len(self.leases) + self._reserved
+        return len(self.leases) - self._passing + self._reserved
 
     def _started(self, jobs: list[Job], spec: HandlerSpec) -> None:
         self.last_claim_at = datetime.now(UTC)
@@ -229,25 +230,31 @@ class Runner:
         if self.stopping:
             return None
         mine = [f for f in map(self._holder, batch) if f is not None]
-        free = self.concurrency - self._handling() + len(mine)
-        if not mine or free <= 0:
+        limit = min(self.concurrency - self._handling() + len(mine), self.claim_batch)
+        if not mine or limit <= 0:
             return None
         spec = mine[0].spec
-        limit = min(free, self.claim_batch)
+        # The transaction records the batch's outcomes before it claims: up to
+        # `limit` of the batch's slots pass to the claimed jobs. Until it commits,
+        # the pair holds the larger of the two counts, never their sum, and no more
+        # (a concurrent claim sees the rest), so leases never exceed the concurrency.
+        passing = min(len(mine), limit)
         self._reserved += limit
+        self._passing += passing
         request = ClaimRequest.of(
             self.worker_id, limit, self.lease_seconds, spec.task_types, spec.model_profiles
         )
-        self._refills[id(request)] = spec
+        self._refills[id(request)] = (spec, passing)
         return request
 
     def settle(
         self, request: ClaimRequest, batch: Sequence[Completion], jobs: list[Job] | None
     ) -> None:
         """The batch is recorded: its slots go to `jobs` (None: nothing was claimed)."""
-        spec = self._refills.pop(id(request), None)
+        spec, passing = self._refills.pop(id(request))
         self._reserved -= request.limit
-        if jobs is None or spec is None:
+        self._passing -= passing
+        if jobs is None:
             return
         for flight in map(self._holder, batch):
             if flight is not None:
