@@ -64,13 +64,15 @@ class Drain:
     peak_running: int
 
 
-async def drain(url: str, jobs: int, concurrency: int, source: Path | None) -> Drain:
+async def drain(
+    url: str, jobs: int, concurrency: int, claim_limit: int, source: Path | None
+) -> Drain:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SEED, {"jobs": jobs})
         conn.execute("VACUUM ANALYZE jobs")
     env = {
         "WORKER_ID": "drain",
-        "WORKER_CLAIM_LIMIT": "100",
+        "WORKER_CLAIM_LIMIT": str(claim_limit),
         "WORKER_CONCURRENCY": str(concurrency),
         "RESCUE_INTERVAL": "1h",
     }
@@ -97,8 +99,11 @@ async def drain(url: str, jobs: int, concurrency: int, source: Path | None) -> D
     return Drain(jobs / float(span[0]), peak)
 
 
-async def main(jobs: int, concurrencies: list[int], baseline: bool) -> None:
-    header(f"Drains of {jobs:,} no-op jobs, one worker, by WORKER_CONCURRENCY")
+async def main(jobs: int, concurrencies: list[int], baseline: bool, claim_limit: int = 100) -> None:
+    header(
+        f"Drains of {jobs:,} no-op jobs, one worker, by WORKER_CONCURRENCY "
+        f"(WORKER_CLAIM_LIMIT={claim_limit})"
+    )
     results: dict[tuple[str, int], Drain] = {}
     with contextlib.ExitStack() as stack:
         old = stack.enter_context(baseline_source()) if baseline else None
@@ -110,7 +115,7 @@ async def main(jobs: int, concurrencies: list[int], baseline: bool) -> None:
                 with fresh_database("drain", migrate=source is None) as url:
                     if source is not None:
                         migrate_with(source, url)
-                    result = await drain(url, jobs, concurrency, source)
+                    result = await drain(url, jobs, concurrency, claim_limit, source)
                 results[(label, concurrency)] = result
                 print(
                     f"{label:>12}  concurrency {concurrency:5d}  {result.rate:8.0f} jobs/s  "
@@ -139,6 +144,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[16, 64, 256, 1000])
+    parser.add_argument("--claim-limit", type=int, default=100)
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args()
-    asyncio.run(main(args.jobs, args.concurrency, not args.no_baseline))
+    asyncio.run(main(args.jobs, args.concurrency, not args.no_baseline, args.claim_limit))

@@ -6,7 +6,8 @@ On one PostgreSQL, in one run:
   1. HTTP batch create (1000 per request) of N jobs: jobs/s;
   2. the built-in worker path: `ai-service worker` processes drain the backlog
      (claim + complete, group-committed and fenced): jobs/s from the first
-     claim to the last completion (database timestamps);
+     claim to the last completion (database timestamps), this code and the
+     code before this round (`bench._baseline`) alternating, medians of 3;
   3. external workers over HTTP: N jobs claimed (`POST /jobs/claim`, 50 at a
      time) and completed one `POST /jobs/{id}/complete` each, by 16 concurrent
      clients (API with HTTP_WORKERS=1 and =2), and with one batched
@@ -25,14 +26,18 @@ import asyncio
 import contextlib
 import os
 import re
+import statistics
 import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import psycopg
 
 from ai_service.embedded_db import POSTGRES_BIN_PATH
+from bench import drain
+from bench._baseline import BASELINE, baseline_source, migrate_with
 from bench._common import fresh_database, header, service_process
 from bench._http import Pool
 
@@ -85,7 +90,9 @@ async def wait_all_completed(url: str, jobs: int, timeout: float = 900) -> float
     return jobs / float(span[0])
 
 
-async def built_in(url: str, base: str, jobs: int, workers: int) -> float:
+async def built_in(url: str, jobs: int, workers: int, source: Path | None = None) -> float:
+    """`workers` worker processes drain the backlog; `source`: run that code instead."""
+    env = {"PYTHONPATH": str(source)} if source is not None else {}
     with contextlib.ExitStack() as stack:
         for i in range(workers):
             stack.enter_context(
@@ -96,9 +103,33 @@ async def built_in(url: str, base: str, jobs: int, workers: int) -> float:
                     WORKER_ID=f"bench-{i}",
                     WORKER_CLAIM_LIMIT="100",
                     WORKER_CONCURRENCY="400",
+                    **env,
                 )
             )
         return await wait_all_completed(url, jobs)
+
+
+async def built_in_beside_old(jobs: int, workers: int, rounds: int) -> tuple[float, float]:
+    """The built-in path of this code and of `BASELINE`, alternating: medians (new, old).
+
+    Each round drains the same SQL-seeded backlog on a fresh database (the old
+    one with the old schema), so that neither side's API is part of the figure.
+    """
+    rates: dict[str, list[float]] = {"new": [], "old": []}
+    with baseline_source() as old:
+        for n in range(rounds):
+            for label, source in (("new", None), ("old", old)):
+                with fresh_database("tp", migrate=source is None) as url:
+                    if source is not None:
+                        migrate_with(source, url)
+                    with psycopg.connect(url, autocommit=True) as conn:
+                        conn.execute(drain.SEED, {"jobs": jobs})
+                        conn.execute("VACUUM ANALYZE jobs")
+                    rate = await built_in(url, jobs, workers, source)
+                rates[label].append(rate)
+                name = "new" if source is None else f"old {BASELINE[:7]}"
+                print(f"  round {n + 1} {name:>11}  built-in {rate:8.0f} jobs/s", flush=True)
+    return statistics.median(rates["new"]), statistics.median(rates["old"])
 
 
 async def external_http(
@@ -215,8 +246,13 @@ async def main(jobs: int, workers: int) -> dict[str, float]:
     with fresh_database("tp") as url, service_process("api", url, "HTTP_PORT") as base:
         figures["create"] = await create_backlog(base, jobs)
         print(f"HTTP batch create              {figures['create']:9.0f} jobs/s")
-        figures["built_in"] = await built_in(url, base, jobs, workers)
-        print(f"built-in workers ({workers} procs)     {figures['built_in']:9.0f} jobs/s")
+    figures["built_in"], figures["built_in_old"] = await built_in_beside_old(jobs, workers, 3)
+    ratio = figures["built_in"] / figures["built_in_old"]
+    print(
+        f"built-in workers ({workers} procs)     {figures['built_in']:9.0f} jobs/s "
+        f"(old {BASELINE[:7]}: {figures['built_in_old']:.0f}; new / old {ratio:.2f}, "
+        f"target >= 0.95: {'OK' if ratio >= 0.95 else 'MISSED'})"
+    )
     with fresh_database("tp") as url, service_process("api", url, "HTTP_PORT") as base:
         await create_backlog(base, jobs)
         figures["external_1"] = await external_http(base, jobs)
