@@ -70,6 +70,7 @@ async def drain(
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(SEED, {"jobs": jobs})
         conn.execute("VACUUM ANALYZE jobs")
+        conn.execute("CHECKPOINT")
     env = {
         "WORKER_ID": "drain",
         "WORKER_CLAIM_LIMIT": str(claim_limit),
@@ -111,6 +112,10 @@ async def main(jobs: int, concurrencies: list[int], baseline: bool, claim_limit:
             versions: list[tuple[str, Path | None]] = [("new", None)]
             if old is not None:
                 versions.append((f"old {BASELINE[:7]}", old))
+            # Alternating which goes first: the second of a pair inherits the
+            # first's checkpoint and vacuum work.
+            if concurrencies.index(concurrency) % 2:
+                versions.reverse()
             for label, source in versions:
                 with fresh_database("drain", migrate=source is None) as url:
                     if source is not None:
