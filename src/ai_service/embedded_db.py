@@ -20,6 +20,7 @@ import importlib.util
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -257,6 +258,10 @@ def _start(account: str, data_dir: Path, port: int, options: list[str]) -> None:
     result = _pg_ctl(
         account, data_dir, ["-w", "-t", "60", "-l", str(log), "-o", opts, "start"], check=False
     )
+    if result.returncode == -signal.SIGINT:
+        # Ctrl-C reached pg_ctl (which passes it on to the starting server) before
+        # this process raised its own KeyboardInterrupt: an interrupt, not a failure.
+        raise KeyboardInterrupt
     if result.returncode != 0:
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
         raise RuntimeError(f"embedded PostgreSQL did not start: {result.stderr}\n{tail}")

@@ -124,6 +124,10 @@ def test_closed_folder_reads_owner_group_and_other_bits(tmp_path: Path) -> None:
         folder.chmod(0o700)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_while_starting_stops_cleanly_with_one_line_and_keeps_the_port() -> None:
     workdir = DATA_ROOT / f"test-pg-dev-{os.getpid()}"
     data_dir = workdir / ".data" / "pg"
@@ -137,7 +141,10 @@ def test_ctrl_c_while_starting_stops_cleanly_with_one_line_and_keeps_the_port() 
         env={**env, "HTTP_PORT": "1", "PYTHONPATH": str(ROOT / "src")},
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # a process group of its own, as a terminal gives
+        start_new_session=True,  # a process group of its own, as a terminal gives,
+        # and Ctrl-C's default action, as a terminal gives too (a shell without job
+        # control starts background commands with SIGINT ignored).
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 60
