@@ -29,6 +29,7 @@ import psycopg
 
 from bench._baseline import BASELINE, baseline_source, migrate_with
 from bench._common import fresh_database, header, service_process
+from tests.helpers import PEAK_LEASES
 
 SEED = """
 INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, input)
@@ -43,19 +44,6 @@ UNFINISHED = (
     "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'pending')"
     " OR EXISTS (SELECT 1 FROM jobs WHERE status = 'running')"
 )
-
-# The most leases held at once, from the jobs' own timestamps: a lease starts with
-# its claim's transaction (started_at) and ends with its completion's
-# (finished_at). At equal times the ends count first: a completion and the claim
-# that refills its slot share one transaction, hence one now().
-PEAK_LEASES = """
-SELECT coalesce(max(held), 0) FROM (
-    SELECT sum(delta) OVER (ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS held
-      FROM (SELECT started_at AS at, 1 AS delta FROM jobs
-            UNION ALL
-            SELECT finished_at, -1 FROM jobs) AS events
-) AS running
-"""
 
 
 @dataclass

@@ -15,6 +15,19 @@ from starlette.types import ASGIApp
 from ai_service.config import Settings, load_settings
 from ai_service.jobs import NewJob
 
+# The most leases held at once, from the jobs' own timestamps: a lease starts with
+# its claim's transaction (started_at) and ends with its completion's
+# (finished_at). At equal times the ends count first: a completion and the claim
+# that refills its slot share one transaction, hence one now().
+PEAK_LEASES = """
+SELECT coalesce(max(held), 0) FROM (
+    SELECT sum(delta) OVER (ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS held
+      FROM (SELECT started_at AS at, 1 AS delta FROM jobs
+            UNION ALL
+            SELECT finished_at, -1 FROM jobs) AS events
+) AS running
+"""
+
 
 def url_for_database(url: str, database: str) -> str:
     """The same server URL pointing at another database."""

@@ -14,20 +14,8 @@ import psycopg
 import pytest
 
 from ai_service.store import Store
-from tests.helpers import new_job
+from tests.helpers import PEAK_LEASES, new_job
 from tests.workers import running_worker
-
-# The most leases held at once: +1 at each claim, -1 at each completion; at equal
-# times the ends count first (a completion and the claim that refills its slot
-# share one transaction, hence one now()).
-PEAK_LEASES = """
-SELECT coalesce(max(held), 0) FROM (
-    SELECT sum(delta) OVER (ORDER BY at, delta ROWS UNBOUNDED PRECEDING) AS held
-      FROM (SELECT started_at AS at, 1 AS delta FROM jobs
-            UNION ALL
-            SELECT finished_at, -1 FROM jobs) AS events
-) AS running
-"""
 
 # Jobs claimed by the transaction that completed others (the refill of their slots).
 REFILLED = """
