@@ -186,7 +186,7 @@ async def connection(pool: AsyncConnectionPool[Any]) -> AsyncIterator[psycopg.As
         ) from None
 
 
-GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan"
+_GENERIC_PLAN = "SET LOCAL plan_cache_mode = force_generic_plan"
 
 
 async def fetch(
@@ -195,15 +195,8 @@ async def fetch(
     params: dict[str, Any],
     *,
     prepare: bool | None = None,
-    generic: bool = False,
 ) -> list[dict[str, Any]]:
-    """Run one statement (autocommit); a deadlock victim is rerun.
-
-    `generic`: run as `fetch_together` does, with PostgreSQL's generic plan.
-    """
-    if generic:
-        [rows] = await fetch_together(pool, [(query, params)])
-        return rows
+    """Run one statement (autocommit); a deadlock victim is rerun."""
     for attempt in range(DEADLOCK_RETRIES):
         try:
             async with connection(pool) as conn:
@@ -232,7 +225,7 @@ async def fetch_together(
         try:
             async with connection(pool) as conn:
                 async with conn.pipeline(), conn.transaction():
-                    await conn.execute(GENERIC_PLAN)
+                    await conn.execute(_GENERIC_PLAN)
                     cursors = [await conn.execute(q, p, prepare=True) for q, p in statements]
                 return [await cur.fetchall() if cur.description else [] for cur in cursors]
         except Deadlock:

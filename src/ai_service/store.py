@@ -299,14 +299,9 @@ class Store:
         return db.connection(self.pool)
 
     async def _fetch(
-        self,
-        name: str,
-        params: dict[str, Any],
-        *,
-        prepare: bool | None = None,
-        generic: bool = False,
+        self, name: str, params: dict[str, Any], *, prepare: bool | None = None
     ) -> list[dict[str, Any]]:
-        return await db.fetch(self.pool, self._q[name], params, prepare=prepare, generic=generic)
+        return await db.fetch(self.pool, self._q[name], params, prepare=prepare)
 
     async def _one_job(self, name: str, params: dict[str, Any]) -> Job | None:
         rows = await self._fetch(name, params)
@@ -526,7 +521,9 @@ class Store:
         scan = request.first_scan
         for _ in range(CLAIM_ROUNDS):
             wanted = limit - len(jobs)
-            rows = await self._fetch("job_claim", request.params(wanted, scan), generic=True)
+            [rows] = await db.fetch_together(
+                self.pool, [(self._q["job_claim"], request.params(wanted, scan))]
+            )
             got = _claimed_jobs(rows)
             jobs.extend(got)
             if len(got) == wanted or rows[0]["seen"] < scan:
@@ -597,18 +594,14 @@ class Store:
         """
         if not completions:
             return {}
-        params = _completions_params(completions)
-        for attempt in range(db.DEADLOCK_RETRIES):
-            try:
-                async with self._conn() as conn, conn.transaction():
-                    [clock] = await (await conn.execute(self._q["db_now"])).fetchall()
-                    cur = await conn.execute(self._q["job_complete_many"], params)
-                    rows: list[dict[str, Any]] = await cur.fetchall()
-                return {row["id"]: row for row in rows if row["finished_at"] == clock["now"]}
-            except db.Deadlock:
-                if attempt == db.DEADLOCK_RETRIES - 1:
-                    raise errors.DatabaseUnavailable("database busy: repeated deadlocks") from None
-        raise AssertionError("unreachable")
+        [clock], rows = await db.fetch_together(
+            self.pool,
+            [
+                (self._q["db_now"], {}),
+                (self._q["job_complete_many"], _completions_params(completions)),
+            ],
+        )
+        return {row["id"]: row for row in rows if row["finished_at"] == clock["now"]}
 
     async def fail(
         self,

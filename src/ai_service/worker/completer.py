@@ -111,22 +111,21 @@ class Completer:
 
     async def _write_and_refill(self, completions: list[Completion]) -> dict[UUID, Outcome]:
         """`_write`, claiming the freed slots in the same transaction when asked to."""
-        request = self.refill.request(completions) if self.refill is not None else None
-        if request is None:
+        refill = self.refill
+        request = refill.request(completions) if refill is not None else None
+        if refill is None or request is None:
             return await self._write(completions)
-        assert self.refill is not None
-        jobs: list[Job] | None = None
         try:
             held, jobs = await self.store.complete_and_claim(completions, request)
         except asyncio.CancelledError:
-            self.refill.settle(request, completions, None)
+            refill.settle(request, completions, None)
             raise
         except Exception:
             # An outage or a refused result: write as without a refill (that retries
             # and splits); the claim loop refills the slots afterwards.
-            self.refill.settle(request, completions, None)
+            refill.settle(request, completions, None)
             return await self._write(completions)
-        self.refill.settle(request, completions, jobs)
+        refill.settle(request, completions, jobs)
         return {c.job_id: c.job_id in held for c in completions}
 
     async def _write(self, completions: list[Completion]) -> dict[UUID, Outcome]:
