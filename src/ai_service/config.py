@@ -87,6 +87,34 @@ def _parse_list(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
+def _parse_weights(text: str) -> tuple[tuple[str, int], ...]:
+    """`name=N,name=N` (N >= 1), e.g. `qwen2.5-14b=64,whisperx=2` or `telephony=4`.
+
+    A name may hold `/`, `.`, `-` and `=` (split at the last `=`); a repeated name is
+    refused rather than one silently winning.
+    """
+    pairs: dict[str, int] = {}
+    for number, entry in enumerate((e.strip() for e in text.split(",")), start=1):
+        if not entry:
+            continue  # a trailing comma
+        name, sep, value = entry.rpartition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ValueError(f"entry {number} ({entry!r}) must be name=N")
+        try:
+            count = int(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"entry {number} ({name}): {value.strip()!r} is not a whole number"
+            ) from None
+        if count < 1:
+            raise ValueError(f"entry {number} ({name}): must be >= 1, got {count}")
+        if name in pairs:
+            raise ValueError(f"entry {number} repeats {name!r}")
+        pairs[name] = count
+    return tuple(pairs.items())
+
+
 def _parse_optional(text: str) -> str | None:
     return text.strip() or None
 
@@ -241,6 +269,9 @@ class Settings:
     worker_concurrency: int = 0  # 0 means "same as worker_claim_limit"
     worker_lease_timeout: float = 900.0
     worker_shutdown_timeout: float = 30.0
+    # Scheduling: cluster-wide running limits per model profile, fair-share weights
+    model_profile_limits: tuple[tuple[str, int], ...] = ()
+    owner_weights: tuple[tuple[str, int], ...] = ()
     # Queue maintenance
     retry_backoff_base: float = 10.0
     retry_backoff_max: float = 600.0
@@ -348,6 +379,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_CONCURRENCY": ("worker_concurrency", _parse_int),
     "WORKER_LEASE_TIMEOUT": ("worker_lease_timeout", parse_duration),
     "WORKER_SHUTDOWN_TIMEOUT": ("worker_shutdown_timeout", parse_duration),
+    "MODEL_PROFILE_LIMITS": ("model_profile_limits", _parse_weights),
+    "OWNER_WEIGHTS": ("owner_weights", _parse_weights),
     "RETRY_BACKOFF_BASE": ("retry_backoff_base", parse_duration),
     "RETRY_BACKOFF_MAX": ("retry_backoff_max", parse_duration),
     "RESCUE_INTERVAL": ("rescue_interval", parse_duration),

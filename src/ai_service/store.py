@@ -25,6 +25,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from ai_service import db, errors
+from ai_service.claim_policy import ClaimPolicy, CursorKey
 from ai_service.jobs import (
     ALLOWED_FROM,
     BULK_DEFAULT_STATUSES,
@@ -151,6 +152,11 @@ class ClaimRequest:
         """Candidates read (unlocked) by a first round: a bounded excess over the limit."""
         return 2 * self.limit + 8
 
+    @property
+    def key(self) -> CursorKey:
+        """What the fair-share cursor of this kind of claim is kept under."""
+        return (self.task_types, self.model_profiles)
+
     def params(self, wanted: int, scan: int) -> dict[str, Any]:
         return {
             "worker_id": self.worker_id,
@@ -263,8 +269,10 @@ class Store:
         *,
         backoff_base: float = 10.0,
         backoff_max: float = 600.0,
+        policy: ClaimPolicy | None = None,
     ) -> None:
         self.pool = pool
+        self.policy = policy or ClaimPolicy()
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self._q = queries()
@@ -281,12 +289,13 @@ class Store:
         backoff_base: float = 10.0,
         backoff_max: float = 600.0,
         wait: bool = False,
+        policy: ClaimPolicy | None = None,
     ) -> Store:
         """Open a pool; with `wait=False` the database may still be down (readyz says so)."""
         pool = await db.open_pool(
             database_url, min_size=min_size, max_size=max_size, timeout=timeout, wait=wait
         )
-        return cls(pool, backoff_base=backoff_base, backoff_max=backoff_max)
+        return cls(pool, backoff_base=backoff_base, backoff_max=backoff_max, policy=policy)
 
     async def close(self) -> None:
         await self.announcer.close()
@@ -521,12 +530,12 @@ class Store:
         scan = request.first_scan
         for _ in range(CLAIM_ROUNDS):
             wanted = limit - len(jobs)
-            [rows] = await db.fetch_together(
-                self.pool, [(self._q["job_claim"], request.params(wanted, scan))]
-            )
+            statements = self._claim_statements(request, wanted, scan)
+            [*_, rows] = await db.fetch_together(self.pool, statements)
             got = _claimed_jobs(rows)
             jobs.extend(got)
-            if len(got) == wanted or rows[0]["seen"] < scan:
+            self.policy.advance(request.key, rows[0])
+            if len(got) == wanted or (rows[0]["seen"] < scan and not rows[0]["truncated"]):
                 break  # satisfied, or every runnable job was among the candidates
             scan *= 4
         jobs.sort(key=_claim_order)
@@ -542,16 +551,29 @@ class Store:
         asked, also when more are runnable (concurrent claimers took its
         candidates): a caller that needs them claims again.
         """
-        done, taken = await db.fetch_together(
+        done, *_, taken = await db.fetch_together(
             self.pool,
             [
                 (self._q["job_complete_many"], _completions_params(completions)),
-                (self._q["job_claim"], request.params(request.limit, request.first_scan)),
+                *self._claim_statements(request, request.limit, request.first_scan),
             ],
         )
         jobs = _claimed_jobs(taken)
+        self.policy.advance(request.key, taken[0])
         jobs.sort(key=_claim_order)
         return {row["id"]: row for row in done}, jobs
+
+    def _claim_statements(
+        self, request: ClaimRequest, wanted: int, scan: int
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """The claim, after the locks of the limited profiles it could admit to."""
+        statements = []
+        locked = self.policy.locked_profiles(request.model_profiles)
+        if locked:
+            statements.append((self._q["job_claim_lock_profiles"], {"locked_profiles": locked}))
+        params = request.params(wanted, scan) | self.policy.params(request.key, scan)
+        statements.append((self._q["job_claim"], params))
+        return statements
 
     async def complete(
         self, job_id: UUID, result: dict[str, Any], lease_token: UUID | None = None

@@ -344,3 +344,36 @@ def test_a_scoped_token_may_not_repeat_the_admin_token() -> None:
         load_settings({"AI_SERVICE_TOKEN": SUB, "AI_SERVICE_TOKENS": f"{SUB}:reader"})
     assert info.value.variable == "AI_SERVICE_TOKENS"
     assert SUB not in str(info.value)
+
+
+def test_profile_limits_and_owner_weights_are_name_count_pairs() -> None:
+    s = load_settings(
+        {
+            "MODEL_PROFILE_LIMITS": "qwen2.5-14b=64, whisperx=2,Qwen/Qwen2-Audio-7B-Instruct=4,",
+            "OWNER_WEIGHTS": "telephony=4,monitoring-pf=1",
+        }
+    )
+    assert dict(s.model_profile_limits) == {
+        "qwen2.5-14b": 64,
+        "whisperx": 2,
+        "Qwen/Qwen2-Audio-7B-Instruct": 4,
+    }
+    assert dict(s.owner_weights) == {"telephony": 4, "monitoring-pf": 1}
+    assert load_settings({}).model_profile_limits == ()  # no limits, equal weights
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("m", "must be name=N"),
+        ("=3", "must be name=N"),
+        ("m=x", "is not a whole number"),
+        ("m=0", "must be >= 1"),
+        ("m=2,m=3", "repeats 'm'"),
+    ],
+)
+def test_bad_profile_limits_are_refused_naming_the_variable(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"MODEL_PROFILE_LIMITS": value})
+    assert "MODEL_PROFILE_LIMITS" in str(info.value)
+    assert message in str(info.value)

@@ -21,6 +21,7 @@ from ai_service.api.middleware import EdgeMiddleware
 from ai_service.api.routes_infra import router as infra_router
 from ai_service.api.routes_jobs import router as jobs_router
 from ai_service.api.routes_ops import probes, stats_router
+from ai_service.claim_policy import ClaimPolicy
 from ai_service.config import Settings
 from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
             max_size=settings.db_pool_max,
             backoff_base=settings.retry_backoff_base,
             backoff_max=settings.retry_backoff_max,
+            policy=ClaimPolicy.of(settings.model_profile_limits, settings.owner_weights),
         )
         notifier = JobNotifier(database_url)
         notifier.start()

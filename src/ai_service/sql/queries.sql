@@ -109,16 +109,44 @@ SELECT id, owner_service, owner_ref, task_type, model_profile, status, priority,
  WHERE id = ANY(ARRAY(SELECT id FROM page))
  ORDER BY id DESC;
 
+-- name: job_claim_lock_profiles
+-- Serialise admission to model profiles with a cluster-wide limit (MODEL_PROFILE_LIMITS):
+-- a transaction-level advisory lock per profile, taken in key order (no deadlock between
+-- claimers) before the claim statement, whose snapshot then sees every earlier claim of
+-- those profiles committed. Claims of unlimited profiles take no lock.
+SELECT count(pg_advisory_xact_lock(k))
+  FROM (SELECT DISTINCT hashtextextended('ai_service.profile:' || p, 0) AS k
+          FROM unnest(%(locked_profiles)s::text[]) AS p
+         ORDER BY 1) AS keys;
+
 -- name: job_claim
 -- Atomically take up to `limit` runnable pending jobs, optionally of the given task types
--- and model profiles, in priority order, with fresh leases. Index-driven whatever the
--- table holds: the (task_type, model_profile) pairs present are found by skip scans of
--- jobs_claim_idx (or taken from the filters), then each pair's priority levels, and each
--- level's runnable range (run_after <= now()) is read in order, so neither other types'
--- or profiles' backlogs nor jobs scheduled for later are ever visited. The candidates
--- (`scan`, a bounded excess over `limit`) are read without locks; only the rows returned
--- are locked (SKIP LOCKED: concurrent claimers never wait for each other).
+-- and model profiles, with fresh leases: the highest priority first; within a priority,
+-- shared between owner_services by weighted round robin (fair share); at most the free
+-- capacity of each limited model profile. Index-driven whatever the table holds, and at
+-- a cost bounded by `scan`, whatever the number of owners or the backlog:
+-- - the (task_type, model_profile) pairs present are found by skip scans of
+--   jobs_claim_idx (or taken from the filters), then each pair's priority levels;
+-- - each level's owners are found by skip scans too, in name order from the caller's
+--   fair-share cursor (`fair_from`), wrapping around, at most `owners` of them;
+-- - each owner's runnable range (run_after <= now()) is read in order, at most its
+--   quota (weight x rounds), so neither other backlogs nor jobs scheduled for later are
+--   ever visited. Round r of an owner of weight w holds its jobs number r*w+1 .. (r+1)*w;
+--   candidates are ordered by priority, round, then the owner's position after the cursor.
+-- The candidates (`scan`) are read without locks; only the rows returned are locked (SKIP
+-- LOCKED: concurrent claimers never wait for each other). A limited profile's capacity is
+-- its limit less its running jobs (jobs_running_idx); job_claim_lock_profiles, earlier in
+-- the same transaction, makes that count exact until this claim commits.
 WITH RECURSIVE
+limits(p, cap) AS (
+    SELECT l.p,
+           greatest(l.n - (SELECT count(*) FROM jobs
+                            WHERE status = 'running' AND model_profile = l.p), 0)
+      FROM unnest(%(limited_profiles)s::text[], %(profile_limits)s::int[]) AS l(p, n)
+),
+weights(o, w) AS (
+    SELECT * FROM unnest(%(owner_names)s::text[], %(owner_weights)s::int[])
+),
 all_types(t) AS (
     SELECT min(task_type) FROM jobs
      WHERE status = 'pending' AND %(task_types)s::text[] IS NULL
@@ -144,10 +172,15 @@ all_pairs(t, p) AS (
       FROM all_pairs a
      WHERE a.p IS NOT NULL
 ),
-pairs(t, p) AS (
+named_pairs(t, p) AS (
     SELECT types.t, m.p FROM types CROSS JOIN unnest(%(model_profiles)s::text[]) AS m(p)
   UNION ALL
     SELECT t, p FROM all_pairs WHERE p IS NOT NULL
+),
+pairs(t, p) AS (
+    -- a profile at its limit is not even looked at
+    SELECT t, p FROM named_pairs n
+     WHERE NOT EXISTS (SELECT 1 FROM limits WHERE limits.p = n.p AND limits.cap = 0)
 ),
 levels(t, p, pr) AS (
     SELECT pairs.t, pairs.p,
@@ -162,30 +195,113 @@ levels(t, p, pr) AS (
       FROM levels l
      WHERE l.pr IS NOT NULL
 ),
-candidates AS (
-    SELECT c.id, c.priority, c.run_after
+-- A level's owners from the cursor to the last one (`fair_inclusive`: the cursor's
+-- owner still has quota left in its round, so it comes first)...
+owners_from(t, p, pr, o, n) AS (
+    SELECT l.t, l.p, l.pr,
+           CASE WHEN %(fair_inclusive)s
+                THEN (SELECT min(owner_service) FROM jobs
+                       WHERE status = 'pending' AND task_type = l.t AND model_profile = l.p
+                         AND priority = l.pr AND owner_service >= %(fair_from)s::text)
+                ELSE (SELECT min(owner_service) FROM jobs
+                       WHERE status = 'pending' AND task_type = l.t AND model_profile = l.p
+                         AND priority = l.pr AND owner_service > %(fair_from)s::text)
+           END,
+           0
       FROM levels l
-     CROSS JOIN LATERAL (
-        SELECT id, priority, run_after
-          FROM jobs
-         WHERE status = 'pending' AND task_type = l.t AND model_profile = l.p
-           AND priority = l.pr AND run_after <= now()
-         ORDER BY run_after, id
-         LIMIT %(scan)s
-     ) AS c
      WHERE l.pr IS NOT NULL
-     ORDER BY c.priority DESC, c.run_after, c.id
+  UNION ALL
+    SELECT f.t, f.p, f.pr,
+           (SELECT min(owner_service) FROM jobs
+             WHERE status = 'pending' AND task_type = f.t AND model_profile = f.p
+               AND priority = f.pr AND owner_service > f.o),
+           f.n + 1
+      FROM owners_from f
+     WHERE f.o IS NOT NULL AND f.n + 1 < %(owners)s
+),
+-- ...then, wrapping around, from the first one up to the cursor.
+owners_wrapped(t, p, pr, o, n) AS (
+    SELECT l.t, l.p, l.pr,
+           (SELECT min(owner_service) FROM jobs
+             WHERE status = 'pending' AND task_type = l.t AND model_profile = l.p
+               AND priority = l.pr),
+           0
+      FROM levels l
+     WHERE l.pr IS NOT NULL
+  UNION ALL
+    SELECT f.t, f.p, f.pr,
+           (SELECT min(owner_service) FROM jobs
+             WHERE status = 'pending' AND task_type = f.t AND model_profile = f.p
+               AND priority = f.pr AND owner_service > f.o),
+           f.n + 1
+      FROM owners_wrapped f
+     WHERE f.o IS NOT NULL AND f.n + 1 < %(owners)s
+       AND (f.o < %(fair_from)s::text OR (NOT %(fair_inclusive)s AND f.o = %(fair_from)s::text))
+),
+owners_listed AS (
+    SELECT t, p, pr, o, n AS pos FROM owners_from WHERE o IS NOT NULL
+  UNION ALL
+    SELECT t, p, pr, o, %(owners)s + n FROM owners_wrapped
+     WHERE o IS NOT NULL
+       AND (o < %(fair_from)s::text OR (NOT %(fair_inclusive)s AND o = %(fair_from)s::text))
+),
+owners AS (
+    SELECT t, p, pr, o, pos, w,
+           -- what the cursor's owner already took of its weight in this round
+           CASE WHEN %(fair_inclusive)s AND o = %(fair_from)s::text AND pos = 0
+                THEN least(%(fair_used)s, w - 1) ELSE 0 END AS used,
+           count(*) OVER level AS listed,
+           sum(w) OVER level AS level_weight
+      FROM (SELECT ol.*, coalesce((SELECT w FROM weights WHERE weights.o = ol.o), 1) AS w,
+                   row_number() OVER (PARTITION BY t, p, pr ORDER BY pos) AS k
+              FROM owners_listed ol) AS numbered
+     WHERE k <= %(owners)s
+    WINDOW level AS (PARTITION BY t, p, pr)
+),
+quotas AS (
+    SELECT owners.*,
+           least(%(scan)s::bigint, w * ceil(%(scan)s::numeric / level_weight)::bigint) AS quota
+      FROM owners
+),
+offered AS (
+    SELECT q.t, q.p, q.pr, q.o, q.pos, q.w, q.used, q.quota, q.listed,
+           c.id, c.run_after, c.r,
+           (c.r - 1 + q.used) / q.w AS round
+      FROM quotas q
+     CROSS JOIN LATERAL (
+        SELECT id, run_after, row_number() OVER (ORDER BY run_after, id) AS r
+          FROM (SELECT id, run_after
+                  FROM jobs
+                 WHERE status = 'pending' AND task_type = q.t AND model_profile = q.p
+                   AND priority = q.pr AND owner_service = q.o AND run_after <= now()
+                 ORDER BY run_after, id
+                 LIMIT q.quota) AS s
+     ) AS c
+),
+admitted AS (
+    SELECT o.*,
+           row_number() OVER (PARTITION BY o.p
+                              ORDER BY o.pr DESC, o.round, o.pos, o.run_after, o.id) AS in_profile
+      FROM offered o
+),
+candidates AS (
+    SELECT a.*
+      FROM admitted a
+      LEFT JOIN limits ON limits.p = a.p
+     WHERE limits.cap IS NULL OR a.in_profile <= limits.cap
+     ORDER BY a.pr DESC, a.round, a.pos, a.run_after, a.id
      LIMIT %(scan)s
 ),
 picked AS (
     SELECT j.id
       FROM jobs j
+      JOIN candidates c ON c.id = j.id
      WHERE j.id = ANY(ARRAY(SELECT id FROM candidates))
        AND j.status = 'pending'
        AND j.run_after <= now()
-     ORDER BY j.priority DESC, j.run_after, j.id
+     ORDER BY c.pr DESC, c.round, c.pos, c.run_after, c.id
      LIMIT %(limit)s
-       FOR UPDATE SKIP LOCKED
+       FOR UPDATE OF j SKIP LOCKED
 ),
 claimed AS (
     UPDATE jobs j
@@ -201,10 +317,21 @@ claimed AS (
      WHERE j.id = picked.id
     RETURNING j.*
 )
--- Always one row at least: `seen` tells the caller how many candidates there were, so
--- that a claim that lost its candidates to concurrent claimers can look further.
-SELECT claimed.*, c.seen
-  FROM (SELECT count(*) AS seen FROM candidates) AS c
+-- Always one row at least: `seen` tells the caller how many candidates there were, and
+-- `truncated` whether an owner or a level had more than were read, so that a claim that
+-- lost its candidates to concurrent claimers can look further; `fair_owner` and
+-- `fair_used` are the cursor for the caller's next claim (the last owner served and how
+-- much of its weight it took in that round).
+SELECT claimed.*, s.seen, s.truncated, f.fair_owner, f.fair_used
+  FROM (SELECT (SELECT count(*) FROM candidates) AS seen,
+               EXISTS (SELECT 1 FROM offered WHERE r = quota)
+               OR EXISTS (SELECT 1 FROM owners WHERE listed >= %(owners)s) AS truncated) AS s
+  LEFT JOIN LATERAL (
+        SELECT c.o AS fair_owner, (c.r - 1 + c.used) %% c.w + 1 AS fair_used
+          FROM candidates c
+         WHERE c.id IN (SELECT id FROM claimed)
+         ORDER BY c.pr, c.round DESC, c.pos DESC, c.r DESC
+         LIMIT 1) AS f ON true
   LEFT JOIN claimed ON true;
 
 -- name: job_complete

@@ -13,6 +13,7 @@ import uvicorn
 import uvloop
 
 from ai_service import outbound
+from ai_service.claim_policy import ClaimPolicy
 from ai_service.config import Settings
 from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
@@ -68,6 +69,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         max_size=max(4, min(concurrency // 4 + 2, 20)),
         backoff_base=settings.retry_backoff_base,
         backoff_max=settings.retry_backoff_max,
+        policy=ClaimPolicy.of(settings.model_profile_limits, settings.owner_weights),
     )
     notifier = JobNotifier(database_url)
     metrics = Metrics(*metric_labels(settings))
