@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-BASELINE = "0db68c5"  # "Review pass: ..." - the code as it landed before this round
+# "Review pass: ..." - the code as it landed before this round; BENCH_BASELINE=<commit>
+# compares with another one (e.g. the previous round)
+BASELINE = os.environ.get("BENCH_BASELINE", "0db68c5")
 REPO = Path(__file__).resolve().parent.parent
 _MIGRATE = "import sys; from ai_service import migrate; migrate.upgrade(sys.argv[1])"
 

@@ -572,6 +572,7 @@ class Store:
         if locked:
             statements.append((self._q["job_claim_lock_profiles"], {"locked_profiles": locked}))
         params = request.params(wanted, scan) | self.policy.params(request.key, scan)
+        params["locked"] = bool(locked)
         statements.append((self._q["job_claim"], params))
         return statements
 

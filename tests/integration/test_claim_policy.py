@@ -13,7 +13,7 @@ import pytest
 from ai_service.claim_policy import ClaimPolicy
 from ai_service.jobs import Job
 from ai_service.store import ClaimRequest, Completion, Store
-from tests.helpers import new_job
+from tests.helpers import PEAK_LEASES, new_job
 
 CLAIMERS = 8
 
@@ -271,6 +271,9 @@ async def test_refills_respect_profile_limits(database_url: str) -> None:
         await sampling
         assert sum(done) == 600
         assert 0 < peak <= limit
+        # and exactly, from each job's admission and completion times
+        [audit] = await sql(sampler, PEAK_LEASES)
+        assert 0 < audit["coalesce"] <= limit
     finally:
         for s in [*claimers, sampler]:
             await s.close()

@@ -136,6 +136,13 @@ class Refiller:
         self.settled.append(([c.job_id for c in batch], jobs))
 
 
+async def _writers(store: Store, ids: list[UUID]) -> set[str]:
+    """The transactions that last wrote these jobs' rows."""
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SELECT xmin::text FROM jobs WHERE id = ANY(%s)", [ids])
+        return {row["xmin"] for row in await cur.fetchall()}
+
+
 async def test_a_refill_claims_in_the_transaction_that_records_the_batch(store: Store) -> None:
     completions = await _claimed(store, 3)
     await store.create_jobs([new_job(owner_ref=f"next{i}") for i in range(5)])
@@ -146,9 +153,11 @@ async def test_a_refill_claims_in_the_transaction_that_records_the_batch(store: 
     assert batch == [c.job_id for c in completions]
     assert jobs is not None
     assert len(jobs) == 2
+    # One transaction wrote the completions and the claim.
+    writers = await _writers(store, [*batch, *(job.id for job in jobs)])
+    assert len(writers) == 1
     finished = {(await store.get_job(c.job_id)).finished_at for c in completions}
-    # One transaction: one now() for the completions and the claim.
-    assert finished == {job.started_at for job in jobs}
+    assert finished == {job.started_at for job in jobs}  # one now()
     assert {(await store.get_job(job.id)).status for job in jobs} == {JobStatus.RUNNING}
 
 

@@ -311,7 +311,11 @@ claimed AS (
            lease_token = gen_random_uuid(),
            lease_seconds = %(lease_seconds)s,
            lease_expires_at = now() + make_interval(secs => %(lease_seconds)s),
-           started_at = now(),
+           -- after a profile lock (`locked`), when the job was admitted: the claim may
+           -- have waited for the lock, and a job's running span (started_at,
+           -- finished_at) must not overlap the span of the job whose completion
+           -- freed its place; else the transaction's time, that of its completions
+           started_at = CASE WHEN %(locked)s THEN clock_timestamp() ELSE now() END,
            updated_at = now()
       FROM picked
      WHERE j.id = picked.id
