@@ -14,7 +14,16 @@ import asyncio
 import os
 import platform
 
-from bench import api_latency, drain, http_path, llm_saturation, pickup, scale, throughput
+from bench import (
+    api_latency,
+    drain,
+    http_path,
+    llm_saturation,
+    pickup,
+    scale,
+    scheduling,
+    throughput,
+)
 from bench._common import header
 
 
@@ -48,6 +57,7 @@ async def main(quick: bool) -> None:
     await api_latency.main(3 if quick else 10, 32)
     await scale.main(100_000 if quick else 10_000_000)
     await llm_saturation.main(1000 if quick else 3000, 64, 0.2)
+    await scheduling.main(quick=quick)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,271 @@
+"""Scheduling for one shared GPU server, measured against loopback stubs.
+
+    uv run python -m bench.scheduling [--only fairness cluster_limit ...] [--quick]
+
+Every scenario runs the real processes (`ai-service api` / `ai-service worker`)
+on a fresh database of the bench PostgreSQL, against stub AI servers on
+127.0.0.1, and prints its figures with the target and OK / MISSED:
+
+- fairness: a late caller's jobs beside another caller's bulk backlog;
+- cluster_limit: MODEL_PROFILE_LIMITS held by worker processes and HTTP claimers
+  together, sampled and audited from the jobs' own times;
+- outage, saturation, starvation, adaptive: see their functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import httpx
+import psycopg
+
+from bench._common import fresh_database, header, service_process
+from tests.helpers import PEAK_LEASES
+from tests.stubs.openai_server import OpenAIStub
+
+# Pending jobs inserted in one statement (UUIDv7-like ids, creation order).
+SEED = """
+INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, priority, input)
+SELECT (lpad(to_hex((extract(epoch FROM clock_timestamp()) * 1000)::bigint), 12, '0') || '7'
+        || substr(md5(%(owner)s || g), 1, 3) || '8' || substr(md5(%(owner)s || g), 4, 15))::uuid,
+       %(owner)s, 'r' || g, %(task_type)s, %(profile)s, %(priority)s, %(input)s::jsonb
+  FROM generate_series(1, %(jobs)s) AS g
+"""
+
+
+def seed(
+    conn: psycopg.Connection[Any],
+    owner: str,
+    jobs: int,
+    *,
+    task_type: str = "noop",
+    profile: str = "none",
+    priority: int = 0,
+    input_json: str = "{}",
+) -> None:
+    conn.execute(
+        SEED,
+        {
+            "owner": owner,
+            "jobs": jobs,
+            "task_type": task_type,
+            "profile": profile,
+            "priority": priority,
+            "input": input_json,
+        },
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "OK" if ok else "MISSED"
+
+
+async def wait_until(conn: psycopg.AsyncConnection[Any], query: str, timeout: float) -> None:
+    """Until `query` (one boolean) is true, polled every 50 ms."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = await (await conn.execute(query)).fetchone()
+        if row is not None and row[0]:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f}s waiting for: {query}")
+        await asyncio.sleep(0.05)
+
+
+# -- fairness --------------------------------------------------------------------------
+
+
+async def fairness(backlog: int = 20_000, late: int = 100) -> bool:
+    """`backlog` pending monitoring-pf jobs, then `late` telephony jobs at the same
+    priority, weights 1:1, one worker: how many jobs the worker finishes from the
+    moment telephony's jobs arrive until the last of them is done (target: about
+    2 x `late`; strict priority order would need the whole remaining backlog)."""
+    header(f"Fairness: {late} telephony jobs behind {backlog:,} monitoring-pf jobs")
+    with fresh_database("fair") as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            seed(conn, "monitoring-pf", backlog)
+            conn.execute("VACUUM ANALYZE jobs")
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            with service_process(
+                "worker", url, "WORKER_HTTP_PORT", WORKER_ID="fair", WORKER_CONCURRENCY="16"
+            ):
+                # The worker is well into the backlog when the late caller arrives.
+                await wait_until(
+                    conn,
+                    f"SELECT count(*) >= {backlog // 10} FROM jobs WHERE status = 'completed'",
+                    300,
+                )
+                with psycopg.connect(url, autocommit=True) as sync:
+                    seed(sync, "telephony", late)
+                    arrived = sync.execute(
+                        "SELECT min(created_at) FROM jobs WHERE owner_service = 'telephony'"
+                    ).fetchone()
+                    ahead = sync.execute(
+                        "SELECT count(*) FROM jobs WHERE status = 'pending'"
+                        " AND owner_service = 'monitoring-pf'"
+                    ).fetchone()
+                await wait_until(
+                    conn,
+                    "SELECT count(*) = 0 FROM jobs WHERE owner_service = 'telephony'"
+                    " AND status <> 'completed'",
+                    300,
+                )
+            assert arrived is not None
+            assert ahead is not None
+            row = await (
+                await conn.execute(
+                    "SELECT max(finished_at) FROM jobs WHERE owner_service = 'telephony'"
+                )
+            ).fetchone()
+            assert row is not None
+            done_at = row[0]
+            row = await (
+                await conn.execute(
+                    "SELECT count(*), extract(epoch FROM %s::timestamptz - %s::timestamptz)"
+                    "  FROM jobs WHERE finished_at > %s AND finished_at <= %s",
+                    (done_at, arrived[0], arrived[0], done_at),
+                )
+            ).fetchone()
+    assert row is not None
+    finished, seconds = int(row[0]), float(row[1])
+    ok = finished <= 2 * late + late // 2
+    print(
+        f"telephony's {late} jobs were all done {seconds:.2f} s after they arrived, while the "
+        f"worker finished {finished} jobs (target about {2 * late}; in strict order "
+        f"{int(ahead[0]) + late} jobs): {verdict(ok)}"
+    )
+    return ok
+
+
+# -- cluster-wide limit ----------------------------------------------------------------
+
+
+async def cluster_limit(
+    jobs: int = 3000, limit: int = 8, workers: int = 4, claimers: int = 20
+) -> bool:
+    """`workers` worker processes (LLM handler against a 50 ms stub) and `claimers`
+    HTTP claimers (each holds its jobs 50 ms) share MODEL_PROFILE_LIMITS=m=`limit`:
+    running jobs of m sampled every 20 ms, and the most ever running computed
+    exactly from each job's admission and completion times."""
+    header(
+        f"Cluster limit: {workers} workers + {claimers} HTTP claimers, "
+        f"MODEL_PROFILE_LIMITS=m={limit}"
+    )
+    limits = {"MODEL_PROFILE_LIMITS": f"m={limit}"}
+    input_json = '{"messages": [{"role": "user", "content": "hello"}]}'
+    with (
+        fresh_database("limit") as url,
+        OpenAIStub(models=["m"], latency=0.05) as stub,
+    ):
+        with psycopg.connect(url, autocommit=True) as conn:
+            seed(conn, "bench", jobs, task_type="llm_chat", profile="m", input_json=input_json)
+            conn.execute("VACUUM ANALYZE jobs")
+        samples: list[int] = []
+        stop = asyncio.Event()
+        with contextlib.ExitStack() as stack:
+            api = stack.enter_context(service_process("api", url, "HTTP_PORT", **limits))
+            for n in range(workers):
+                stack.enter_context(
+                    service_process(
+                        "worker",
+                        url,
+                        "WORKER_HTTP_PORT",
+                        WORKER_ID=f"limit-{n}",
+                        WORKER_CONCURRENCY="8",
+                        LLM_BASE_URL=stub.base_url,
+                        LLM_MODEL="m",
+                        **limits,
+                    )
+                )
+
+            async def sample() -> None:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    while not stop.is_set():
+                        cur = await conn.execute(
+                            "SELECT count(*) FROM jobs WHERE status = 'running'"
+                            " AND model_profile = 'm'"
+                        )
+                        row = await cur.fetchone()
+                        samples.append(int(row[0]) if row else 0)
+                        await asyncio.sleep(0.02)
+
+            async def claimer(n: int, client: httpx.AsyncClient) -> int:
+                done = 0
+                while not stop.is_set():
+                    answer = await client.post(
+                        "/api/v1/jobs/claim",
+                        json={"worker_id": f"http-{n}", "task_types": ["llm_chat"], "limit": 2},
+                    )
+                    answer.raise_for_status()
+                    claimed = answer.json()["jobs"]
+                    if not claimed:
+                        await asyncio.sleep(0.02)
+                        continue
+                    await asyncio.sleep(0.05)
+                    items = [
+                        {"id": j["id"], "lease_token": j["lease_token"], "result": {"ok": True}}
+                        for j in claimed
+                    ]
+                    answer = await client.post("/api/v1/jobs/complete", json={"jobs": items})
+                    answer.raise_for_status()
+                    done += len(items)
+                return done
+
+            async with (
+                httpx.AsyncClient(base_url=api, timeout=30) as client,
+                await psycopg.AsyncConnection.connect(url, autocommit=True) as conn,
+            ):
+                started = time.monotonic()
+                sampler = asyncio.create_task(sample())
+                tasks = [asyncio.create_task(claimer(n, client)) for n in range(claimers)]
+                await wait_until(
+                    conn, "SELECT count(*) = 0 FROM jobs WHERE status <> 'completed'", 600
+                )
+                stop.set()
+                by_http = sum(await asyncio.gather(*tasks))
+                await sampler
+                elapsed = time.monotonic() - started
+                row = await (await conn.execute(PEAK_LEASES)).fetchone()
+        audit = int(row[0]) if row else -1
+    ok = max(samples) <= limit and audit <= limit
+    print(
+        f"{jobs} jobs in {elapsed:.1f} s ({jobs / elapsed:.0f} jobs/s; {by_http} by HTTP "
+        f"claimers, {jobs - by_http} by workers with {stub.successes} LLM calls; "
+        f"the limit allows at most {limit / 0.05:.0f} jobs/s of 50 ms)"
+    )
+    print(
+        f"most running of m: sampled {max(samples)} ({len(samples)} samples), audited "
+        f"{audit}; limit {limit}: {verdict(ok)}"
+    )
+    return ok
+
+
+SCENARIOS: dict[str, Callable[[bool], Coroutine[Any, Any, bool]]] = {
+    "fairness": lambda quick: fairness(backlog=5_000 if quick else 20_000),
+    "cluster_limit": lambda quick: cluster_limit(jobs=1000 if quick else 3000),
+}
+
+
+async def main(only: list[str] | None = None, quick: bool = False) -> dict[str, bool]:
+    results = {}
+    for name, scenario in SCENARIOS.items():
+        if only and name not in only:
+            continue
+        results[name] = await scenario(quick)
+    header("Scheduling: summary")
+    for name, ok in results.items():
+        print(f"{name:>14}: {verdict(ok)}")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", nargs="+", choices=list(SCENARIOS))
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    asyncio.run(main(args.only, args.quick))
