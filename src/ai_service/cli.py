@@ -146,7 +146,7 @@ def cmd_maintenance(settings: Settings, action: str) -> None:
         f"{before} -> {after} ({after - before:+d})"
         for (status, task_type, model_profile, category), before, after in result.changes
     ] or [
-        # Only the split between owners was off (the totals above were right).
+        # Only the split between owners was off (every total was right).
         f"  owner_service {owner} {status}: {before} -> {after} ({after - before:+d})"
         for (owner, status), before, after in result.owner_changes
     ]
