@@ -141,15 +141,22 @@ def cmd_maintenance(settings: Settings, action: str) -> None:
             file=sys.stderr,
         )
         raise SystemExit(1) from None
-    changes = result.changes
+    lines = [
+        f"  {status} {task_type} {model_profile}{f' {category}' if category else ''}: "
+        f"{before} -> {after} ({after - before:+d})"
+        for (status, task_type, model_profile, category), before, after in result.changes
+    ] or [
+        # Only the split between owners was off (every total was right).
+        f"  owner_service {owner} {status}: {before} -> {after} ({after - before:+d})"
+        for (owner, status), before, after in result.owner_changes
+    ]
     took = time.monotonic() - started
     print(
         f"recount: {len(result.after)} counters rebuilt from the jobs table "
-        f"({sum(result.after.values())} jobs) in {took:.2f} s; {len(changes)} changed"
+        f"({sum(result.after.values())} jobs) in {took:.2f} s; {len(lines)} changed"
     )
-    for (status, task_type, model_profile, category), before, after in changes:
-        where = f"{status} {task_type} {model_profile}" + (f" {category}" if category else "")
-        print(f"  {where}: {before} -> {after} ({after - before:+d})")
+    for line in lines:
+        print(line)
 
 
 def cmd_worker(settings: Settings) -> None:

@@ -2,7 +2,8 @@
 
 Every label value comes from a bounded set: task types and model profiles outside
 the configured ones (`worker.registry.metric_labels`), error categories outside
-the built-in ones and unusual HTTP methods are all counted as `other`. A label
+the built-in ones, unusual HTTP methods and owners outside the `OWNER_SERIES`
+busiest are all counted as `other`. A label
 value a caller chooses would otherwise add series that stay in `/metrics` for
 the life of the process.
 
@@ -38,6 +39,11 @@ MULTIPROC_DIR = os.environ.get(MULTIPROC_DIR_VARIABLE) or None
 OTHER = "other"
 _CATEGORIES = frozenset(c.value for c in ErrorCategory)
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+# `ai_jobs_by_owner` names the owners with the most pending + running jobs, at
+# most this many per reading; the rest are summed as `other`.
+OWNER_SERIES = 10
+_OWNER_STATUSES = ("pending", "running")
 
 _DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 _HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -90,6 +96,15 @@ class Metrics:
             multiprocess_mode="mostrecent",
         )
         self._queue_keys: set[tuple[str, str]] = set()
+        self.jobs_by_owner = Gauge(
+            "ai_jobs_by_owner",
+            f"Pending and running jobs in the table by owner_service: the {OWNER_SERIES} "
+            "owners with the most of them, the rest summed as `other`.",
+            ("owner_service", "status"),
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self._owner_keys: set[tuple[str, str]] = set()
         self.http_latency = Histogram(
             "ai_http_request_duration_seconds",
             "HTTP request latency.",
@@ -183,6 +198,39 @@ class Metrics:
         for (status, task_type), n in totals.items():
             self.jobs_by_status.labels(status, task_type).set(n)
         self._queue_keys |= totals.keys()
+
+    def set_owner_gauges(self, counts: Iterable[dict[str, Any]]) -> None:
+        """Set `ai_jobs_by_owner` from `stats_owner_counts` rows (owner_service, status, n).
+
+        Owner names are chosen by callers: only the `OWNER_SERIES` owners with the
+        most pending + running jobs keep their name (ties by name), the rest add up
+        under `other`, so a reading has at most `OWNER_SERIES` + 1 owners.
+        """
+        by_owner: dict[str, dict[str, int]] = {}
+        for row in counts:
+            if row["status"] in _OWNER_STATUSES:
+                figures = by_owner.setdefault(row["owner_service"], {})
+                figures[row["status"]] = figures.get(row["status"], 0) + int(row["n"])
+        ranked = sorted(by_owner, key=lambda o: (-sum(by_owner[o].values()), o))
+        totals: dict[tuple[str, str], int] = {}
+        for rank, owner in enumerate(ranked):
+            label = owner if rank < OWNER_SERIES else OTHER
+            for status in _OWNER_STATUSES:
+                key = (label, status)
+                totals[key] = totals.get(key, 0) + by_owner[owner].get(status, 0)
+        for key in self._owner_keys - totals.keys():
+            if MULTIPROC_DIR is None:
+                # An owner that left the top: its series go, so that the owners
+                # seen over the process's life do not pile up in /metrics.
+                self.jobs_by_owner.remove(*key)
+            else:
+                # Files of other processes would keep a removed series' last value.
+                self.jobs_by_owner.labels(*key).set(0)
+        for (owner, status), n in totals.items():
+            self.jobs_by_owner.labels(owner, status).set(n)
+        self._owner_keys = (
+            set(totals) if MULTIPROC_DIR is None else self._owner_keys | totals.keys()
+        )
 
     def observe_http(self, method: str, route: str, status: int, seconds: float) -> None:
         """Observe one HTTP answer; `route` is the route template or `unmatched`."""

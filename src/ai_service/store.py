@@ -13,10 +13,10 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import AsyncGenerator, Collection, Iterable, Sequence
-from dataclasses import dataclass, fields, replace
+from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import psycopg
@@ -239,25 +239,39 @@ def decode_cursor(cursor: str) -> UUID:
 
 
 CountKey = tuple[str, str, str, str]  # status, task_type, model_profile, error_category
+OwnerKey = tuple[str, str]  # owner_service, status
+
+
+K = TypeVar("K", bound=tuple[str, ...])
+
+
+def _moved(before: dict[K, int], after: dict[K, int]) -> list[tuple[K, int, int]]:
+    keys = sorted(before.keys() | after.keys())
+    return [
+        (k, before.get(k, 0), after.get(k, 0)) for k in keys if before.get(k, 0) != after.get(k, 0)
+    ]
 
 
 @dataclass(frozen=True)
 class Recount:
-    """A recount's figures by counter key: `before` (counters + deltas) and `after`
-    (rows in the table); keys at zero are left out."""
+    """A recount's figures: `before` (counters + deltas) and `after` (rows in the
+    table) by counter key summed over owners, and the same by owner and status
+    (`owners_before`, `owners_after`); keys at zero are left out."""
 
     before: dict[CountKey, int]
     after: dict[CountKey, int]
+    owners_before: dict[OwnerKey, int] = field(default_factory=dict)
+    owners_after: dict[OwnerKey, int] = field(default_factory=dict)
 
     @property
     def changes(self) -> list[tuple[CountKey, int, int]]:
         """(key, before, after) of every counter that moved, in key order."""
-        keys = sorted(self.before.keys() | self.after.keys())
-        return [
-            (key, self.before.get(key, 0), self.after.get(key, 0))
-            for key in keys
-            if self.before.get(key, 0) != self.after.get(key, 0)
-        ]
+        return _moved(self.before, self.after)
+
+    @property
+    def owner_changes(self) -> list[tuple[OwnerKey, int, int]]:
+        """((owner_service, status), before, after) of every owner figure that moved."""
+        return _moved(self.owners_before, self.owners_after)
 
 
 class Store:
@@ -838,13 +852,19 @@ class Store:
                 "recount: chosen as a deadlock victim; nothing changed, try again"
             ) from None
         return Recount(
-            before={_count_key(r): int(r["before"]) for r in rows if r["before"]},
-            after={_count_key(r): int(r["after"]) for r in rows if r["after"]},
+            before=_sum_by(rows, _count_key, "before"),
+            after=_sum_by(rows, _count_key, "after"),
+            owners_before=_sum_by(rows, _owner_key, "before"),
+            owners_after=_sum_by(rows, _owner_key, "after"),
         )
 
     async def stats_counts(self) -> list[dict[str, Any]]:
         """Exact counts by status, task type, model profile and error category."""
         return await self._fetch("stats_counts", {})
+
+    async def stats_owner_counts(self) -> list[dict[str, Any]]:
+        """Exact counts by owner_service and status (rows `owner_service`, `status`, `n`)."""
+        return await self._fetch("stats_owner_counts", {})
 
     async def stats(self) -> dict[str, Any]:
         """Raw statistics rows; the API shapes them for the response.
@@ -854,9 +874,10 @@ class Store:
         there are more) and the next one; `recent`: 24 h figures by task type from
         the rollups; `throughput`: finished jobs per minute over the last hour.
         """
-        # Four independent reads, on four pooled connections at once.
-        counts, pending_rows, recent, throughput = await asyncio.gather(
+        # Five independent reads, on five pooled connections at once.
+        counts, owners, pending_rows, recent, throughput = await asyncio.gather(
             self.stats_counts(),
+            self.stats_owner_counts(),
             self._fetch("stats_pending", {"cap": SCHEDULED_COUNT_CAP}),
             self._fetch("stats_recent", {}),
             self._fetch("stats_throughput", {}),
@@ -864,11 +885,32 @@ class Store:
         pending = pending_rows[0]
         pending["scheduled_capped"] = pending["scheduled"] > SCHEDULED_COUNT_CAP
         pending["scheduled"] = min(pending["scheduled"], SCHEDULED_COUNT_CAP)
-        return {"counts": counts, "pending": pending, "recent": recent, "throughput": throughput}
+        return {
+            "counts": counts,
+            "owners": owners,
+            "pending": pending,
+            "recent": recent,
+            "throughput": throughput,
+        }
 
 
 def _count_key(row: dict[str, Any]) -> CountKey:
     return (row["status"], row["task_type"], row["model_profile"], row["error_category"])
+
+
+def _owner_key(row: dict[str, Any]) -> OwnerKey:
+    return (row["owner_service"], row["status"])
+
+
+def _sum_by(
+    rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], K], column: str
+) -> dict[K, int]:
+    """`column` of the recount's rows (one per full counter key) summed by `key`; zeros dropped."""
+    sums: dict[K, int] = {}
+    for row in rows:
+        k = key(row)
+        sums[k] = sums.get(k, 0) + int(row[column])
+    return {k: n for k, n in sums.items() if n}
 
 
 def _filter_params(job_filter: JobFilter) -> dict[str, Any]:

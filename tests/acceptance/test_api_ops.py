@@ -228,6 +228,54 @@ async def test_stats_after_a_known_mix_of_jobs(api: httpx.AsyncClient, database_
     assert running["status"] == "running"
 
 
+async def test_stats_count_jobs_by_owner_service(api: httpx.AsyncClient) -> None:
+    assert (await api.get(f"{API}/stats")).json()["by_owner"] == {}
+    for i in range(3):
+        await create(api, owner_service="telephony", owner_ref=f"t/{i}", task_type="calls")
+    for i in range(4):
+        await create(api, owner_service="monitoring-pf", owner_ref=f"m/{i}", task_type="bulk")
+    done, failing, running = await claim(api, "bulk", 3)
+    await complete(api, done)
+    assert (await fail(api, failing, "invalid_input"))["status"] == "failed"
+    [call] = await claim(api, "calls", 1)
+    assert (await fail(api, call, "timeout"))["status"] == "pending"  # retried
+    cancel = await create(api, owner_service="crm", owner_ref="c/1")
+    assert (await api.post(f"{API}/jobs/{cancel['id']}/cancel")).status_code == 200
+
+    stats = (await api.get(f"{API}/stats")).json()
+    assert stats["by_owner"] == {
+        "crm": counts(cancelled=1),
+        "monitoring-pf": counts(pending=1, running=1, completed=1, failed=1),
+        "telephony": counts(pending=3),
+    }
+    assert stats["by_status"] == counts(pending=4, running=1, completed=1, failed=1, cancelled=1)
+    assert running["owner_service"] == "monitoring-pf"
+
+
+async def test_metrics_gauge_pending_and_running_by_owner_within_a_bounded_set(
+    api: httpx.AsyncClient,
+) -> None:
+    # 12 owners, owner-i with i + 1 pending jobs; owner-11 has one running too.
+    batch = [
+        job_body(owner_service=f"owner-{i:02}", owner_ref=f"{i}/{k}", task_type=f"t{i}")
+        for i in range(12)
+        for k in range(i + 1)
+    ]
+    response = await api.post(f"{API}/jobs/batch", json={"jobs": batch})
+    assert response.status_code == 201, response.text
+    await claim(api, "t11", 1)
+
+    found = samples((await api.get("/metrics")).text)
+    owners = {labels["owner_service"] for labels, _ in found["ai_jobs_by_owner"]}
+    assert owners == {f"owner-{i:02}" for i in range(2, 12)} | {"other"}
+    assert value(found, "ai_jobs_by_owner", owner_service="owner-11", status="pending") == 11
+    assert value(found, "ai_jobs_by_owner", owner_service="owner-11", status="running") == 1
+    assert value(found, "ai_jobs_by_owner", owner_service="owner-05", status="pending") == 6
+    # owner-00 (1 job) and owner-01 (2 jobs) are summed as `other`.
+    assert value(found, "ai_jobs_by_owner", owner_service="other", status="pending") == 3
+    assert value(found, "ai_jobs_by_owner", owner_service="other", status="running") == 0
+
+
 async def test_stats_and_get_job_reject_unknown_query_parameters(
     api: httpx.AsyncClient,
 ) -> None:

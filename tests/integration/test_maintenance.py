@@ -410,6 +410,31 @@ async def test_recount_command_repairs_the_counters_of_a_live_database(
     assert "; 0 changed" in out
 
 
+async def test_recount_command_names_the_owners_when_only_their_split_was_wrong(
+    store: Store, database_url: str
+) -> None:
+    await store.create_jobs(
+        [new_job(owner_service=o, owner_ref=f"{o}/{i}") for o in ("crm", "telephony")
+         for i in range(2)]
+    )  # fmt: skip
+    await store.compact_counts()
+    # The totals stay right: crm's jobs are counted as telephony's.
+    await sql(store, "DELETE FROM job_counts WHERE owner_service = 'crm'")
+    await sql(store, "UPDATE job_counts SET n = 4 WHERE owner_service = 'telephony'")
+    code, out, err = await _cli(_cli_env(database_url), "maintenance", "recount")
+    assert code == 0, err
+    assert out.splitlines()[0].startswith(
+        "recount: 1 counters rebuilt from the jobs table (4 jobs)"
+    )
+    assert out.splitlines()[0].endswith("; 2 changed")
+    assert out.splitlines()[1:] == [
+        "  owner_service crm pending: 0 -> 2 (+2)",
+        "  owner_service telephony pending: 4 -> 2 (-2)",
+    ]
+    rows = await sql(store, "SELECT owner_service, n FROM job_counts ORDER BY 1")
+    assert rows == [{"owner_service": "crm", "n": 2}, {"owner_service": "telephony", "n": 2}]
+
+
 async def test_recount_command_without_a_database_fails_cleanly() -> None:
     nowhere = f"postgresql://postgres:s3cret@127.0.0.1:{free_port()}/nothing"
     code, out, err = await _cli(_cli_env(nowhere), "maintenance", "recount")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -79,3 +80,83 @@ def test_downgrading_0003_gives_the_wake_ups_back_to_the_triggers(empty_database
             "ai_service_jobs"
         ]
     migrate.upgrade(empty_database)  # and back up again
+
+
+def run(url: str, statement: str, params: Any = None) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement, params)
+
+
+OWNER_COUNTERS = """
+SELECT owner_service, status, task_type, error_category, sum(n)::bigint AS n
+  FROM (SELECT owner_service, status, task_type, error_category, n FROM job_counts
+        UNION ALL
+        SELECT owner_service, status, task_type, error_category, n FROM job_count_deltas) AS c
+ GROUP BY 1, 2, 3, 4 HAVING sum(n) <> 0
+"""
+
+
+def test_0005_counts_existing_jobs_per_owner_exactly_and_downgrades_back(
+    empty_database: str,
+) -> None:
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0004")
+    insert = (
+        "INSERT INTO jobs (owner_service, owner_ref, task_type, model_profile, input, status,"
+        " error_category, result, finished_at)"
+        " VALUES (%s, %s, 't', 'p', '{}', %s, %s, %s, %s)"
+    )
+    jobs = [("crm", "pending", None)] * 3 + [("crm", "failed", "timeout")] * 2
+    jobs += [("telephony", "pending", None)] * 2 + [("telephony", "completed", None)]
+    for i, (owner, status, category) in enumerate(jobs):
+        finished = status != "pending"
+        result = Jsonb({}) if status == "completed" else None
+        run(
+            empty_database,
+            insert,
+            [owner, str(i), status, category, result, datetime.now(UTC) if finished else None],
+        )
+    # Counters of 0004, drifted and with deltas not folded: the migration recounts.
+    run(empty_database, "UPDATE job_counts SET n = n + 7 WHERE status = 'pending'")
+
+    command.upgrade(config, "0005")
+    counters = rows(
+        empty_database,
+        "SELECT owner_service, status, task_type, error_category, n FROM job_counts ORDER BY 1, 2",
+    )
+    assert [tuple(r.values()) for r in counters] == [
+        ("crm", "failed", "t", "timeout", 2),
+        ("crm", "pending", "t", "", 3),
+        ("telephony", "completed", "t", "", 1),
+        ("telephony", "pending", "t", "", 2),
+    ]
+    assert rows(empty_database, "SELECT 1 FROM job_count_deltas") == []
+    # The triggers of 0005 carry the owner.
+    run(empty_database, insert, ["ops", "new", "pending", None, None, None])
+    assert {
+        (r["owner_service"], r["status"]): r["n"] for r in rows(empty_database, OWNER_COUNTERS)
+    }[("ops", "pending")] == 1
+
+    # And back: the owner column goes, the counters stay exact.
+    command.downgrade(config, "0004")
+    columns = rows(
+        empty_database,
+        "SELECT column_name FROM information_schema.columns"
+        " WHERE table_name IN ('job_counts', 'job_count_deltas')",
+    )
+    assert "owner_service" not in {c["column_name"] for c in columns}
+    run(empty_database, insert, ["ops", "again", "pending", None, None, None])
+    totals = rows(
+        empty_database,
+        "SELECT status, sum(n)::bigint AS n FROM (SELECT status, n FROM job_counts"
+        " UNION ALL SELECT status, n FROM job_count_deltas) AS c GROUP BY 1 ORDER BY 1",
+    )
+    assert [(r["status"], r["n"]) for r in totals] == [
+        ("completed", 1),
+        ("failed", 2),
+        ("pending", 7),
+    ]
+    migrate.upgrade(empty_database)  # and up again
+    assert {
+        (r["owner_service"], r["status"]): r["n"] for r in rows(empty_database, OWNER_COUNTERS)
+    }[("ops", "pending")] == 2

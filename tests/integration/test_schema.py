@@ -206,6 +206,72 @@ async def test_triggers_count_inserts_updates_and_deletes(conn: Conn) -> None:
     assert await _counts(conn, DELTAS) == {}
 
 
+OWNER_DELTAS = """
+SELECT owner_service, status, task_type, model_profile, error_category, sum(n)::bigint AS n
+  FROM job_count_deltas GROUP BY 1, 2, 3, 4, 5 HAVING sum(n) <> 0
+"""
+
+OWNER_DIRECT = """
+SELECT owner_service, status, task_type, model_profile,
+       CASE WHEN status = 'failed' THEN error_category ELSE '' END AS error_category,
+       count(*)::bigint AS n
+  FROM jobs GROUP BY 1, 2, 3, 4, 5
+"""
+
+
+async def _owner_counts(conn: Conn, query: str) -> dict[tuple[str, ...], int]:
+    cur = await conn.execute(query)
+    return {
+        (
+            r["owner_service"],
+            r["status"],
+            r["task_type"],
+            r["model_profile"],
+            r["error_category"],
+        ): (r["n"])
+        for r in await cur.fetchall()
+    }
+
+
+async def test_triggers_count_each_owner_service_apart(conn: Conn) -> None:
+    for owner in ("telephony", "monitoring-pf"):
+        for kind in VALID.values():
+            await insert(conn, **kind, owner_service=owner)
+    await insert(conn, owner_service="crm")
+    deltas = await _owner_counts(conn, OWNER_DELTAS)
+    assert deltas == await _owner_counts(conn, OWNER_DIRECT)
+    assert deltas[("crm", "pending", "llm_chat", "qwen2.5-14b", "")] == 1
+    assert deltas[("monitoring-pf", "pending", "llm_chat", "qwen2.5-14b", "")] == 2
+
+    # One statement over several owners; a job moved to another owner; deletes.
+    await conn.execute(
+        "UPDATE jobs SET status = 'cancelled', finished_at = now() WHERE status = 'pending'"
+    )
+    await conn.execute("UPDATE jobs SET owner_service = 'crm' WHERE status = 'running'")
+    await conn.execute("DELETE FROM jobs WHERE owner_service = 'telephony' AND status = 'failed'")
+    deltas = await _owner_counts(conn, OWNER_DELTAS)
+    assert deltas == await _owner_counts(conn, OWNER_DIRECT)
+    assert deltas[("crm", "running", "llm_chat", "qwen2.5-14b", "")] == 2
+    assert ("telephony", "running", "llm_chat", "qwen2.5-14b", "") not in deltas
+
+    await conn.execute(queries()["job_counts_compact"])
+    cur = await conn.execute(
+        "SELECT owner_service, status, task_type, model_profile, error_category, n"
+        " FROM job_counts WHERE n <> 0"
+    )
+    folded = {
+        (
+            r["owner_service"],
+            r["status"],
+            r["task_type"],
+            r["model_profile"],
+            r["error_category"],
+        ): (r["n"])
+        for r in await cur.fetchall()
+    }
+    assert folded == await _owner_counts(conn, OWNER_DIRECT)
+
+
 async def test_updates_without_status_change_write_no_deltas(conn: Conn) -> None:
     await insert(conn, **RUNNING)
     cur = await conn.execute("SELECT count(*) AS n FROM job_count_deltas")

@@ -949,8 +949,50 @@ def _as_counts(rows: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], in
     }
 
 
+# The counters by their whole key (with the owner), and the same from the table.
+FULL_COUNTERS = """
+SELECT status, task_type, model_profile, error_category, owner_service, sum(n)::bigint AS n
+  FROM (SELECT status, task_type, model_profile, error_category, owner_service, n
+          FROM job_counts
+        UNION ALL
+        SELECT status, task_type, model_profile, error_category, owner_service, n
+          FROM job_count_deltas) AS c
+ GROUP BY 1, 2, 3, 4, 5
+HAVING sum(n) <> 0
+"""
+FULL_DIRECT = """
+SELECT status, task_type, model_profile,
+       CASE WHEN status = 'failed' THEN error_category ELSE '' END AS error_category,
+       owner_service, count(*)::bigint AS n
+  FROM jobs
+ GROUP BY 1, 2, 3, 4, 5
+"""
+OWNER_DIRECT = "SELECT owner_service, status, count(*)::bigint AS n FROM jobs GROUP BY 1, 2"
+
+
+def _as_full(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], int]:
+    return {
+        (
+            r["status"],
+            r["task_type"],
+            r["model_profile"],
+            r["error_category"],
+            r["owner_service"],
+        ): (r["n"])
+        for r in rows
+    }
+
+
+def _as_owners(rows: list[dict[str, Any]]) -> dict[tuple[str, str], int]:
+    return {(r["owner_service"], r["status"]): r["n"] for r in rows}
+
+
 async def _assert_counts_match(store: Store) -> None:
     assert _as_counts(await store.stats_counts()) == _as_counts(await sql(store, DIRECT_COUNTS))
+    # Every counter by its whole key, and the figures per owner, are exact too.
+    assert _as_full(await sql(store, FULL_COUNTERS)) == _as_full(await sql(store, FULL_DIRECT))
+    owners = _as_owners(await store.stats_owner_counts())
+    assert owners == _as_owners(await sql(store, OWNER_DIRECT))
 
 
 async def test_counters_equal_a_group_by_over_jobs_before_and_after_compaction(
@@ -1450,6 +1492,188 @@ async def test_recount_gives_up_while_a_truncate_holds_the_table(
             await store.recount_counts(lock_timeout=0.2)
         await holder.rollback()
     assert await store.stats_counts() == before  # nothing changed
+
+
+# -- counts per owner_service ---------------------------------------------------------
+
+
+def _tally(jobs: list[Job]) -> dict[tuple[str, str], int]:
+    """(owner_service, status) -> how many of `jobs` (their status as returned)."""
+    out: dict[tuple[str, str], int] = {}
+    for job in jobs:
+        key = (job.owner_service, str(job.status))
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+async def test_owner_counts_are_exact_through_creates_claims_completes_failures_and_cancels(
+    store: Store,
+) -> None:
+    owners = {"telephony": 6, "monitoring-pf": 5, "crm": 3}
+    created = await store.create_jobs(
+        [
+            new_job(owner_service=o, owner_ref=f"{o}/{i}")
+            for o, n in owners.items()
+            for i in range(n)
+        ]
+    )
+    jobs = {o.job.id: o.job for o in created}
+    assert _as_owners(await store.stats_owner_counts()) == {
+        ("telephony", "pending"): 6,
+        ("monitoring-pf", "pending"): 5,
+        ("crm", "pending"): 3,
+    }
+
+    # Which owners a claim serves is the claim's business: the expected figures
+    # follow the jobs each step returns.
+    claimed = await store.claim("w", limit=8, lease_seconds=60)
+    assert len(claimed) == 8
+    jobs |= {j.id: j for j in claimed}
+    assert _as_owners(await store.stats_owner_counts()) == _tally(list(jobs.values()))
+    await _assert_counts_match(store)
+
+    done = await store.complete_many(
+        [
+            store_module.Completion(j.id, j.lease_token, {"ok": 1})
+            for j in claimed[:3]
+            if j.lease_token
+        ]
+    )
+    assert len(done) == 3
+    for j in claimed[:3]:
+        jobs[j.id] = await store.get_job(j.id)
+    final = await store.fail(
+        claimed[3].id, category="invalid_input", message="bad", lease_token=claimed[3].lease_token
+    )
+    retried = await store.fail(
+        claimed[4].id,
+        category="timeout",
+        message="slow",
+        lease_token=claimed[4].lease_token,
+        retryable=True,
+    )
+    assert (final.status, retried.status) == (JobStatus.FAILED, JobStatus.PENDING)
+    pending = [j for j in jobs.values() if j.status == JobStatus.PENDING and j.id != retried.id]
+    cancelled = await store.cancel(pending[0].id)
+    for job in (final, retried, cancelled):
+        jobs[job.id] = job
+    expected = _tally(list(jobs.values()))
+    assert sum(n for (_, status), n in expected.items() if status == "running") == 3
+    assert _as_owners(await store.stats_owner_counts()) == expected
+    await _assert_counts_match(store)
+
+    # Folding the deltas changes no figure; a delete (retention) counts too.
+    await store.compact_counts()
+    assert _as_owners(await store.stats_owner_counts()) == expected
+    await sql(store, "DELETE FROM jobs WHERE id = %s", (final.id,))
+    expected[(final.owner_service, "failed")] -= 1
+    expected = {k: n for k, n in expected.items() if n}
+    assert _as_owners(await store.stats_owner_counts()) == expected
+    await _assert_counts_match(store)
+
+
+async def test_stats_give_pending_and_running_by_owner(store: Store) -> None:
+    await store.create_jobs(
+        [new_job(owner_service="telephony", owner_ref=str(i)) for i in range(3)]
+        + [new_job(owner_service="monitoring-pf", owner_ref=str(i), task_type="bulk")
+           for i in range(4)]
+    )  # fmt: skip
+    [running] = await store.claim("w", limit=1, lease_seconds=60, task_types=["bulk"])
+    stats = await store.stats()
+    assert _as_owners(stats["owners"]) == {
+        ("telephony", "pending"): 3,
+        ("monitoring-pf", "pending"): 3,
+        ("monitoring-pf", "running"): 1,
+    }
+    assert running.owner_service == "monitoring-pf"
+    # The existing figures are summed over owners, as before.
+    assert _as_counts(stats["counts"]) == {
+        ("pending", "llm_chat", "qwen2.5-14b", ""): 3,
+        ("pending", "bulk", "qwen2.5-14b", ""): 3,
+        ("running", "bulk", "qwen2.5-14b", ""): 1,
+    }
+
+
+async def test_owner_counts_after_truncate_and_a_recount_of_a_wrong_owner_split(
+    store: Store,
+) -> None:
+    await store.create_jobs(
+        [new_job(owner_service=o, owner_ref=f"{o}/{i}") for o in ("crm", "telephony")
+         for i in range(2)]
+    )  # fmt: skip
+    await store.compact_counts()
+    # The totals stay right, only the owner is wrong: a drift the per-key totals hide.
+    await sql(store, "UPDATE job_counts SET owner_service = 'ghost' WHERE owner_service = 'crm'")
+    result = await store.recount_counts()
+    assert result.changes == []
+    assert result.owner_changes == [
+        (("crm", "pending"), 0, 2),
+        (("ghost", "pending"), 2, 0),
+    ]
+    assert result.owners_after == {("crm", "pending"): 2, ("telephony", "pending"): 2}
+    await _assert_counts_match(store)
+    assert (await store.recount_counts()).owner_changes == []
+
+    await store.create_jobs([new_job(owner_service="crm", owner_ref="late")])  # unfolded
+    await sql(store, "TRUNCATE jobs")
+    assert await store.stats_owner_counts() == []
+    await store.create_jobs([new_job(owner_service="crm", owner_ref="after")])
+    [job] = await store.claim("w", limit=1, lease_seconds=60)
+    assert _as_owners(await store.stats_owner_counts()) == {("crm", "running"): 1}
+    assert job.lease_token is not None
+    await store.complete(job.id, {}, job.lease_token)
+    assert _as_owners(await store.stats_owner_counts()) == {("crm", "completed"): 1}
+    await _assert_counts_match(store)
+
+
+async def test_owner_counts_stay_exact_while_writers_compactions_and_recounts_run(
+    database_url: str,
+) -> None:
+    busy = await Store.open(database_url, min_size=6, max_size=6, wait=True)
+    stop = asyncio.Event()
+
+    async def compactor() -> None:
+        while not stop.is_set():
+            await busy.compact_counts()
+
+    async def recounter() -> int:
+        rounds = 0
+        while not stop.is_set():
+            await busy.recount_counts()
+            rounds += 1
+        return rounds
+
+    async def churn(n: int) -> None:
+        for round_ in range(10):
+            await busy.create_jobs(
+                [new_job(owner_service=f"owner-{i % 3}", owner_ref=f"{n}/{round_}/{i}")
+                 for i in range(9)]
+            )  # fmt: skip
+            claimed = await busy.claim(f"w{n}", limit=6, lease_seconds=60)
+            await busy.complete_many(
+                [
+                    store_module.Completion(j.id, j.lease_token, {})
+                    for j in claimed[:3]
+                    if j.lease_token
+                ]
+            )
+            for j in claimed[3:]:
+                await busy.fail(j.id, category="timeout", message="t", lease_token=j.lease_token)
+
+    try:
+        await busy.create_jobs([new_job(owner_service="owner-0", owner_ref="seed")])
+        await sql(busy, "UPDATE job_counts SET owner_service = 'drifted'")
+        tasks = [asyncio.create_task(compactor()), asyncio.create_task(recounter())]
+        await asyncio.gather(*(churn(n) for n in range(3)))
+        stop.set()
+        _, recounts = await asyncio.gather(*tasks)
+        assert recounts > 0
+        await _assert_counts_match(busy)
+        assert {o for o, _ in _as_owners(await busy.stats_owner_counts())} == {
+            "owner-0", "owner-1", "owner-2"
+        }  # fmt: skip
+    finally:
+        await busy.close()
 
 
 # -- availability ----------------------------------------------------------------------

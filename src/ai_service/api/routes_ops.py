@@ -48,8 +48,8 @@ async def readyz(store: StoreDep) -> Any:
 )
 async def metrics_endpoint(store: StoreDep, metrics: MetricsDep) -> Response:
     try:
-        counts = await store.stats_counts()
-        metrics.set_queue_gauges(counts)
+        metrics.set_queue_gauges(await store.stats_counts())
+        metrics.set_owner_gauges(await store.stats_owner_counts())
     except errors.DatabaseUnavailable:
         pass  # still serve the process counters
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
@@ -83,6 +83,9 @@ def build_stats(raw: dict[str, Any]) -> schemas.StatsOut:
         if row["status"] == JobStatus.FAILED:
             category = row["error_category"] or "unknown"
             failed_by_category[category] = failed_by_category.get(category, 0) + n
+    by_owner: dict[str, dict[str, int]] = {}
+    for row in raw["owners"]:
+        by_owner.setdefault(row["owner_service"], {})[row["status"]] = int(row["n"])
     pending = raw["pending"]
     now = pending["now"]
     oldest = pending["oldest_runnable"]
@@ -117,6 +120,7 @@ def build_stats(raw: dict[str, Any]) -> schemas.StatsOut:
         by_status=schemas.StatusCounts(**by_status),
         by_task_type={k: schemas.StatusCounts(**v) for k, v in sorted(by_task.items())},
         by_model_profile={k: schemas.StatusCounts(**v) for k, v in sorted(by_profile.items())},
+        by_owner={k: schemas.StatusCounts(**v) for k, v in sorted(by_owner.items())},
         failed_by_category=dict(sorted(failed_by_category.items())),
         oldest_runnable_age_seconds=_round(age),
         oldest_pending_age_seconds=_round(age),

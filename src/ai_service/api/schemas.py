@@ -517,6 +517,9 @@ class StatsOut(BaseModel):
     by_status: StatusCounts
     by_task_type: dict[str, StatusCounts]
     by_model_profile: dict[str, StatusCounts]
+    by_owner: dict[str, StatusCounts] = Field(
+        description="Exact counts by `owner_service` (every owner with jobs in the table)."
+    )
     failed_by_category: dict[str, int]
     oldest_runnable_age_seconds: float | None = Field(
         description="How long the longest-waiting runnable pending job has been runnable "

@@ -698,12 +698,12 @@ WITH gate AS (
 ), moved AS (
     DELETE FROM job_count_deltas WHERE (SELECT ok FROM gate) RETURNING *
 )
-INSERT INTO job_counts (status, task_type, model_profile, error_category, n)
-SELECT status, task_type, model_profile, error_category, sum(n)
+INSERT INTO job_counts (status, task_type, model_profile, error_category, owner_service, n)
+SELECT status, task_type, model_profile, error_category, owner_service, sum(n)
   FROM moved
- GROUP BY 1, 2, 3, 4
- ORDER BY 1, 2, 3, 4
-    ON CONFLICT (status, task_type, model_profile, error_category)
+ GROUP BY 1, 2, 3, 4, 5
+ ORDER BY 1, 2, 3, 4, 5
+    ON CONFLICT (status, task_type, model_profile, error_category, owner_service)
     DO UPDATE SET n = job_counts.n + excluded.n;
 
 -- name: job_counts_drop_zero
@@ -737,35 +737,35 @@ SELECT pg_advisory_xact_lock(1095324502);
 WITH truth AS (
     SELECT status, task_type, model_profile,
            CASE WHEN status = 'failed' THEN error_category ELSE '' END AS error_category,
-           count(*) AS n
+           owner_service, count(*) AS n
       FROM jobs
-     GROUP BY 1, 2, 3, 4
+     GROUP BY 1, 2, 3, 4, 5
 ), deltas AS (
-    SELECT status, task_type, model_profile, error_category, sum(n) AS n
+    SELECT status, task_type, model_profile, error_category, owner_service, sum(n) AS n
       FROM job_count_deltas
-     GROUP BY 1, 2, 3, 4
+     GROUP BY 1, 2, 3, 4, 5
 ), merged AS (
-    SELECT k.status, k.task_type, k.model_profile, k.error_category,
+    SELECT k.status, k.task_type, k.model_profile, k.error_category, k.owner_service,
            coalesce(c.n, 0) + coalesce(d.n, 0) AS before,
            coalesce(t.n, 0) AS after,
            coalesce(t.n, 0) - coalesce(d.n, 0) AS counter
-      FROM (SELECT status, task_type, model_profile, error_category FROM truth
+      FROM (SELECT status, task_type, model_profile, error_category, owner_service FROM truth
             UNION
-            SELECT status, task_type, model_profile, error_category FROM deltas
+            SELECT status, task_type, model_profile, error_category, owner_service FROM deltas
             UNION
-            SELECT status, task_type, model_profile, error_category FROM job_counts) AS k
-      LEFT JOIN truth t USING (status, task_type, model_profile, error_category)
-      LEFT JOIN deltas d USING (status, task_type, model_profile, error_category)
-      LEFT JOIN job_counts c USING (status, task_type, model_profile, error_category)
+            SELECT status, task_type, model_profile, error_category, owner_service FROM job_counts) AS k
+      LEFT JOIN truth t USING (status, task_type, model_profile, error_category, owner_service)
+      LEFT JOIN deltas d USING (status, task_type, model_profile, error_category, owner_service)
+      LEFT JOIN job_counts c USING (status, task_type, model_profile, error_category, owner_service)
 ), written AS (
-    INSERT INTO job_counts (status, task_type, model_profile, error_category, n)
-    SELECT status, task_type, model_profile, error_category, counter
+    INSERT INTO job_counts (status, task_type, model_profile, error_category, owner_service, n)
+    SELECT status, task_type, model_profile, error_category, owner_service, counter
       FROM merged
-     ORDER BY 1, 2, 3, 4
-        ON CONFLICT (status, task_type, model_profile, error_category)
+     ORDER BY 1, 2, 3, 4, 5
+        ON CONFLICT (status, task_type, model_profile, error_category, owner_service)
         DO UPDATE SET n = excluded.n
 )
-SELECT status, task_type, model_profile, error_category,
+SELECT status, task_type, model_profile, error_category, owner_service,
        before::bigint AS before, after::bigint AS after
   FROM merged;
 
@@ -814,12 +814,22 @@ WITH minutes AS (
 SELECT (SELECT count(*) FROM minutes) + (SELECT count(*) FROM hours) AS deleted;
 
 -- name: stats_counts
--- Exact job counts by status, task type, model profile and (failed) error category.
+-- Exact job counts by status, task type, model profile and (failed) error category
+-- (summed over owners).
 SELECT status, task_type, model_profile, error_category, sum(n)::bigint AS n
   FROM (SELECT status, task_type, model_profile, error_category, n FROM job_counts
         UNION ALL
         SELECT status, task_type, model_profile, error_category, n FROM job_count_deltas) AS c
  GROUP BY 1, 2, 3, 4
+HAVING sum(n) <> 0;
+
+-- name: stats_owner_counts
+-- Exact job counts by owner_service and status (the counters' owner column).
+SELECT owner_service, status, sum(n)::bigint AS n
+  FROM (SELECT owner_service, status, n FROM job_counts
+        UNION ALL
+        SELECT owner_service, status, n FROM job_count_deltas) AS c
+ GROUP BY 1, 2
 HAVING sum(n) <> 0;
 
 -- name: stats_pending
