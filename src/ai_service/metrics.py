@@ -16,7 +16,7 @@ files of all processes (Prometheus multiprocess mode).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -105,6 +105,21 @@ class Metrics:
             multiprocess_mode="mostrecent",
         )
         self._owner_keys: set[tuple[str, str]] = set()
+        # Only the profiles of MODEL_PROFILE_LIMITS: a bounded set, from configuration.
+        self.profile_limit = Gauge(
+            "ai_model_profile_limit",
+            "MODEL_PROFILE_LIMITS: most jobs of the profile running at once, cluster-wide.",
+            ("model_profile",),
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.profile_running = Gauge(
+            "ai_model_profile_running",
+            "Running jobs of each limited model profile, cluster-wide (from the table).",
+            ("model_profile",),
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
         self.http_latency = Histogram(
             "ai_http_request_duration_seconds",
             "HTTP request latency.",
@@ -199,6 +214,15 @@ class Metrics:
             self.jobs_by_status.labels(status, task_type).set(n)
         self._queue_keys |= totals.keys()
 
+    def set_profile_limit_gauges(
+        self, limits: Mapping[str, int], counts: Iterable[dict[str, Any]]
+    ) -> None:
+        """Set the limited profiles' limit and running gauges from `stats_counts` rows."""
+        running = profile_running(limits, counts)
+        for profile, limit in limits.items():
+            self.profile_limit.labels(profile).set(limit)
+            self.profile_running.labels(profile).set(running[profile])
+
     def set_owner_gauges(self, counts: Iterable[dict[str, Any]]) -> None:
         """Set `ai_jobs_by_owner` from `stats_owner_counts` rows (owner_service, status, n).
 
@@ -249,3 +273,12 @@ class Metrics:
         """At process exit: in multiprocess mode, drop this process's live gauges."""
         if MULTIPROC_DIR is not None:
             multiprocess.mark_process_dead(os.getpid(), MULTIPROC_DIR)  # type: ignore[no-untyped-call]
+
+
+def profile_running(limits: Mapping[str, int], counts: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Running jobs of each limited profile, from `stats_counts` rows."""
+    running = dict.fromkeys(limits, 0)
+    for row in counts:
+        if row["status"] == "running" and row["model_profile"] in running:
+            running[row["model_profile"]] += int(row["n"])
+    return running

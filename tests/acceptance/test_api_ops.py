@@ -699,3 +699,26 @@ async def test_a_read_only_database_is_unready_and_writes_answer_503(
     assert created.json()["error"] == "database_unavailable"
     assert created.headers["retry-after"] == "1"
     assert health.status_code == 200
+
+
+async def test_http_claims_respect_profile_limits_shown_in_stats_and_metrics(
+    api_factory: ApiFactory,
+) -> None:
+    async with api_factory(MODEL_PROFILE_LIMITS="whisperx=2,qwen2.5-14b=64") as client:
+        for i in range(5):
+            await create(
+                client, owner_ref=f"w/{i}", task_type="transcription", model_profile="whisperx"
+            )
+        answer = await client.post(
+            f"{API}/jobs/claim",
+            json={"worker_id": "w-1", "task_types": ["transcription"], "limit": 5},
+        )
+        assert len(answer.json()["jobs"]) == 2  # the limit, not the 5 asked for
+        stats = (await client.get(f"{API}/stats")).json()
+        assert stats["profile_limits"] == {
+            "qwen2.5-14b": {"limit": 64, "running": 0},
+            "whisperx": {"limit": 2, "running": 2},
+        }
+        text = (await client.get("/metrics")).text
+        assert 'ai_model_profile_limit{model_profile="whisperx"} 2.0' in text
+        assert 'ai_model_profile_running{model_profile="whisperx"} 2.0' in text

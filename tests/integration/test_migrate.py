@@ -96,11 +96,11 @@ SELECT owner_service, status, task_type, error_category, sum(n)::bigint AS n
 """
 
 
-def test_0005_counts_existing_jobs_per_owner_exactly_and_downgrades_back(
+def test_0006_counts_existing_jobs_per_owner_exactly_and_downgrades_back(
     empty_database: str,
 ) -> None:
     config = migrate.alembic_config(empty_database)
-    command.upgrade(config, "0004")
+    command.upgrade(config, "0005")
     insert = (
         "INSERT INTO jobs (owner_service, owner_ref, task_type, model_profile, input, status,"
         " error_category, result, finished_at)"
@@ -116,10 +116,10 @@ def test_0005_counts_existing_jobs_per_owner_exactly_and_downgrades_back(
             insert,
             [owner, str(i), status, category, result, datetime.now(UTC) if finished else None],
         )
-    # Counters of 0004, drifted and with deltas not folded: the migration recounts.
+    # Counters of 0005, drifted and with deltas not folded: the migration recounts.
     run(empty_database, "UPDATE job_counts SET n = n + 7 WHERE status = 'pending'")
 
-    command.upgrade(config, "0005")
+    command.upgrade(config, "0006")
     counters = rows(
         empty_database,
         "SELECT owner_service, status, task_type, error_category, n FROM job_counts ORDER BY 1, 2",
@@ -131,14 +131,14 @@ def test_0005_counts_existing_jobs_per_owner_exactly_and_downgrades_back(
         ("telephony", "pending", "t", "", 2),
     ]
     assert rows(empty_database, "SELECT 1 FROM job_count_deltas") == []
-    # The triggers of 0005 carry the owner.
+    # The triggers of 0006 carry the owner.
     run(empty_database, insert, ["ops", "new", "pending", None, None, None])
     assert {
         (r["owner_service"], r["status"]): r["n"] for r in rows(empty_database, OWNER_COUNTERS)
     }[("ops", "pending")] == 1
 
     # And back: the owner column goes, the counters stay exact.
-    command.downgrade(config, "0004")
+    command.downgrade(config, "0005")
     columns = rows(
         empty_database,
         "SELECT column_name FROM information_schema.columns"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter
@@ -14,6 +15,7 @@ from ai_service.api.deps import MetricsDep, StoreDep, known_query
 from ai_service.api.errors import responses
 from ai_service.error_envelope import ErrorOut, envelope
 from ai_service.jobs import JobStatus
+from ai_service.metrics import profile_running
 
 READY_TIMEOUT = 2.0
 
@@ -48,7 +50,9 @@ async def readyz(store: StoreDep) -> Any:
 )
 async def metrics_endpoint(store: StoreDep, metrics: MetricsDep) -> Response:
     try:
-        metrics.set_queue_gauges(await store.stats_counts())
+        counts = await store.stats_counts()
+        metrics.set_queue_gauges(counts)
+        metrics.set_profile_limit_gauges(store.policy.profile_limits, counts)
         metrics.set_owner_gauges(await store.stats_owner_counts())
     except errors.DatabaseUnavailable:
         pass  # still serve the process counters
@@ -64,10 +68,10 @@ async def metrics_endpoint(store: StoreDep, metrics: MetricsDep) -> Response:
 )
 async def stats(store: StoreDep) -> schemas.StatsOut:
     raw = await store.stats()
-    return build_stats(raw)
+    return build_stats(raw, store.policy.profile_limits)
 
 
-def build_stats(raw: dict[str, Any]) -> schemas.StatsOut:
+def build_stats(raw: dict[str, Any], limits: Mapping[str, int]) -> schemas.StatsOut:
     """Shape the store's raw rows into the stats response."""
     by_status: dict[str, int] = {s.value: 0 for s in JobStatus}
     by_task: dict[str, dict[str, int]] = {}
@@ -121,6 +125,10 @@ def build_stats(raw: dict[str, Any]) -> schemas.StatsOut:
         by_task_type={k: schemas.StatusCounts(**v) for k, v in sorted(by_task.items())},
         by_model_profile={k: schemas.StatusCounts(**v) for k, v in sorted(by_profile.items())},
         by_owner={k: schemas.StatusCounts(**v) for k, v in sorted(by_owner.items())},
+        profile_limits={
+            profile: schemas.ProfileLimitOut(limit=limits[profile], running=running)
+            for profile, running in sorted(profile_running(limits, raw["counts"]).items())
+        },
         failed_by_category=dict(sorted(failed_by_category.items())),
         oldest_runnable_age_seconds=_round(age),
         oldest_pending_age_seconds=_round(age),

@@ -512,6 +512,11 @@ class ThroughputPoint(BaseModel):
     failed: int
 
 
+class ProfileLimitOut(BaseModel):
+    limit: int = Field(description="`MODEL_PROFILE_LIMITS`: most running at once, cluster-wide.")
+    running: int = Field(description="Running now (exact counters).")
+
+
 class StatsOut(BaseModel):
     total: int
     by_status: StatusCounts
@@ -519,6 +524,9 @@ class StatsOut(BaseModel):
     by_model_profile: dict[str, StatusCounts]
     by_owner: dict[str, StatusCounts] = Field(
         description="Exact counts by `owner_service` (every owner with jobs in the table)."
+    )
+    profile_limits: dict[str, ProfileLimitOut] = Field(
+        description="Each profile of `MODEL_PROFILE_LIMITS`: its limit and the jobs running."
     )
     failed_by_category: dict[str, int]
     oldest_runnable_age_seconds: float | None = Field(
