@@ -83,7 +83,6 @@ class Runner:
         self.breakers.on_change = self._breaker_changed
         self.ctx = dataclasses.replace(ctx, breakers=self.breakers)
         self.outage_max = settings.provider_outage_max
-        self.retry_after_max = settings.retry_backoff_max
         self.specs = specs
         self.enabled = [s for s in specs if s.enabled]
         self.notifier = notifier
@@ -456,11 +455,11 @@ class Runner:
         )
 
     def _outage_delay(self, failure: errors.JobFailure) -> float | None:
-        """The wait a provider asked for (Retry-After, an open circuit), capped; None:
-        the outage backoff."""
+        """The wait a provider asked for (Retry-After, an open circuit), at most the
+        outage budget; None: the outage backoff."""
         wait = (failure.details or {}).get("retry_after")
         if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
-            return min(float(wait), self.retry_after_max)
+            return min(float(wait), self.outage_max)
         return None
 
     def _breaker_changed(self, breaker: Breaker) -> None:
