@@ -272,6 +272,11 @@ class Settings:
     # Scheduling: cluster-wide running limits per model profile, fair-share weights
     model_profile_limits: tuple[tuple[str, int], ...] = ()
     owner_weights: tuple[tuple[str, int], ...] = ()
+    # Provider outages (see worker/breaker.py and job_defer)
+    provider_outage_max: float = 6 * 3600.0  # 0: outages spend attempts like other failures
+    breaker_failures: int = 5  # 0: no circuit breaker
+    breaker_probe_interval: float = 0.5
+    breaker_probe_max: float = 2.0
     # Queue maintenance
     retry_backoff_base: float = 10.0
     retry_backoff_max: float = 600.0
@@ -381,6 +386,10 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_SHUTDOWN_TIMEOUT": ("worker_shutdown_timeout", parse_duration),
     "MODEL_PROFILE_LIMITS": ("model_profile_limits", _parse_weights),
     "OWNER_WEIGHTS": ("owner_weights", _parse_weights),
+    "PROVIDER_OUTAGE_MAX": ("provider_outage_max", parse_duration),
+    "BREAKER_FAILURES": ("breaker_failures", _parse_int),
+    "BREAKER_PROBE_INTERVAL": ("breaker_probe_interval", parse_duration),
+    "BREAKER_PROBE_MAX": ("breaker_probe_max", parse_duration),
     "RETRY_BACKOFF_BASE": ("retry_backoff_base", parse_duration),
     "RETRY_BACKOFF_MAX": ("retry_backoff_max", parse_duration),
     "RESCUE_INTERVAL": ("rescue_interval", parse_duration),
@@ -468,6 +477,13 @@ def _validate(s: Settings) -> None:
     check(1 <= s.worker_claim_limit <= 100, "worker_claim_limit", "must be between 1 and 100")
     check(0 <= s.worker_concurrency <= 1000, "worker_concurrency", "must be between 0 and 1000")
     check(s.worker_lease_timeout >= 1, "worker_lease_timeout", "must be at least 1s")
+    check(0 <= s.breaker_failures <= 1000, "breaker_failures", "must be between 0 and 1000")
+    check(s.breaker_probe_interval >= 0.05, "breaker_probe_interval", "must be at least 50ms")
+    check(
+        s.breaker_probe_max >= s.breaker_probe_interval,
+        "breaker_probe_max",
+        "must be >= BREAKER_PROBE_INTERVAL",
+    )
     check(s.rescue_interval > 0, "rescue_interval", "must be positive")
     check(s.retention_interval > 0, "retention_interval", "must be positive")
     check(

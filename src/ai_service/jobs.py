@@ -81,6 +81,14 @@ TRANSIENT_CATEGORIES = frozenset(
 )
 
 
+# Categories of a provider outage: such a failure returns the job to pending without
+# spending an attempt (job_defer), within the PROVIDER_OUTAGE_MAX budget.
+OUTAGE_CATEGORIES = frozenset({ErrorCategory.PROVIDER_UNAVAILABLE, ErrorCategory.RATE_LIMITED})
+# The longest wait between two deferrals of one job (seconds), RETRY_BACKOFF_MAX if lower:
+# an outage ends without notice, and a deferred job should follow soon after.
+OUTAGE_BACKOFF_CAP = 60.0
+
+
 def is_retryable(category: str, retryable: bool | None) -> bool:
     """Whether a failure should return the job to `pending` (attempts permitting).
 
@@ -122,6 +130,8 @@ class Job:
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    # When the job first met a provider outage since it last completed (job_defer).
+    outage_since: datetime | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -267,3 +277,13 @@ def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> flo
     statement; tests/integration/test_sql.py keeps the two equal.
     """
     return float(min(cap, base * 2.0 ** max(attempt - 1, 0)) * (0.5 + jitter * 0.5))
+
+
+def outage_backoff_seconds(outage_seconds: float, base: float, cap: float, jitter: float) -> float:
+    """Delay before a deferred job runs again, `outage_seconds` into its outage.
+
+    The time since the outage began, at least `base`, at most `cap`, jittered like
+    `backoff_seconds`. The rule itself is the `outage_backoff` fragment of queries.sql
+    (used by `job_defer`); tests/integration/test_sql.py keeps the two equal.
+    """
+    return float(min(cap, max(base, outage_seconds)) * (0.5 + jitter * 0.5))

@@ -144,6 +144,15 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+        self.provider_up = Gauge(
+            "ai_provider_up",
+            "1 while the worker's circuit breaker of a provider endpoint is closed or "
+            "half-open, 0 while it is open (the worker sends that endpoint nothing).",
+            ("provider",),
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+
     def _child(self, metric: Any, *labels: str) -> Any:
         # labels() costs a lock and a tuple build per call: keep the children.
         key = (id(metric), labels)
@@ -260,6 +269,10 @@ class Metrics:
         """Observe one HTTP answer; `route` is the route template or `unmatched`."""
         method = method if method in _METHODS else OTHER
         self._child(self.http_latency, method, route, str(status)).observe(seconds)
+
+    def set_provider_up(self, provider: str, up: bool) -> None:
+        """The `ai_provider_up` gauge of one endpoint (`llm`, `whisperx#1`, ...)."""
+        self._child(self.provider_up, provider).set(1 if up else 0)
 
     def render(self) -> bytes:
         """The Prometheus text of this process, or of all processes in multiprocess mode."""

@@ -31,6 +31,7 @@ from ai_service.jobs import (
     BULK_DEFAULT_STATUSES,
     ERRORS_KEPT,
     MAX_ATTEMPTS,
+    OUTAGE_BACKOFF_CAP,
     PAYLOAD_COLUMNS,
     Job,
     JobFilter,
@@ -213,6 +214,7 @@ def _inserted(row: dict[str, Any], new: NewJob) -> Job:
         updated_at=row["updated_at"],
         started_at=None,
         finished_at=None,
+        outage_since=None,
     )
 
 
@@ -676,6 +678,52 @@ class Store:
             ):
                 return current  # a repeat of the failure that ended this attempt
             raise await self._explain_miss(job_id, "fail", lease_token, current)
+        return job
+
+    async def defer(
+        self,
+        job_id: UUID,
+        *,
+        category: str,
+        message: str,
+        lease_token: UUID,
+        outage_max: float,
+        details: dict[str, Any] | None = None,
+        delay: float | None = None,
+    ) -> Job:
+        """A provider outage ended the attempt: back to pending without spending it.
+
+        After `delay` seconds (a Retry-After), else the outage backoff. Once the job's
+        outage is older than `outage_max` seconds it fails with `category` instead.
+        Raises like `fail` when the lease is gone.
+        """
+        job = await self._one_job(
+            "job_defer",
+            {
+                "id": job_id,
+                "category": category,
+                "message": message,
+                "details": db.jsonb(details),
+                "lease_token": lease_token,
+                "outage_max": outage_max,
+                "delay": delay,
+                "backoff_base": self.backoff_base,
+                "outage_backoff_max": min(self.backoff_max, OUTAGE_BACKOFF_CAP),
+                "errors_kept": ERRORS_KEPT,
+            },
+        )
+        if job is None:
+            current = await self._one_job("job_get", {"id": job_id})
+            if (
+                current is not None
+                and current.status in (JobStatus.FAILED, JobStatus.PENDING)
+                and current.lease_token == lease_token
+                and (current.error_category, current.error_message) == (category, message)
+            ):
+                return current  # a repeat of the deferral that ended this attempt
+            raise await self._explain_miss(job_id, "fail", lease_token, current)
+        if job.status is JobStatus.PENDING and delay is not None and delay <= 0:
+            self.announcer.announce([job.task_type])  # runnable at once: tell the others
         return job
 
     async def heartbeat(

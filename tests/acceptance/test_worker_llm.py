@@ -15,6 +15,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -269,6 +270,8 @@ class ProviderCase:
     status: JobStatus = JobStatus.FAILED
     category: str = "invalid_input"
     attempts: int = 1  # attempts used by the end
+    deferrals: int = 0  # outage answers before the end: history entries, no attempt spent
+    waits: float = 0.0  # the least time between the failure and the next attempt
     requests: int | None = 1  # stub requests by the end (None: not counted, nothing listens)
     says: str = ""  # the server's own message text, expected in error_message
 
@@ -318,15 +321,18 @@ PROVIDER_CASES = [
         setup=lambda stub: stub.fail_next("rate_limit"),
         status=JobStatus.COMPLETED,
         category="rate_limited",
-        attempts=2,
+        attempts=1,
+        deferrals=1,
+        waits=1.0,  # the stub's Retry-After: 1, not RETRY_BACKOFF_BASE's 0.05 s
         requests=2,
         says="Too many requests, retry later",
     ),
     ProviderCase(
-        "500-then-ok",
+        # /v1/models still answers: the request failed, not the server; attempts count.
+        "500-with-a-healthy-probe-then-ok",
         setup=lambda stub: stub.fail_next("server_error"),
         status=JobStatus.COMPLETED,
-        category="provider_unavailable",
+        category="provider_error",
         attempts=2,
         requests=2,
         says="EngineCore died",
@@ -336,7 +342,8 @@ PROVIDER_CASES = [
         setup=lambda stub: stub.fail_next("unavailable"),
         status=JobStatus.COMPLETED,
         category="provider_unavailable",
-        attempts=2,
+        attempts=1,
+        deferrals=1,
         requests=2,
         says="503",
     ),
@@ -351,11 +358,14 @@ PROVIDER_CASES = [
         requests=2,
     ),
     ProviderCase(
-        "connection-refused-every-attempt",
+        # No breaker: the job meets the outage until its budget is spent, then fails,
+        # without having spent an attempt on it.
+        "connection-refused-past-the-outage-budget",
         base_url="closed",
+        env={"PROVIDER_OUTAGE_MAX": "0.5s", "BREAKER_FAILURES": "0"},
         status=JobStatus.FAILED,
         category="provider_unavailable",
-        attempts=3,
+        attempts=1,
         requests=None,
     ),
 ]
@@ -385,12 +395,29 @@ async def test_provider_answers_map_to_categories_and_retry_only_transient_ones(
     assert [e["category"] for e in done.errors] == [case.category] * len(done.errors)
     if case.status is JobStatus.COMPLETED:
         # Retried after a transient failure, then delivered exactly once.
-        assert len(done.errors) == case.attempts - 1
+        assert len(done.errors) == case.attempts - 1 + case.deferrals
+        assert [e.get("deferred", False) for e in done.errors] == [bool(case.deferrals)] * len(
+            done.errors
+        )
         assert done.result is not None
         assert done.result["content"] == f"echo: job:{case.id} Classify this"
         assert deliveries == 1
         assert counters.retried == case.attempts - 1
+        assert counters.deferred == case.deferrals
+        assert done.outage_since is None  # cleared by the completion
+        assert done.started_at is not None
+        failed_at = datetime.fromisoformat(done.errors[0]["at"])
+        assert (done.started_at - failed_at).total_seconds() >= case.waits
         message = done.errors[0]["message"]
+    elif case.base_url == "closed":
+        # Deferred (attempt 1 each time) until the budget ran out: the last entry failed it.
+        assert len(done.errors) >= 2
+        assert [e["attempt"] for e in done.errors] == [1] * len(done.errors)
+        assert [e["deferred"] for e in done.errors] == [True] * (len(done.errors) - 1) + [False]
+        assert done.outage_since is not None
+        assert (done.finished_at - done.outage_since).total_seconds() >= 0.5
+        assert counters.failed == 1
+        message = done.error_message or ""
     else:
         assert len(done.errors) == case.attempts
         assert done.error_category == case.category
@@ -593,7 +620,8 @@ async def test_thousand_jobs_with_30_percent_transient_failures_all_complete_exa
     assert 200 < failures < 500
     assert sum(len(j.errors) for j in jobs) == failures
     assert all(j.attempt == len(j.errors) + 1 for j in jobs)
-    assert {e["category"] for j in jobs for e in j.errors} == {"provider_unavailable"}
+    # 500s while /v1/models answers: the requests failed, not the server.
+    assert {e["category"] for j in jobs for e in j.errors} == {"provider_error"}
     assert counters.completed == count
     assert counters.retried == failures
     assert counters.discarded == 0

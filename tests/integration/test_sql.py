@@ -1,6 +1,7 @@
 """`queries.sql` on a real PostgreSQL: the shared `retry_backoff` fragment, as run by
 `job_fail` and `job_rescue_expired`, computes what its Python mirror
-`jobs.backoff_seconds` computes."""
+`jobs.backoff_seconds` computes; `outage_backoff` (job_defer) what
+`jobs.outage_backoff_seconds` computes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from ai_service.jobs import Job, JobStatus, backoff_seconds
+from ai_service.jobs import (
+    OUTAGE_BACKOFF_CAP,
+    Job,
+    JobStatus,
+    backoff_seconds,
+    outage_backoff_seconds,
+)
 from ai_service.store import Store
 from tests.helpers import new_job
 
@@ -84,3 +91,31 @@ async def test_the_rescuer_backs_off_as_the_python_mirror_says(store: Store) -> 
         assert delay(rescued) == pytest.approx(
             backoff_seconds(attempt, BASE, CAP, jitter), abs=1e-5
         )
+
+
+async def test_job_defer_backs_off_as_the_python_mirror_says(store: Store) -> None:
+    # The wait grows with the time since the outage began: the base at first, then about
+    # that time, at most the cap (the lower of RETRY_BACKOFF_MAX and OUTAGE_BACKOFF_CAP).
+    cap = min(CAP, OUTAGE_BACKOFF_CAP)
+    [created] = await store.create_jobs([new_job()])
+    job = created.job
+    for outage_seconds, tolerance in ((None, 1e-5), (20.0, 0.5), (500.0, 1e-5)):
+        running = await claim(store, job)
+        if outage_seconds is not None:
+            await sql(
+                store,
+                "UPDATE jobs SET outage_since = now() - make_interval(secs => %s) WHERE id = %s",
+                [outage_seconds, job.id],
+            )
+        jitter = await next_random(store, 0.3)
+        assert running.lease_token is not None
+        deferred = await store.defer(
+            job.id,
+            category="provider_unavailable",
+            message="down",
+            lease_token=running.lease_token,
+            outage_max=3600,
+        )
+        assert deferred.status is JobStatus.PENDING
+        expected = outage_backoff_seconds(outage_seconds or 0.0, BASE, cap, jitter)
+        assert delay(deferred) == pytest.approx(expected, abs=tolerance)

@@ -151,6 +151,87 @@ async def test_retryable_failure_with_attempts_left_backs_off_to_pending(store: 
         assert parse_at(entry) == failed.updated_at
 
 
+async def defer(store: Store, running: Job, **overrides: Any) -> Job:
+    params: dict[str, Any] = {
+        "category": "provider_unavailable",
+        "message": "llm: cannot reach http://vllm:8000/v1",
+        "lease_token": token(running),
+        "outage_max": 3600.0,
+    }
+    return await store.defer(running.id, **(params | overrides))
+
+
+async def test_an_outage_defers_the_job_without_spending_the_attempt(store: Store) -> None:
+    job = await create(store, max_attempts=1)
+    running = await claim(store, job, worker="w9")
+    assert running.attempt == 1
+    deferred = await defer(store, running, details={"provider": "llm"})
+    assert deferred.status is JobStatus.PENDING
+    assert deferred.attempt == 0  # the next claim runs attempt 1 again
+    assert deferred.error_count == 1
+    assert deferred.outage_since == deferred.updated_at
+    assert deferred.finished_at is None
+    assert deferred.lease_expires_at is None
+    assert deferred.lease_token == token(running)  # until the next claim
+    assert (deferred.error_category, deferred.error_details) == (
+        "provider_unavailable",
+        {"provider": "llm"},
+    )
+    [entry] = deferred.errors
+    assert entry["deferred"] is True
+    assert (entry["attempt"], entry["worker"]) == (1, "w9")
+    # The outage backoff: RETRY_BACKOFF_BASE at first, jittered into its upper half.
+    wait = (deferred.run_after - deferred.updated_at).total_seconds()
+    assert 0.5 * BACKOFF_BASE <= wait <= BACKOFF_BASE
+    # With max_attempts 1, a failure would have ended the job; the outage did not.
+    again = await claim(store, deferred)
+    assert again.attempt == 1
+    second = await defer(store, again, category="rate_limited", message="slow down", delay=0)
+    assert second.outage_since == deferred.outage_since  # measured from the first outage
+    assert second.run_after == second.updated_at  # `delay` replaces the backoff
+    assert [e["category"] for e in second.errors] == ["provider_unavailable", "rate_limited"]
+    completed = await store.complete(
+        second.id, {"ok": True}, lease_token=token(await claim(store, second))
+    )
+    assert completed.outage_since is None  # progress: a later outage starts a new budget
+    assert completed.attempt == 1
+
+
+async def test_past_the_outage_budget_the_job_fails_with_the_category(store: Store) -> None:
+    job = await create(store, max_attempts=5)
+    running = await claim(store, job)
+    await defer(store, running)
+    await sql(
+        store, "UPDATE jobs SET outage_since = now() - interval '2 hours' WHERE id = %s", [job.id]
+    )
+    running = await claim(store, job)
+    failed = await defer(store, running, category="rate_limited", message="429", outage_max=3600)
+    assert failed.status is JobStatus.FAILED
+    assert failed.attempt == 1  # the attempt that met the outage stays counted
+    assert failed.error_category == "rate_limited"
+    assert failed.finished_at == failed.updated_at
+    assert [e["deferred"] for e in failed.errors] == [True, False]
+    # A manual retry grants a fresh budget.
+    retried = await store.retry(job.id)
+    assert retried.outage_since is None
+    assert retried.status is JobStatus.PENDING
+
+
+async def test_defer_is_fenced_by_the_lease_and_recognises_its_repeat(store: Store) -> None:
+    job = await create(store)
+    running = await claim(store, job)
+    with pytest.raises(errors.LeaseLost):
+        await defer(store, running, lease_token=uuid.uuid4())
+    assert (await store.get_job(job.id)).status is JobStatus.RUNNING
+    deferred = await defer(store, running, delay=30)
+    repeat = await defer(store, running, delay=30)  # a lost reply, sent again
+    assert repeat == deferred
+    assert len(repeat.errors) == 1
+    # A pending job is not running any more: a stale worker cannot defer it again.
+    with pytest.raises(errors.LeaseLost):
+        await defer(store, running, message="another message")
+
+
 async def test_retryable_failure_is_not_claimable_before_its_backoff(store: Store) -> None:
     job = await create(store)
     running = await claim(store, job)

@@ -133,6 +133,7 @@ class OpenAIStub(StubServer):
         """Clear counters, recorded requests and injected failures."""
         with self._lock:
             self.requests_received = 0
+            self.model_requests = 0  # GET /v1/models: the status probes and breakers
             self.successes = 0
             self.deliveries: Counter[str] = Counter()
             self.in_flight = 0
@@ -147,6 +148,8 @@ class OpenAIStub(StubServer):
         slots = asyncio.Semaphore(self.max_concurrency) if self.max_concurrency else None
 
         async def models(request: Request) -> Response:
+            with self._lock:
+                self.model_requests += 1
             ids = self.models or ["stub-model"]
             data = [
                 {

@@ -377,3 +377,38 @@ def test_bad_profile_limits_are_refused_naming_the_variable(value: str, message:
         load_settings({"MODEL_PROFILE_LIMITS": value})
     assert "MODEL_PROFILE_LIMITS" in str(info.value)
     assert message in str(info.value)
+
+
+def test_outage_and_breaker_settings_parse_as_durations_and_counts() -> None:
+    defaults = load_settings({})
+    assert defaults.provider_outage_max == 6 * 3600.0
+    assert (defaults.breaker_failures, defaults.breaker_probe_interval) == (5, 0.5)
+    assert defaults.breaker_probe_max == 2.0
+    settings = load_settings(
+        {
+            "PROVIDER_OUTAGE_MAX": "1h30m",
+            "BREAKER_FAILURES": "0",
+            "BREAKER_PROBE_INTERVAL": "250ms",
+            "BREAKER_PROBE_MAX": "30s",
+        }
+    )
+    assert settings.provider_outage_max == 5400.0
+    assert settings.breaker_failures == 0
+    assert (settings.breaker_probe_interval, settings.breaker_probe_max) == (0.25, 30.0)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"PROVIDER_OUTAGE_MAX": "-1s"}, "PROVIDER_OUTAGE_MAX"),
+        ({"BREAKER_FAILURES": "-1"}, "BREAKER_FAILURES"),
+        ({"BREAKER_PROBE_INTERVAL": "10ms"}, "BREAKER_PROBE_INTERVAL"),
+        ({"BREAKER_PROBE_INTERVAL": "5s", "BREAKER_PROBE_MAX": "1s"}, "BREAKER_PROBE_MAX"),
+    ],
+)
+def test_bad_outage_and_breaker_settings_name_the_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env)
+    assert variable in str(info.value)

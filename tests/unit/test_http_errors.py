@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -157,12 +159,31 @@ def test_retry_after_is_kept_for_rate_limits() -> None:
     assert failure.message.endswith(": slow down")
 
 
-def test_retry_after_as_a_date_is_ignored() -> None:
+def test_retry_after_as_an_http_date_becomes_the_seconds_until_then() -> None:
+    future = datetime.now(UTC) + timedelta(seconds=120)
+    headers = {"Retry-After": email.utils.format_datetime(future, usegmt=True)}
+
+    failure = failure_from_response("qwen2-audio", response(429, headers=headers))
+
+    assert 100 < failure.details["retry_after"] <= 120
+
+
+def test_retry_after_as_a_date_in_the_past_means_now() -> None:
     headers = {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}
 
     failure = failure_from_response("qwen2-audio", response(429, headers=headers))
 
-    assert "retry_after" not in failure.details
+    assert failure.details["retry_after"] == 0.0
+
+
+def test_retry_after_is_kept_for_503_and_unreadable_values_are_dropped() -> None:
+    kept = failure_from_response("whisperx", response(503, headers={"Retry-After": "30"}))
+    dropped = failure_from_response("whisperx", response(429, headers={"Retry-After": "soon"}))
+    ignored = failure_from_response("whisperx", response(500, headers={"Retry-After": "30"}))
+
+    assert kept.details["retry_after"] == 30.0
+    assert "retry_after" not in dropped.details
+    assert "retry_after" not in ignored.details
 
 
 @pytest.mark.parametrize(

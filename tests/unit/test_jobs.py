@@ -231,6 +231,7 @@ def _row(**overrides: Any) -> dict[str, Any]:
         "updated_at": NOW,
         "started_at": None,
         "finished_at": None,
+        "outage_since": None,
     }
     row.update(overrides)
     return row

@@ -216,6 +216,11 @@ class JobOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    outage_since: datetime | None = Field(
+        default=None,
+        description="When the job first met a provider outage since it last completed "
+        "(outages cost no attempt until PROVIDER_OUTAGE_MAX after it); null otherwise.",
+    )
 
     @classmethod
     def of(cls, job: Job) -> Self:
@@ -279,6 +284,11 @@ class JobSummaryOut(BaseModel):
     updated_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    outage_since: datetime | None = Field(
+        default=None,
+        description="When the job first met a provider outage since it last completed "
+        "(outages cost no attempt until PROVIDER_OUTAGE_MAX after it); null otherwise.",
+    )
 
     @classmethod
     def of(cls, job: Job, include: frozenset[str]) -> Self:

@@ -9,7 +9,7 @@ chat handler), so the same answer is always retried (or not) the same way:
     401, 403                              provider_auth         no
     404                                   provider_error        no
     408, read/write/pool timeout          timeout               yes
-    429                                   rate_limited          yes
+    429 (Retry-After kept in details)     rate_limited          yes
     5xx, connection refused/reset,        provider_unavailable  yes
     connect timeout, protocol error
     2xx with a body we cannot read        provider_error        no
@@ -28,8 +28,11 @@ URLs are shown through `redact_url`, and known secrets are masked.
 
 from __future__ import annotations
 
+import email.utils
 import json
+import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -112,15 +115,21 @@ def _shorten(text: str, secrets: Sequence[str | None], limit: int = _MAX_SERVER_
     return text
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
+def retry_after(value: str | None) -> float | None:
+    """Seconds a `Retry-After` header value asks for (seconds or an HTTP date), or None."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None  # an HTTP date: rare for these servers, not worth parsing
-    return seconds if seconds >= 0 else None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # an HTTP date is GMT; a zone-less one is read as such
+            when = when.replace(tzinfo=UTC)
+        seconds = max(0.0, (when - datetime.now(UTC)).total_seconds())
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def failure_from_response(
@@ -131,9 +140,9 @@ def failure_from_response(
 ) -> JobFailure:
     """A `JobFailure` for a non-2xx answer of `provider`.
 
-    `details` carries `provider`, `status_code` and, for 429 with a numeric
-    `Retry-After`, `retry_after` (seconds). `secrets` (API keys, URL
-    passwords) are masked in the message in case a server echoes them.
+    `details` carries `provider`, `status_code` and, for 429 and 503 with a
+    `Retry-After` (seconds or an HTTP date), `retry_after` (seconds). `secrets`
+    (API keys, URL passwords) are masked in the message in case a server echoes them.
     """
     status = response.status_code
     category = category_for_status(status)
@@ -145,9 +154,9 @@ def failure_from_response(
     if said:
         message += f": {said}"
     details: dict[str, Any] = {"provider": provider, "status_code": status}
-    retry_after = _retry_after(response) if status == 429 else None
-    if retry_after is not None:
-        details["retry_after"] = retry_after
+    wait = retry_after(response.headers.get("retry-after")) if status in (429, 503) else None
+    if wait is not None:
+        details["retry_after"] = wait
     return JobFailure(category, redact_text(message, list(secrets)), details=details)
 
 

@@ -10,7 +10,10 @@ alignment failed; `speaker` appears only with diarization.
 
 Several instances can serve the same jobs: the caller picks the first one
 (`start`, a round-robin cursor) and an instance that cannot be reached or
-answers 5xx hands the request to the next one before the call fails.
+answers 5xx hands the request to the next one before the call fails. Each
+instance may have a circuit breaker (`gates`, `providers.gate`): an instance
+whose circuit is open is skipped; a 500 while its probe answers is the
+request's fault (undecodable audio), not the instance's, and is not handed on.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory
 from ai_service.providers import http_errors
 from ai_service.providers.audio import AudioClip, Transcript
+from ai_service.providers.gate import OPEN_GATE, Gate, settle
 from ai_service.redact import redact_url
 from ai_service.urls import request_target, url_path
 
@@ -50,11 +54,13 @@ class WhisperXClient:
         *,
         timeout: float,
         secrets: Sequence[str | None] = (),
+        gates: Sequence[Gate] | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one WhisperX URL is required")
         self._http = http
         self._urls = tuple(urls)
+        self._gates = tuple(gates) if gates is not None else (OPEN_GATE,) * len(self._urls)
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._secrets = tuple(secrets)
 
@@ -78,7 +84,8 @@ class WhisperXClient:
 
         Raises `JobFailure`: the failure of the last instance tried when every
         instance was unavailable, or the first failure that is not about
-        availability (4xx, timeout, malformed body) without trying further.
+        availability (4xx, timeout, malformed body) without trying further; the
+        refusal of an open circuit when no instance could be tried at all.
         """
         params: dict[str, str] = {"output": "json", "task": "transcribe", "encode": "true"}
         if language:
@@ -96,29 +103,44 @@ class WhisperXClient:
         files = {"audio_file": (f"audio.{extension}", clip.source, mime)}
 
         failure: JobFailure | None = None
+        refused: JobFailure | None = None
         count = len(self._urls)
         for step in range(count):
-            url = self._urls[(start + step) % count]
-            # `user:password@` of WHISPERX_URL (a basic-auth proxy) goes in a header.
-            endpoint, headers = request_target(url, _asr_path(url))
-            # Merged by hand: httpx's `params=` would replace the URL's own query
-            # (a gateway's `?api_key=`) instead of adding to it.
-            target = httpx.URL(endpoint).copy_merge_params(params)
+            index = (start + step) % count
+            url, gate = self._urls[index], self._gates[index]
+            if not gate.acquire():
+                refused = refused or gate.refusal(f"{PROVIDER} instance {index + 1}")
+                continue
             try:
-                response = await self._http.post(
-                    target, files=files, headers=headers, timeout=self._timeout
-                )
-            except httpx.HTTPError as exc:
-                failure = http_errors.failure_from_exception(PROVIDER, exc, secrets=self._secrets)
-            else:
-                if response.is_success:
-                    return _parse(response, instance=redact_url(url), secrets=self._secrets)
-                failure = http_errors.failure_from_response(
-                    PROVIDER, response, secrets=self._secrets
-                )
+                # `user:password@` of WHISPERX_URL (a basic-auth proxy) goes in a header.
+                endpoint, headers = request_target(url, _asr_path(url))
+                # Merged by hand: httpx's `params=` would replace the URL's own query
+                # (a gateway's `?api_key=`) instead of adding to it.
+                target = httpx.URL(endpoint).copy_merge_params(params)
+                try:
+                    response = await self._http.post(
+                        target, files=files, headers=headers, timeout=self._timeout
+                    )
+                except httpx.HTTPError as exc:
+                    failure = http_errors.failure_from_exception(
+                        PROVIDER, exc, secrets=self._secrets
+                    )
+                else:
+                    if response.is_success:
+                        await settle(gate, None)
+                        return _parse(response, instance=redact_url(url), secrets=self._secrets)
+                    failure = http_errors.failure_from_response(
+                        PROVIDER, response, secrets=self._secrets
+                    )
+                failure = await settle(gate, failure)
+            finally:
+                gate.release()
+            assert failure is not None
             if failure.category != ErrorCategory.PROVIDER_UNAVAILABLE:
                 break
-        assert failure is not None  # the loop ran at least once
+        if failure is None:
+            assert refused is not None  # every instance's circuit is open
+            raise refused
         raise failure
 
 

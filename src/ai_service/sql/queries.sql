@@ -37,6 +37,16 @@ AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s:
 least(%(backoff_max)s::float8, %(backoff_base)s::float8 * power(2, greatest(attempt - 1, 0)))
     * (0.5 + random() * 0.5)
 
+-- fragment: outage_backoff
+-- Seconds before a job deferred by a provider outage (job_defer) may run again: the
+-- time since its outage began (so the waits roughly double, as with attempts), at least
+-- `backoff_base`, at most `outage_backoff_max`, jittered into the upper half like
+-- retry_backoff. jobs.outage_backoff_seconds is its Python mirror.
+least(%(outage_backoff_max)s::float8,
+      greatest(%(backoff_base)s::float8,
+               extract(epoch FROM now() - coalesce(outage_since, now()))::float8))
+    * (0.5 + random() * 0.5)
+
 -- name: job_create_many
 -- Insert jobs given as one JSON array of objects (one parameter, parsed by PostgreSQL:
 -- far cheaper than ten typed arrays); idempotency conflicts insert nothing.
@@ -104,7 +114,7 @@ SELECT id, owner_service, owner_ref, task_type, model_profile, status, priority,
        CASE WHEN %(with_errors)s THEN errors END AS errors,
        error_count, attempt, max_attempts, run_after, worker_id, lease_token,
        lease_expires_at, lease_seconds, timeout_seconds, idempotency_key, created_at,
-       updated_at, started_at, finished_at
+       updated_at, started_at, finished_at, outage_since
   FROM jobs
  WHERE id = ANY(ARRAY(SELECT id FROM page))
  ORDER BY id DESC;
@@ -331,7 +341,7 @@ SELECT claimed.*, s.seen, s.truncated, f.fair_owner, f.fair_used
                EXISTS (SELECT 1 FROM offered WHERE r = quota)
                OR EXISTS (SELECT 1 FROM owners WHERE listed >= %(owners)s) AS truncated) AS s
   LEFT JOIN LATERAL (
-        SELECT c.o AS fair_owner, (c.r - 1 + c.used) %% c.w + 1 AS fair_used
+        SELECT c.o AS fair_owner, mod(c.r - 1 + c.used, c.w) + 1 AS fair_used
           FROM candidates c
          WHERE c.id IN (SELECT id FROM claimed)
          ORDER BY c.pr, c.round DESC, c.pos DESC, c.r DESC
@@ -344,6 +354,7 @@ SELECT claimed.*, s.seen, s.truncated, f.fair_owner, f.fair_used
 UPDATE jobs
    SET status = 'completed',
        result = %(result)s,
+       outage_since = NULL,
        error_category = NULL,
        error_message = NULL,
        error_details = NULL,
@@ -376,6 +387,7 @@ WITH batch AS (
     UPDATE jobs j
        SET status = 'completed',
            result = locked.result,
+           outage_since = NULL,
            error_category = NULL,
            error_message = NULL,
            error_details = NULL,
@@ -422,6 +434,45 @@ UPDATE jobs
  WHERE id = %(id)s
    AND ((status = 'running' AND lease_token = %(lease_token)s::uuid)
         OR (status = 'pending' AND %(lease_token)s::uuid IS NULL))
+RETURNING *;
+
+-- name: job_defer
+-- A provider outage (provider_unavailable, rate_limited) ended a running attempt: back to
+-- pending WITHOUT spending the attempt (`attempt` goes back down, so the next claim runs
+-- the same number again), after `delay` seconds (a Retry-After, or 0 for a job the worker
+-- did not even send) or the outage backoff. The history gets an entry marked `deferred`;
+-- `error_count` counts it like any failure. `outage_since` keeps when the outage began
+-- for this job (cleared by a completion or a manual retry); once it is more than
+-- `outage_max` seconds old, the job fails with the category instead (`deferred` false).
+-- Fenced by the lease token like job_fail; the token stays, so a repeat is recognised.
+UPDATE jobs
+   SET status = CASE WHEN coalesce(outage_since, now()) > now() - make_interval(secs => %(outage_max)s)
+                     THEN 'pending' ELSE 'failed' END,
+       attempt = CASE WHEN coalesce(outage_since, now()) > now() - make_interval(secs => %(outage_max)s)
+                      THEN greatest(attempt - 1, 0) ELSE attempt END,
+       run_after = CASE WHEN coalesce(outage_since, now()) > now() - make_interval(secs => %(outage_max)s)
+                        THEN now() + make_interval(secs => coalesce(%(delay)s::float8, /*outage_backoff*/))
+                        ELSE run_after END,
+       finished_at = CASE WHEN coalesce(outage_since, now()) > now() - make_interval(secs => %(outage_max)s)
+                          THEN NULL ELSE now() END,
+       outage_since = coalesce(outage_since, now()),
+       error_category = %(category)s,
+       error_message = %(message)s,
+       error_details = %(details)s,
+       errors = (SELECT coalesce(jsonb_agg(h.e ORDER BY h.n), '[]'::jsonb)
+                   FROM jsonb_array_elements(errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', attempt, 'category', %(category)s::text,
+                            'message', %(message)s::text, 'worker', worker_id, 'at', now(),
+                            'deferred', coalesce(outage_since, now())
+                                        > now() - make_interval(secs => %(outage_max)s))))
+                        WITH ORDINALITY AS h(e, n)
+                  WHERE h.n > jsonb_array_length(errors) + 1 - %(errors_kept)s),
+       error_count = error_count + 1,
+       lease_expires_at = NULL,
+       updated_at = now()
+ WHERE id = %(id)s
+   AND status = 'running'
+   AND lease_token = %(lease_token)s::uuid
 RETURNING *;
 
 -- name: job_heartbeat
@@ -498,6 +549,7 @@ UPDATE jobs
    SET status = 'pending',
        max_attempts = greatest(max_attempts, attempt + 1),
        run_after = now(),
+       outage_since = NULL,
        lease_token = NULL,
        lease_expires_at = NULL,
        finished_at = NULL,
@@ -543,6 +595,7 @@ WITH candidates AS MATERIALIZED (
        SET status = 'pending',
            max_attempts = greatest(j.max_attempts, j.attempt + 1),
            run_after = now(),
+           outage_since = NULL,
            lease_token = NULL,
            lease_expires_at = NULL,
            finished_at = NULL,

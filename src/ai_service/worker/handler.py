@@ -10,12 +10,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from ai_service.config import Settings
 from ai_service.jobs import Job
+from ai_service.providers.gate import OPEN_GATE, Gate
+
+if TYPE_CHECKING:
+    from ai_service.worker.breaker import Breakers
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,12 @@ class HandlerContext:
     settings: Settings
     http: httpx.AsyncClient
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ai_service.worker"))
+    # The runner's circuit breakers; None (handlers called directly): no gating.
+    breakers: Breakers | None = None
+
+    def gate(self, endpoint: str) -> Gate:
+        """The circuit breaker of `endpoint` (`llm`, `whisperx#1`, ...), or an open gate."""
+        return self.breakers.gate(endpoint) if self.breakers is not None else OPEN_GATE
 
 
 HandleFn = Callable[[Job, HandlerContext], Awaitable[dict[str, Any]]]
@@ -51,3 +61,6 @@ class HandlerSpec:
     # Deadline of one attempt in seconds, unless the job sets `timeout_seconds`;
     # None: no deadline beyond the providers' own timeouts.
     timeout: float | None = None
+    # The provider endpoints (breaker names) its jobs need one of: while the circuit
+    # of every one is open, the runner claims none of its jobs.
+    endpoints: tuple[str, ...] = ()

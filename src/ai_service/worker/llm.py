@@ -23,6 +23,7 @@ from ai_service.config import Settings
 from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory, Job
 from ai_service.providers import http_errors
+from ai_service.providers.gate import settle
 from ai_service.redact import redact_text, redact_url, settings_secrets
 from ai_service.urls import join_url, url_path
 from ai_service.worker.handler import HandlerContext, HandlerSpec
@@ -134,34 +135,55 @@ class LLMHandler:
 
     async def handle(self, job: Job, ctx: HandlerContext) -> dict[str, Any]:
         request = chat_request(job.input)
+        gate = ctx.gate(PROVIDER)
+        if not gate.acquire():
+            raise gate.refusal(PROVIDER)  # the circuit is open: not sent, no attempt spent
         started = time.perf_counter()
+        failure: JobFailure | None = None
         try:
-            # `post` with a plain body and `cast_to=object`: the same SDK request path
-            # (auth, timeouts, typed errors) without re-validating our already-checked
-            # arguments or building response models, about 1 ms of CPU per job.
-            completion = await self.client.post(
-                "/chat/completions", body={"model": self.model, **request}, cast_to=object
-            )
-        except openai.APIStatusError as exc:
-            raise self._status_failure(exc) from None
-        except openai.APITimeoutError:
-            raise JobFailure(
-                ErrorCategory.TIMEOUT, f"llm: no answer within {ctx.settings.llm_timeout:g}s"
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise JobFailure(
-                ErrorCategory.PROVIDER_UNAVAILABLE,
-                f"llm: cannot reach {redact_url(self.base_url)}: "
-                f"{redact_text(str(exc.__cause__ or exc), self._secrets)[:200]}",
-            ) from None
-        except (openai.APIError, ValueError) as exc:  # e.g. a 2xx body that is not JSON
-            raise JobFailure(
-                ErrorCategory.PROVIDER_ERROR,
-                f"llm: malformed response: {redact_text(str(exc), self._secrets)[:200]}",
-                retryable=False,
-            ) from None
+            try:
+                # `post` with a plain body and `cast_to=object`: the same SDK request path
+                # (auth, timeouts, typed errors) without re-validating our already-checked
+                # arguments or building response models, about 1 ms of CPU per job.
+                completion = await self.client.post(
+                    "/chat/completions", body={"model": self.model, **request}, cast_to=object
+                )
+            except openai.APIStatusError as exc:
+                failure = self._status_failure(exc)
+            except openai.APITimeoutError as exc:
+                # A connect timeout is a server that is not there (a restart, a dead
+                # host); a read timeout is a slow answer.
+                # (The SDK bundles its own copy of httpx: matched by name.)
+                if type(exc.__cause__).__name__ == "ConnectTimeout":
+                    failure = self._unreachable(exc)
+                else:
+                    failure = JobFailure(
+                        ErrorCategory.TIMEOUT,
+                        f"llm: no answer within {ctx.settings.llm_timeout:g}s",
+                    )
+            except openai.APIConnectionError as exc:  # refused, reset, DNS
+                failure = self._unreachable(exc)
+            except (openai.APIError, ValueError) as exc:  # e.g. a 2xx body that is not JSON
+                failure = JobFailure(
+                    ErrorCategory.PROVIDER_ERROR,
+                    f"llm: malformed response: {redact_text(str(exc), self._secrets)[:200]}",
+                    retryable=False,
+                )
+            failure = await settle(gate, failure)
+        finally:
+            gate.release()
+        if failure is not None:
+            raise failure
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         return self._result(completion, duration_ms)
+
+    def _unreachable(self, exc: openai.APIConnectionError) -> JobFailure:
+        return JobFailure(
+            ErrorCategory.PROVIDER_UNAVAILABLE,
+            f"llm: cannot reach {redact_url(self.base_url)}: "
+            f"{redact_text(str(exc.__cause__ or exc), self._secrets)[:200]}",
+            details={"provider": PROVIDER},
+        )
 
     def _status_failure(self, exc: openai.APIStatusError) -> JobFailure:
         status = exc.status_code
@@ -175,7 +197,11 @@ class LLMHandler:
         # unmasked); the first cut is far enough out never to show.
         said = redact_text(said[:1200], self._secrets)[:300]
         message = f"llm: HTTP {status}" + (f": {said}" if said else "")
-        return JobFailure(category, message, details={"provider": PROVIDER, "status_code": status})
+        details: dict[str, Any] = {"provider": PROVIDER, "status_code": status}
+        retry_after = http_errors.retry_after(exc.response.headers.get("retry-after"))
+        if retry_after is not None and status in (429, 503):
+            details["retry_after"] = retry_after
+        return JobFailure(category, message, details=details)
 
     def _result(self, completion: Any, duration_ms: float) -> dict[str, Any]:
         try:
@@ -245,6 +271,7 @@ def spec(settings: Settings) -> HandlerSpec:
         handle=handler.handle,
         close=handler.client.close,
         providers={"llm": redact_url(settings.llm_base_url), "model": settings.llm_model},
+        endpoints=(PROVIDER,),
         # One provider call of at most LLM_TIMEOUT, and a margin for the rest.
         timeout=settings.llm_timeout + 60,
     )

@@ -12,12 +12,18 @@
   (cancelled, retried, rescued) has its work stopped and its result discarded.
 - `shutdown()` stops claiming, lets in-flight jobs finish within the grace
   period, then returns the rest to pending without counting the attempt.
+- A provider outage (`provider_unavailable`, `rate_limited`) costs the job no
+  attempt: it is deferred (`Store.defer`) within `PROVIDER_OUTAGE_MAX`. Each
+  provider endpoint has a circuit breaker (`breaker.py`): no job of a handler
+  whose endpoints are all open is claimed, and a change of state wakes the claim
+  loop at once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,11 +31,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ai_service import errors
-from ai_service.jobs import ErrorCategory, Job, is_retryable
+from ai_service.jobs import OUTAGE_CATEGORIES, ErrorCategory, Job, is_retryable
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.redact import settings_redactor
 from ai_service.store import ClaimRequest, Completion, Store
+from ai_service.worker.breaker import Breaker, Breakers, BreakerState
 from ai_service.worker.completer import Completer, Refused
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.leases import InFlight, Leases
@@ -48,6 +55,7 @@ class Counters:
     failed: int = 0
     retried: int = 0
     discarded: int = 0
+    deferred: int = 0  # attempts ended by a provider outage: not counted as attempts
     failed_by_category: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -71,7 +79,10 @@ class Runner:
     ) -> None:
         settings = ctx.settings
         self.store = store
-        self.ctx = ctx
+        self.breakers = ctx.breakers or Breakers.from_settings(settings, ctx.http)
+        self.breakers.on_change = self._breaker_changed
+        self.ctx = dataclasses.replace(ctx, breakers=self.breakers)
+        self.outage_max = settings.provider_outage_max
         self.specs = specs
         self.enabled = [s for s in specs if s.enabled]
         self.notifier = notifier
@@ -98,7 +109,10 @@ class Runner:
         self.claim_batch = min(self.claim_limit, max(1, (self.concurrency + 1) // 2))
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._probing: asyncio.Task[None] | None = None
         self._redactor = settings_redactor(settings)
+        for breaker in self.breakers.breakers.values():
+            self.metrics.set_provider_up(breaker.key, breaker.state is not BreakerState.OPEN)
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -112,6 +126,7 @@ class Runner:
             asyncio.create_task(self._claim_loop(), name="claim-loop"),
             asyncio.create_task(self.leases.run(), name="heartbeat-loop"),
         ]
+        self._probing = asyncio.create_task(self.breakers.run(), name="breaker-probes")
 
     async def shutdown(self) -> None:
         """Stop claiming, wait for in-flight jobs, release the rest to pending."""
@@ -146,10 +161,11 @@ class Runner:
                 log.info("returned %d unfinished jobs to pending", len(released))
             except errors.DatabaseUnavailable:
                 log.warning("could not release %d jobs; the rescuer will", len(leases))
-        if heartbeat_loop is not None:
-            heartbeat_loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat_loop
+        for loop in (heartbeat_loop, self._probing):
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         for spec in self.specs:
             if spec.close is not None:
                 await spec.close()
@@ -171,6 +187,8 @@ class Runner:
                 free = self.concurrency - self._handling()
                 if free <= 0 or self.stopping:
                     break
+                if not self.breakers.admits(spec.endpoints):
+                    continue  # every provider of the handler is down: its jobs wait
                 limit = min(free, self.claim_batch)
                 self._reserved += limit
                 try:
@@ -234,6 +252,8 @@ class Runner:
         if not mine or limit <= 0:
             return None
         spec = mine[0].spec
+        if not self.breakers.admits(spec.endpoints):
+            return None
         # The transaction records the batch's outcomes before it claims: up to
         # `limit` of the batch's slots pass to the claimed jobs. Until it commits,
         # the pair holds the larger of the two counts, never their sum, and no more
@@ -359,16 +379,34 @@ class Runner:
         message = _storable(self._redactor.text(failure.message))
         # Details quote provider messages too (transcription attempts).
         details = self._redactor.data(failure.details) if failure.details else None
+        outage = (
+            failure.category in OUTAGE_CATEGORIES
+            and retryable
+            and self.outage_max > 0
+            and job.lease_token is not None
+        )
         while True:
             try:
-                updated = await self.store.fail(
-                    job.id,
-                    category=failure.category,
-                    message=message,
-                    details=details,
-                    lease_token=job.lease_token,
-                    retryable=retryable,
-                )
+                if outage:
+                    assert job.lease_token is not None
+                    updated = await self.store.defer(
+                        job.id,
+                        category=failure.category,
+                        message=message,
+                        details=details,
+                        lease_token=job.lease_token,
+                        outage_max=self.outage_max,
+                        delay=self._outage_delay(failure),
+                    )
+                else:
+                    updated = await self.store.fail(
+                        job.id,
+                        category=failure.category,
+                        message=message,
+                        details=details,
+                        lease_token=job.lease_token,
+                        retryable=retryable,
+                    )
                 break
             except (errors.LeaseLost, errors.InvalidTransition, errors.JobNotFound):
                 self._discard(job, "it was cancelled, retried or rescued meanwhile")
@@ -383,6 +421,16 @@ class Runner:
                 else:  # not even the bare failure can be written: the lease will expire
                     log.error("could not record the failure of job %s: %s", job.id, exc)
                     return
+        if outage and updated.status == "pending":
+            self.counters.deferred += 1
+            log.info(
+                "job %s attempt %d deferred, not counted (%s): %s",
+                job.id,
+                job.attempt,
+                failure.category,
+                failure.message,
+            )
+            return
         by_category = self.counters.failed_by_category
         by_category[failure.category] = by_category.get(failure.category, 0) + 1
         if updated.status == "pending":
@@ -406,6 +454,18 @@ class Runner:
             failure.message,
         )
 
+    def _outage_delay(self, failure: errors.JobFailure) -> float | None:
+        """The wait a provider asked for (Retry-After, an open circuit), at most the
+        outage budget; None: the outage backoff."""
+        wait = (failure.details or {}).get("retry_after")
+        if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
+            return min(float(wait), self.outage_max)
+        return None
+
+    def _breaker_changed(self, breaker: Breaker) -> None:
+        self.metrics.set_provider_up(breaker.key, breaker.state is not BreakerState.OPEN)
+        self._wake.set()  # claim again at once (or stop claiming that handler's jobs)
+
     def _discard(self, job: Job, why: str) -> None:
         self.counters.discarded += 1
         log.info("discarded the work on job %s: %s", job.id, why)
@@ -413,7 +473,8 @@ class Runner:
     @property
     def healthy(self) -> bool:
         """False when a background loop died (readiness reports it)."""
-        return all(not task.done() for task in self._tasks) or self.stopping
+        loops = [*self._tasks, *([self._probing] if self._probing else [])]
+        return all(not task.done() for task in loops) or self.stopping
 
     async def heartbeat(self) -> None:
         """Extend every held lease now (tests call it instead of waiting a beat)."""
@@ -458,9 +519,11 @@ class Runner:
                 "failed": self.counters.failed,
                 "retried": self.counters.retried,
                 "discarded": self.counters.discarded,
+                "deferred": self.counters.deferred,
                 "failed_by_category": dict(self.counters.failed_by_category),
             },
             "last_claim_at": self.last_claim_at.isoformat() if self.last_claim_at else None,
+            "breakers": self.breakers.status(),
         }
 
 

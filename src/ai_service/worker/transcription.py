@@ -42,8 +42,10 @@ from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory, Job
 from ai_service.providers.audio import AudioClip, AudioDecodeError, Transcript
 from ai_service.providers.audio_llm import AudioChatClient
+from ai_service.providers.gate import settle
 from ai_service.providers.whisperx import WhisperXClient
 from ai_service.redact import redact_text, redact_url, settings_secrets, url_secrets
+from ai_service.worker.breaker import whisperx_keys
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.registry import TRANSCRIPTION_TASK_TYPES
 
@@ -195,6 +197,17 @@ async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
             details={"attempts": skipped},
         )
 
+    if ctx.breakers is not None:
+        wanted = [
+            key
+            for p in request.providers
+            if missing_configuration(p, settings) is None
+            for key in provider_endpoints(p, settings)
+        ]
+        if not ctx.breakers.admits(wanted):
+            # Every provider it could use is down: not even the audio is fetched.
+            raise ctx.gate(wanted[0]).refusal("transcription")
+
     data = await _load_audio(request, ctx)
     try:
         clip = await asyncio.to_thread(AudioClip.from_bytes, data)
@@ -236,6 +249,13 @@ async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
     }
 
 
+def provider_endpoints(provider: str, settings: Settings) -> list[str]:
+    """The endpoints (breaker names) of a configured provider: one per WhisperX instance."""
+    if provider == "whisperx":
+        return whisperx_keys(len(settings.whisperx_url))
+    return [provider]
+
+
 def spec(settings: Settings) -> HandlerSpec:
     """The transcription handler; disabled when no listed provider is configured."""
     missing = [missing_configuration(p, settings) for p in settings.transcription_providers]
@@ -257,6 +277,12 @@ def spec(settings: Settings) -> HandlerSpec:
         timeout=settings.audio_download_timeout
         + settings.transcription_timeout * len(settings.transcription_providers)
         + 60,
+        endpoints=tuple(
+            key
+            for p, m in zip(settings.transcription_providers, missing, strict=True)
+            if m is None
+            for key in provider_endpoints(p, settings)
+        ),
         providers={
             "whisperx": [redact_url(url) for url in settings.whisperx_url] or None,
             "qwen2-audio": _redacted(settings.qwen_audio_base_url),
@@ -450,7 +476,11 @@ async def _run(
         urls = settings.whisperx_url
         cursor = _whisperx_cursors.setdefault(urls, itertools.count())
         whisperx = WhisperXClient(
-            ctx.http, urls, timeout=settings.transcription_timeout, secrets=secrets
+            ctx.http,
+            urls,
+            timeout=settings.transcription_timeout,
+            secrets=secrets,
+            gates=[ctx.gate(key) for key in whisperx_keys(len(urls))],
         )
         return await whisperx.transcribe(
             clip,
@@ -477,7 +507,20 @@ async def _run(
         max_chunk_seconds=AUDIO_LLM_CHUNK_SECONDS[provider],
         secrets=secrets,
     )
-    return await client.transcribe(clip, language=request.language, prompt=request.prompt)
+    gate = ctx.gate(provider)
+    if not gate.acquire():
+        raise gate.refusal(provider)
+    try:
+        try:
+            transcript = await client.transcribe(
+                clip, language=request.language, prompt=request.prompt
+            )
+        except JobFailure as failure:
+            raise (await settle(gate, failure) or failure) from None
+        await settle(gate, None)
+        return transcript
+    finally:
+        gate.release()
 
 
 def _skipped(provider: str, settings: Settings, reason: str | None) -> dict[str, Any]:
