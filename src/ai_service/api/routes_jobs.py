@@ -23,7 +23,7 @@ from ai_service.api.deps import (
     known_query,
 )
 from ai_service.api.errors import responses
-from ai_service.jobs import PAYLOAD_COLUMNS, JobFilter, NewJob, is_retryable
+from ai_service.jobs import OUTAGE_CATEGORIES, PAYLOAD_COLUMNS, JobFilter, NewJob, is_retryable
 from ai_service.store import BulkOutcome, Completion, Store
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -313,19 +313,41 @@ async def complete_job(
     "/jobs/{job_id}/fail",
     response_model=schemas.JobOut,
     responses=responses(404, 409, body=True),
-    summary="Record a failed attempt (retried with backoff when retryable and attempts remain)",
+    summary="Record a failed attempt (retried with backoff when retryable and attempts remain;"
+    " a provider outage spends no attempt)",
 )
 async def fail_job(
-    job_id: UUID, body: schemas.FailRequest, store: StoreDep, metrics: MetricsDep
+    job_id: UUID,
+    body: schemas.FailRequest,
+    store: StoreDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
 ) -> schemas.JobOut:
-    job = await store.fail(
-        job_id,
-        category=body.category,
-        message=body.message,
-        details=body.details,
-        lease_token=body.lease_token,
-        retryable=is_retryable(body.category, body.retryable),
-    )
+    retryable = is_retryable(body.category, body.retryable)
+    outage_max = settings.provider_outage_max
+    if body.category in OUTAGE_CATEGORIES and retryable and outage_max > 0 and body.lease_token:
+        # An external worker met a provider outage: as for the built-in workers, the
+        # attempt is not spent, within the job's PROVIDER_OUTAGE_MAX budget.
+        job = await store.defer(
+            job_id,
+            category=body.category,
+            message=body.message,
+            details=body.details,
+            lease_token=body.lease_token,
+            outage_max=outage_max,
+            delay=min(body.retry_after_seconds, outage_max)
+            if body.retry_after_seconds is not None
+            else None,
+        )
+    else:
+        job = await store.fail(
+            job_id,
+            category=body.category,
+            message=body.message,
+            details=body.details,
+            lease_token=body.lease_token,
+            retryable=retryable,
+        )
     metrics.observe_finished(
         job.task_type, job.model_profile, "failed", job.started_at, job.updated_at, body.category
     )

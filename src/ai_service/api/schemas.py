@@ -393,6 +393,13 @@ class FailRequest(_Strict):
         description="Retry when attempts are left; default: only transient categories "
         "(provider_unavailable, rate_limited, timeout).",
     )
+    retry_after_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        le=86400,
+        description="For provider_unavailable and rate_limited: when to run the job again "
+        "(the provider's Retry-After); default: the outage backoff.",
+    )
 
 
 class HeartbeatRequest(_Strict):

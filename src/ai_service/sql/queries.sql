@@ -719,6 +719,39 @@ UPDATE jobs j
    AND j.lease_expires_at < now()
 RETURNING j.id, j.status;
 
+-- name: job_fail_outage_expired
+-- Fail pending jobs whose provider outage began more than `outage_max` seconds ago: jobs
+-- of a provider whose breaker stays open are not claimed, so they never meet the budget
+-- check of job_defer; the rescuer applies it. Oldest outage first from jobs_outage_idx.
+WITH expired AS (
+    SELECT id
+      FROM jobs
+     WHERE status = 'pending' AND outage_since IS NOT NULL
+       AND outage_since < now() - make_interval(secs => %(outage_max)s)
+     ORDER BY outage_since
+     LIMIT %(batch)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j
+   SET status = 'failed',
+       finished_at = now(),
+       error_message = 'the provider outage outlived PROVIDER_OUTAGE_MAX ('
+                       || %(outage_max)s::text || 's); last error: '
+                       || coalesce(j.error_message, ''),
+       errors = (SELECT coalesce(jsonb_agg(h.e ORDER BY h.n), '[]'::jsonb)
+                   FROM jsonb_array_elements(j.errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', j.attempt, 'category', j.error_category,
+                            'message', 'the provider outage outlived PROVIDER_OUTAGE_MAX',
+                            'worker', NULL, 'at', now(), 'deferred', false)))
+                        WITH ORDINALITY AS h(e, n)
+                  WHERE h.n > jsonb_array_length(j.errors) + 1 - %(errors_kept)s),
+       error_count = j.error_count + 1,
+       updated_at = now()
+  FROM expired e
+ WHERE j.id = e.id
+   AND j.status = 'pending'
+RETURNING j.id;
+
 -- name: job_prune_finished
 -- Delete a batch of finished jobs older than their retention (database clock); never pending
 -- or running. Each status class is read oldest first from its own partial index, so a pass
