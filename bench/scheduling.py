@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
+import json
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,8 +27,10 @@ import httpx
 import psycopg
 
 from bench._common import fresh_database, header, service_process
-from tests.helpers import PEAK_LEASES
+from tests.helpers import PEAK_LEASES, free_port
+from tests.stubs import closed_port_url, sine_wav
 from tests.stubs.openai_server import OpenAIStub
+from tests.stubs.whisperx_server import WhisperXStub
 
 # Pending jobs inserted in one statement (UUIDv7-like ids, creation order).
 SEED = """
@@ -245,9 +249,229 @@ async def cluster_limit(
     return ok
 
 
+# -- outage ----------------------------------------------------------------------------
+
+
+async def worker_status(base: str) -> dict[str, Any]:
+    async with httpx.AsyncClient(timeout=5) as client:
+        answer = await client.get(f"{base}/worker/status")
+        answer.raise_for_status()
+        return dict(answer.json())
+
+
+async def breaker(base: str, provider: str) -> dict[str, Any]:
+    status = await worker_status(base)
+    return next(b for b in status["breakers"] if b["provider"] == provider)
+
+
+async def llm_outage(jobs: int = 500, outage: float = 120.0) -> bool:
+    """`jobs` LLM jobs queued while the LLM server refuses connections (nothing listens
+    on its port) for `outage` seconds; then it comes back on the same port. Every job
+    must complete with its first attempt; the open breaker probes a few times a second
+    at most; work resumes within 2 s of the server's return."""
+    header(f"Outage: {jobs} LLM jobs, the LLM server refusing connections for {outage:.0f} s")
+    port = free_port()
+    with fresh_database("outage") as url:
+        with psycopg.connect(url, autocommit=True) as conn:
+            seed(
+                conn,
+                "bench",
+                jobs,
+                task_type="llm_chat",
+                profile="qwen2.5-14b",
+                input_json='{"user": "hello"}',
+            )
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            with service_process(
+                "worker",
+                url,
+                "WORKER_HTTP_PORT",
+                WORKER_ID="outage",
+                WORKER_CONCURRENCY="16",
+                LLM_BASE_URL=f"http://127.0.0.1:{port}/v1",
+            ) as worker:
+                started = time.monotonic()
+                deadline = started + 60
+                while (await breaker(worker, "llm"))["state"] != "open":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the LLM breaker did not open")
+                    await asyncio.sleep(0.05)
+                opened = time.monotonic()
+                probes_at_open = (await breaker(worker, "llm"))["probes"]
+                await asyncio.sleep(max(0.0, outage - (opened - started)))
+                open_for = time.monotonic() - opened
+                probes = (await breaker(worker, "llm"))["probes"] - probes_at_open
+                with OpenAIStub(models=["qwen2.5-14b"], latency=0.05, port=port) as stub:
+                    back = await (await conn.execute("SELECT now()")).fetchone()
+                    assert back is not None
+                    await wait_until(
+                        conn,
+                        "SELECT count(*) = 0 FROM jobs WHERE status NOT IN ('completed', 'failed')",
+                        600,
+                    )
+                    calls = stub.successes
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'completed'),"
+                    "       count(*) FILTER (WHERE status = 'failed'), max(attempt),"
+                    "       sum(error_count),"
+                    "       extract(epoch FROM min(started_at) FILTER (WHERE started_at >= %s)"
+                    "                          - %s::timestamptz)"
+                    "  FROM jobs",
+                    (back[0], back[0]),
+                )
+            ).fetchone()
+    assert row is not None
+    completed, failed, max_attempt, deferrals, resumed = row
+    rate = probes / open_for
+    ok = (
+        completed == jobs
+        and failed == 0
+        and max_attempt == 1
+        and rate <= 5
+        and resumed is not None
+        and float(resumed) <= 2.0
+    )
+    print(
+        f"{completed} completed, {failed} failed, highest attempt {max_attempt}; "
+        f"{deferrals} deferrals (no attempt spent), {calls} LLM calls after the return"
+    )
+    print(
+        f"breaker open {open_for:.0f} s with {probes} probes ({rate:.1f}/s); first job "
+        f"started {float(resumed):.2f} s after the server came back: {verdict(ok)}"
+    )
+    return ok
+
+
+async def whisperx_outage(jobs: int = 40) -> bool:
+    """One of two WhisperX instances down (nothing listens): its jobs go to the other
+    instance, none fails, none spends a second attempt."""
+    header(f"Outage: {jobs} transcriptions, one of two WhisperX instances down")
+    audio = base64.b64encode(sine_wav(2.0)).decode()
+    with fresh_database("outage_asr") as url, WhisperXStub() as whisperx:
+        with psycopg.connect(url, autocommit=True) as conn:
+            seed(
+                conn,
+                "bench",
+                jobs,
+                task_type="transcription",
+                profile="whisperx",
+                input_json=json.dumps({"audio_base64": audio}),
+            )
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            with service_process(
+                "worker",
+                url,
+                "WORKER_HTTP_PORT",
+                WORKER_ID="outage-asr",
+                WORKER_CONCURRENCY="4",
+                WHISPERX_URL=f"{closed_port_url()},{whisperx.base_url}",
+            ) as worker:
+                await wait_until(
+                    conn,
+                    "SELECT count(*) = 0 FROM jobs WHERE status NOT IN ('completed', 'failed')",
+                    300,
+                )
+                states = {
+                    b["provider"]: b["state"] for b in (await worker_status(worker))["breakers"]
+                }
+            row = await (
+                await conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'completed'),"
+                    "       count(*) FILTER (WHERE status = 'failed'), max(attempt)"
+                    "  FROM jobs"
+                )
+            ).fetchone()
+    assert row is not None
+    completed, failed, max_attempt = row
+    ok = completed == jobs and failed == 0 and max_attempt == 1 and whisperx.successes == jobs
+    print(
+        f"{completed} completed, {failed} failed, highest attempt {max_attempt}, "
+        f"{whisperx.successes} transcribed by the live instance; breakers {states}: "
+        f"{verdict(ok)}"
+    )
+    return ok
+
+
+# -- starvation ------------------------------------------------------------------------
+
+
+async def starvation(llm_jobs: int = 2000, transcriptions: int = 20, seconds: float = 60.0) -> bool:
+    """One worker, TRANSCRIPTION_CONCURRENCY=2, LLM_CONCURRENCY=16: `transcriptions`
+    transcriptions of `seconds` each and `llm_jobs` LLM jobs against a 16 x 50 ms LLM
+    stub (320/s at most). The LLM jobs must finish at the stub's full rate while the
+    transcriptions hold their own slots."""
+    header(
+        f"Starvation: {llm_jobs} LLM jobs beside {transcriptions} transcriptions of {seconds:.0f} s"
+    )
+    capacity, latency = 16, 0.05
+    audio = base64.b64encode(sine_wav(1.0)).decode()
+    with (
+        fresh_database("starve") as url,
+        WhisperXStub(latency=seconds) as whisperx,
+        OpenAIStub(models=["qwen2.5-14b"], latency=latency, max_concurrency=capacity) as llm,
+    ):
+        with psycopg.connect(url, autocommit=True) as conn:
+            seed(
+                conn,
+                "bench",
+                transcriptions,
+                task_type="transcription",
+                profile="whisperx",
+                input_json=json.dumps({"audio_base64": audio}),
+            )
+            seed(
+                conn,
+                "bench",
+                llm_jobs,
+                task_type="llm_chat",
+                profile="qwen2.5-14b",
+                input_json='{"user": "hello"}',
+            )
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            with service_process(
+                "worker",
+                url,
+                "WORKER_HTTP_PORT",
+                WORKER_ID="starve",
+                WORKER_CONCURRENCY="18",
+                LLM_CONCURRENCY="16",
+                TRANSCRIPTION_CONCURRENCY="2",
+                LLM_BASE_URL=llm.base_url,
+                WHISPERX_URL=f"{whisperx.base_url},{whisperx.base_url}",
+            ):
+                await wait_until(
+                    conn,
+                    "SELECT count(*) = 0 FROM jobs WHERE task_type = 'llm_chat'"
+                    " AND status <> 'completed'",
+                    600,
+                )
+                row = await (
+                    await conn.execute(
+                        "SELECT extract(epoch FROM max(finished_at) - min(started_at)),"
+                        "       (SELECT count(*) FROM jobs WHERE task_type = 'transcription'"
+                        "           AND status = 'running')"
+                        "  FROM jobs WHERE task_type = 'llm_chat'"
+                    )
+                ).fetchone()
+    assert row is not None
+    span, transcribing = float(row[0]), int(row[1])
+    ideal = capacity / latency
+    rate = llm_jobs / span
+    ok = rate >= 0.9 * ideal and transcribing > 0
+    print(
+        f"LLM jobs at {rate:.0f}/s = {rate / ideal:.0%} of the stub's {ideal:.0f}/s while "
+        f"{transcribing} transcriptions were still running (target >= 90%): {verdict(ok)}"
+    )
+    return ok
+
+
 SCENARIOS: dict[str, Callable[[bool], Coroutine[Any, Any, bool]]] = {
     "fairness": lambda quick: fairness(backlog=5_000 if quick else 20_000),
     "cluster_limit": lambda quick: cluster_limit(jobs=1000 if quick else 3000),
+    "outage": lambda quick: llm_outage(outage=20.0 if quick else 120.0),
+    "outage_whisperx": lambda quick: whisperx_outage(),
+    "starvation": lambda quick: starvation(seconds=10.0 if quick else 60.0),
 }
 
 

@@ -276,7 +276,7 @@ class Settings:
     provider_outage_max: float = 6 * 3600.0  # 0: outages spend attempts like other failures
     breaker_failures: int = 5  # 0: no circuit breaker
     breaker_probe_interval: float = 0.5
-    breaker_probe_max: float = 2.0
+    breaker_probe_max: float = 1.0
     # Queue maintenance
     retry_backoff_base: float = 10.0
     retry_backoff_max: float = 600.0

@@ -383,7 +383,7 @@ def test_outage_and_breaker_settings_parse_as_durations_and_counts() -> None:
     defaults = load_settings({})
     assert defaults.provider_outage_max == 6 * 3600.0
     assert (defaults.breaker_failures, defaults.breaker_probe_interval) == (5, 0.5)
-    assert defaults.breaker_probe_max == 2.0
+    assert defaults.breaker_probe_max == 1.0
     settings = load_settings(
         {
             "PROVIDER_OUTAGE_MAX": "1h30m",
