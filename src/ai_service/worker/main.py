@@ -18,7 +18,7 @@ from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
-from ai_service.worker import llm, noop, transcription
+from ai_service.worker import llm, noop, slots, transcription
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
@@ -42,7 +42,7 @@ def provider_client(settings: Settings) -> httpx.AsyncClient:
     another job's requests. Caller-supplied URLs never use it (their downloads
     get their own `outbound.OutboundClient`).
     """
-    concurrency = settings.effective_worker_concurrency
+    concurrency = slots.plan(settings, {slots.LLM, slots.TRANSCRIPTION}).total
     limits = httpx.Limits(max_connections=concurrency + 16, max_keepalive_connections=concurrency)
     return httpx.AsyncClient(
         limits=limits, follow_redirects=False, cookies=outbound.cookieless_jar()
@@ -61,7 +61,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
         await asyncio.to_thread(migrate.upgrade, settings.require_database_url())
     database_url = settings.require_database_url()
-    concurrency = settings.effective_worker_concurrency
+    concurrency = slots.plan(settings, {slots.LLM, slots.TRANSCRIPTION}).total
     store = await Store.open(
         database_url,
         min_size=1,
