@@ -89,9 +89,7 @@ def stub_process(module: str, *args: str) -> Iterator[str]:
 def seed_llm_jobs(url: str, jobs: int, *, owner: str = "bench", priority: int = 0) -> None:
     """Insert `jobs` pending `llm_chat` jobs for `MODEL` (one statement), then analyze."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(
-            SEED_LLM, {"jobs": jobs, "owner": owner, "model": MODEL, "priority": priority}
-        )
+        conn.execute(SEED_LLM, {"jobs": jobs, "owner": owner, "model": MODEL, "priority": priority})
         conn.execute("VACUUM ANALYZE jobs")
 
 
@@ -122,7 +120,8 @@ async def drain_llm(url: str, stub_url: str, env: dict[str, str], timeout: float
         )
         row = await cur.fetchone()
         peak = await (await conn.execute(PEAK_LEASES)).fetchone()
-    assert row is not None and peak is not None
+    assert row is not None
+    assert peak is not None
     return Drain(int(row[0]) / float(row[1]), int(peak[0]))
 
 

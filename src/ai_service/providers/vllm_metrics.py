@@ -19,6 +19,7 @@ from ai_service.urls import request_target, url_path
 _KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
 _TTFT = "vllm:time_to_first_token_seconds"
 _E2E = "vllm:e2e_request_latency_seconds"
+_QUEUE = "vllm:request_queue_time_seconds"
 _SUMMED = {
     "vllm:num_requests_running": "requests_running",
     "vllm:num_requests_waiting": "requests_waiting",
@@ -29,6 +30,8 @@ _SUMMED = {
     f"{_TTFT}_count": "ttft_count",
     f"{_E2E}_sum": "e2e_sum",
     f"{_E2E}_count": "e2e_count",
+    f"{_QUEUE}_sum": "queue_time_sum",
+    f"{_QUEUE}_count": "queue_time_count",
 }
 
 
@@ -49,6 +52,9 @@ class VllmFigures:
     requests_finished_total: float | None = None
     time_to_first_token_mean_seconds: float | None = None
     e2e_request_latency_mean_seconds: float | None = None
+    # Totals of the queue-time histogram (time requests waited in the engine).
+    queue_time_sum_seconds: float | None = None
+    queue_time_count: float | None = None
 
 
 def parse_vllm_metrics(text: str) -> VllmFigures:
@@ -94,6 +100,8 @@ def parse_vllm_metrics(text: str) -> VllmFigures:
         requests_finished_total=total("requests_finished_total"),
         time_to_first_token_mean_seconds=_mean(total("ttft_sum"), total("ttft_count")),
         e2e_request_latency_mean_seconds=_mean(total("e2e_sum"), total("e2e_count")),
+        queue_time_sum_seconds=total("queue_time_sum"),
+        queue_time_count=total("queue_time_count"),
     )
 
 

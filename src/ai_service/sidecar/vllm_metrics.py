@@ -28,7 +28,9 @@ def parse_vllm_metrics(text: str, url: str) -> VllmInstance:
     Raises `MetricsFormatError` when the text cannot be parsed or has no
     `vllm:` samples at all (a URL pointing at some other exporter).
     """
-    return VllmInstance(url=url, ok=True, **asdict(parse_figures(text)))
+    figures = asdict(parse_figures(text))
+    shown = {k: v for k, v in figures.items() if k in VllmInstance.model_fields}
+    return VllmInstance(url=url, ok=True, **shown)
 
 
 async def read_vllm(client: httpx.AsyncClient, url: str, timeout: float) -> VllmInstance:

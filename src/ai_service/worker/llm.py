@@ -120,6 +120,7 @@ class LLMHandler:
     def __init__(self, settings: Settings) -> None:
         assert settings.llm_base_url is not None
         self.model = settings.llm_model
+        self.forward_priority = settings.llm_forward_priority
         self.base_url, query = openai_base_url(settings.llm_base_url)
         # Every configured secret: a provider may echo any header or URL back.
         self._secrets = settings_secrets(settings)
@@ -139,9 +140,12 @@ class LLMHandler:
             # `post` with a plain body and `cast_to=object`: the same SDK request path
             # (auth, timeouts, typed errors) without re-validating our already-checked
             # arguments or building response models, about 1 ms of CPU per job.
-            completion = await self.client.post(
-                "/chat/completions", body={"model": self.model, **request}, cast_to=object
-            )
+            body = {"model": self.model, **request}
+            if self.forward_priority:
+                # vLLM started with --scheduling-policy priority serves lower values
+                # first; our highest priority is claimed first.
+                body["priority"] = -job.priority
+            completion = await self.client.post("/chat/completions", body=body, cast_to=object)
         except openai.APIStatusError as exc:
             raise self._status_failure(exc) from None
         except openai.APITimeoutError:

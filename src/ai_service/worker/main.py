@@ -18,7 +18,7 @@ from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
-from ai_service.worker import llm, noop, slots, transcription
+from ai_service.worker import adaptive, llm, noop, slots, transcription
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
@@ -54,6 +54,17 @@ def handler_specs(settings: Settings) -> list[HandlerSpec]:
     return [llm.spec(settings), transcription.spec(settings), noop.spec(settings)]
 
 
+def limiters(
+    settings: Settings, http: httpx.AsyncClient, specs: list[HandlerSpec]
+) -> dict[str, slots.Limiter]:
+    """The adaptive LLM limit with `LLM_CONCURRENCY=auto` (and the LLM handler enabled)."""
+    enabled = {spec.name for spec in specs if spec.enabled}
+    if not settings.llm_concurrency_auto or slots.LLM not in enabled:
+        return {}
+    cap = slots.plan(settings, enabled).caps[slots.LLM]
+    return {slots.LLM: adaptive.AdaptiveLimit(settings, http, cap)}
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then shut down gracefully."""
     if settings.migrate_on_start:
@@ -75,7 +86,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     try:
         async with provider_client(settings) as http:
             ctx = HandlerContext(settings=settings, http=http)
-            runner = Runner(store, ctx, handler_specs(settings), notifier=notifier, metrics=metrics)
+            specs = handler_specs(settings)
+            runner = Runner(
+                store,
+                ctx,
+                specs,
+                notifier=notifier,
+                metrics=metrics,
+                limiters=limiters(settings, http, specs),
+            )
             server = _StatusServer(
                 uvicorn.Config(
                     create_status_app(runner, store),

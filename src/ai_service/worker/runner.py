@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -108,6 +108,7 @@ class Runner:
         self._refills: dict[int, tuple[slots.Pool, int]] = {}  # by id() of the request
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._limit_tasks: list[asyncio.Task[None]] = []
         self._redactor = settings_redactor(settings)
 
     # -- lifecycle ------------------------------------------------------------------
@@ -121,6 +122,11 @@ class Runner:
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="claim-loop"),
             asyncio.create_task(self.leases.run(), name="heartbeat-loop"),
+        ]
+        self._limit_tasks = [
+            asyncio.create_task(pool.limiter.run(_held(pool)), name=f"limit-{name}")
+            for name, pool in self.pools.items()
+            if pool.limiter is not None and name in {s.name for s in self.enabled}
         ]
 
     async def shutdown(self) -> None:
@@ -156,10 +162,11 @@ class Runner:
                 log.info("returned %d unfinished jobs to pending", len(released))
             except errors.DatabaseUnavailable:
                 log.warning("could not release %d jobs; the rescuer will", len(leases))
-        if heartbeat_loop is not None:
-            heartbeat_loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat_loop
+        for loop in [heartbeat_loop, *self._limit_tasks]:
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         for spec in self.specs:
             if spec.close is not None:
                 await spec.close()
@@ -528,6 +535,10 @@ class Runner:
             },
             "last_claim_at": self.last_claim_at.isoformat() if self.last_claim_at else None,
         }
+
+
+def _held(pool: slots.Pool) -> Callable[[], int]:
+    return lambda: pool.held
 
 
 def _storable(text: str) -> str:

@@ -18,6 +18,7 @@ one of the per-handler values is set, else `WORKER_CLAIM_LIMIT` (as before).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -38,6 +39,9 @@ class Limiter(Protocol):
 
     def observe(self, seconds: float, in_flight: int) -> None:
         """One successful provider call took `seconds` with `in_flight` jobs held."""
+
+    async def run(self, in_flight: Callable[[], int]) -> None:
+        """Adjust the limit until cancelled (`in_flight`: the jobs the handler holds)."""
 
 
 @dataclass(frozen=True)
