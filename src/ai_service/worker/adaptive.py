@@ -23,7 +23,9 @@ replaced by `/metrics`) and `EngineController` moves the limit between
   within the tolerance), KV usage below 0.9, and the worker
   uses its limit (holds at least 90% of it): the
   limit rises, doubling at first (slow start, until the first congestion), then
-  by 1/32 (at least 1) per reading;
+  by `LLM_CONCURRENCY_MAX / 64` (at least 1) per reading: the same step for
+  every replica, so that additive raises and proportional cuts converge to
+  equal parts of the engine;
 - anything else (KV usage between 0.9 and 0.95, or a limit the worker does not
   use): the limit holds. The dead band between the two KV thresholds and the
   hold after a cut keep the loop from oscillating.
@@ -60,7 +62,7 @@ KV_HIGH = 0.95  # at or above: cut (preemption is near)
 KV_LOW = 0.90  # below: room to raise; between the two: hold
 HOLD_AFTER_CUT = 2  # readings
 SLOW_START_FACTOR = 2.0
-AVOIDANCE_DIVISOR = 32  # raise by limit / 32 (at least 1) after the first congestion
+AVOIDANCE_DIVISOR = 64  # then raise by maximum / 64 (at least 1) per reading
 BINDING = 0.9  # the worker "uses" its limit when it holds at least this share of it
 FAILURES_BEFORE_FALLBACK = 3
 WAITING_TOLERANCE = 0.05  # of the running requests: arrivals between two engine steps
@@ -153,7 +155,9 @@ class EngineController:
             if self.slow_start:
                 raised = math.ceil(self.limit * SLOW_START_FACTOR)
             else:
-                raised = self.limit + max(1, self.limit // AVOIDANCE_DIVISOR)
+                # The same step for every replica (not a share of its limit): additive
+                # increase with proportional cuts lets replicas converge to equal parts.
+                raised = self.limit + max(1, self.maximum // AVOIDANCE_DIVISOR)
             self.limit = min(self.maximum, raised)
             self.last_action = "raise"
         else:
