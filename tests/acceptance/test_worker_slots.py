@@ -125,3 +125,51 @@ async def test_each_handler_holds_at_most_its_slots_and_the_total_holds(
     assert runner.pools["transcription"].peak <= 2
     assert llm.max_in_flight <= 8
     assert runner.counters.completed == 208
+
+
+# Jobs claimed by the transaction that recorded others (the refill of their slots).
+REFILLED = """
+SELECT count(*) FROM jobs j
+ WHERE EXISTS (SELECT 1 FROM jobs d WHERE d.finished_at = j.started_at)
+"""
+
+
+async def test_a_claim_limit_of_one_still_refills_every_freed_slot_at_once(
+    store: Store, database_url: str
+) -> None:
+    # Jobs answered together free several slots in one batch: each is refilled by
+    # that batch's own transaction, not one per claim statement.
+    total = 400
+    with OpenAIStub(latency=0.05) as llm:
+        await store.create_jobs([new_job(owner_ref=f"chat-{i}") for i in range(total)])
+        async with (
+            running_worker(
+                database_url,
+                WORKER_CONCURRENCY="16",
+                WORKER_CLAIM_LIMIT="1",
+                LLM_BASE_URL=llm.base_url,
+            ) as runner,
+            await psycopg.AsyncConnection.connect(database_url) as conn,
+        ):
+            while True:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM jobs WHERE status IN ('pending', 'running')"
+                )
+                if (await cur.fetchone() or (1,))[0] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            refilled = (await (await conn.execute(REFILLED)).fetchone() or (0,))[0]
+            exact = (await (await conn.execute(PEAK_LEASES)).fetchone() or (0,))[0]
+            batches = await (
+                await conn.execute(
+                    "SELECT max(n) FROM (SELECT count(*) AS n FROM jobs GROUP BY started_at) s"
+                )
+            ).fetchone()
+    assert runner.counters.completed == total
+    assert exact <= 16
+    assert llm.max_in_flight <= 16
+    # Most jobs took the slot of a job recorded in the same transaction, and some
+    # of those transactions claimed more than WORKER_CLAIM_LIMIT jobs at once.
+    assert refilled >= total * 3 // 4
+    assert batches is not None
+    assert batches[0] > 1
