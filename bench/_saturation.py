@@ -8,7 +8,10 @@ code; `seed_llm_jobs(url, n)` inserts `n` `llm_chat` jobs with one SQL statement
 `drain_llm(url, stub_url, env)` runs one `ai-service worker` process until every
 job completed and returns its `Drain`: jobs/s from the jobs' own timestamps
 (first claim to last completion) and the most leases held at once (exact, from
-the same timestamps). `main` prints the figure for each `WORKER_CLAIM_LIMIT`.
+the same timestamps). `main` prints the figure for each `WORKER_CLAIM_LIMIT`,
+with `WORKER_CONCURRENCY` equal to the backend's capacity, or with
+`--llm-concurrency auto` (the stub has no `/metrics`: the latency-gradient
+fallback leads).
 """
 
 from __future__ import annotations
@@ -125,29 +128,46 @@ async def drain_llm(url: str, stub_url: str, env: dict[str, str], timeout: float
     return Drain(int(row[0]) / float(row[1]), int(peak[0]))
 
 
-async def main(claim_limits: list[int], jobs: int, capacity: int, latency: float) -> None:
+def slot_env(capacity: int, llm_concurrency: str | None) -> dict[str, str]:
+    """`WORKER_CONCURRENCY=capacity`, or `LLM_CONCURRENCY=auto` up to twice the capacity."""
+    if llm_concurrency == "auto":
+        return {"LLM_CONCURRENCY": "auto", "LLM_CONCURRENCY_MAX": str(2 * capacity)}
+    if llm_concurrency is not None:
+        return {"LLM_CONCURRENCY": llm_concurrency}
+    return {"WORKER_CONCURRENCY": str(capacity)}
+
+
+async def main(
+    claim_limits: list[int],
+    jobs: int,
+    capacity: int,
+    latency: float,
+    llm_concurrency: str | None = None,
+) -> list[float]:
+    """Prints and returns each claim limit's share of the backend's maximum."""
     ideal = capacity / latency
+    slots = slot_env(capacity, llm_concurrency)
+    shown = ", ".join(f"{k}={v}" for k, v in slots.items())
     header(
-        f"Saturation: one worker (WORKER_CONCURRENCY={capacity}) against a "
+        f"Saturation: one worker ({shown}) against a "
         f"{capacity} x {latency * 1000:.0f} ms stub in its own process ({ideal:.0f}/s)"
     )
+    ratios: list[float] = []
     args = ["--latency", str(latency), "--max-concurrency", str(capacity), "--model", MODEL]
     with stub_process("tests.stubs.openai_server", *args) as stub:
         for limit in claim_limits:
             with fresh_database("saturation") as url:
                 seed_llm_jobs(url, jobs)
-                result = await drain_llm(
-                    url,
-                    stub,
-                    {"WORKER_CONCURRENCY": str(capacity), "WORKER_CLAIM_LIMIT": str(limit)},
-                )
+                result = await drain_llm(url, stub, {**slots, "WORKER_CLAIM_LIMIT": str(limit)})
             ratio = result.rate / ideal
+            ratios.append(ratio)
             print(
                 f"WORKER_CLAIM_LIMIT={limit:3d}: {result.rate:6.0f} jobs/s = {ratio:5.1%} "
                 f"of {ideal:.0f}/s, most leases at once {result.peak_leases} "
                 f"(target >= 95%): {'OK' if ratio >= 0.95 else 'MISSED'}",
                 flush=True,
             )
+    return ratios
 
 
 if __name__ == "__main__":
@@ -156,5 +176,10 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=3000)
     parser.add_argument("--capacity", type=int, default=64)
     parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument(
+        "--llm-concurrency", default=None, help="a number or auto (default: WORKER_CONCURRENCY)"
+    )
     args = parser.parse_args()
-    asyncio.run(main(args.claim_limits, args.jobs, args.capacity, args.latency))
+    asyncio.run(
+        main(args.claim_limits, args.jobs, args.capacity, args.latency, args.llm_concurrency)
+    )

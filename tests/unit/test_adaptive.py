@@ -204,3 +204,17 @@ async def test_the_loop_reads_the_engine_and_falls_back_to_latency_without_metri
                 limit.observe(0.1, limit.limit)
             await limit.tick(in_flight=limit.limit)
         assert limit.limit > 16  # the gradient limiter leads and learns from latencies
+
+
+def test_gradient_doubles_per_window_of_calls_until_latency_first_rises() -> None:
+    limiter = GradientLimiter(1, 512, initial=16)
+    for _ in range(16):  # one window: as many calls as the limit
+        limiter.observe(0.2, 16)
+    assert limiter.limit == 32
+    for _ in range(32):
+        limiter.observe(0.2, 32)
+    assert limiter.limit == 64
+    for _ in range(64):
+        limiter.observe(0.5, 64)  # a queue formed: slow start ends, the limit falls
+    assert limiter.slow_start is False
+    assert limiter.limit < 64

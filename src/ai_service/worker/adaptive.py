@@ -30,9 +30,10 @@ replaced by `/metrics`) and `EngineController` moves the limit between
   use): the limit holds. The dead band between the two KV thresholds and the
   hold after a cut keep the loop from oscillating.
 
-Without a readable metrics endpoint (three failed readings in a row) the
-`GradientLimiter` takes over: a latency-gradient limiter in the style of
-Netflix's concurrency-limits (Gradient2), fed with the LLM calls' own durations.
+Without a readable metrics endpoint (three failed readings in a row, or a
+first reading that fails) the `GradientLimiter` takes over: a latency-gradient
+limiter in the style of Netflix's concurrency-limits (Gradient2), fed with the
+LLM calls' own durations and updated every window of about one round of calls.
 It returns to the engine's signal as soon as a reading succeeds.
 
 The controllers are pure objects (a reading in, a limit out), tested on
@@ -64,7 +65,8 @@ HOLD_AFTER_CUT = 2  # readings
 SLOW_START_FACTOR = 2.0
 AVOIDANCE_DIVISOR = 64  # then raise by maximum / 64 (at least 1) per reading
 BINDING = 0.9  # the worker "uses" its limit when it holds at least this share of it
-FAILURES_BEFORE_FALLBACK = 3
+FAILURES_BEFORE_FALLBACK = 3  # readings in a row (or the very first one)
+WINDOW_MIN = 10  # calls per window of the latency-gradient limiter, at least
 WAITING_TOLERANCE = 0.05  # of the running requests: arrivals between two engine steps
 QUEUE_TIME_HIGH = 0.1  # seconds of mean engine queue time: congestion
 QUEUE_TIME_LOW = 0.05  # seconds: room to raise; between the two: hold
@@ -178,7 +180,8 @@ class GradientLimiter:
     interval's mean with a slowly rising baseline (the lowest mean seen, which
     drifts up 1% per interval so that a backend that became slower for good is
     accepted): gradient = clamp(tolerance * baseline / mean, 0.5, 1), new limit =
-    limit * gradient + sqrt(limit) (room for a small queue), smoothed. The limit
+    limit * gradient + sqrt(limit) (room for a small queue), smoothed. Until the
+    latency first rises the limit doubles per window (slow start). The limit
     grows only while the worker uses at least half of it.
     """
 
@@ -192,6 +195,7 @@ class GradientLimiter:
         start = initial if initial is not None else max(minimum, maximum // 4)
         self.estimate = float(min(self.maximum, max(self.minimum, start)))
         self.baseline: float | None = None
+        self.slow_start = True
         self._sum = 0.0
         self._count = 0
         self._in_flight = 0
@@ -202,10 +206,17 @@ class GradientLimiter:
         return int(self.estimate)
 
     def observe(self, seconds: float, in_flight: int) -> None:
-        """One call took `seconds` while the worker held `in_flight` jobs."""
+        """One call took `seconds` while the worker held `in_flight` jobs.
+
+        A window of about one round of calls (as many as the limit) updates the
+        limit at once: a reading a second would be far too slow to follow calls
+        of a few hundred milliseconds.
+        """
         self._sum += seconds
         self._count += 1
         self._in_flight = max(self._in_flight, in_flight)
+        if self._count >= max(WINDOW_MIN, self.limit):
+            self.update()
 
     def update(self, in_flight: int | None = None) -> int:
         """Fold the interval's observations into the limit (unchanged without any)."""
@@ -219,6 +230,12 @@ class GradientLimiter:
         else:
             self.baseline *= 1 + self.DRIFT
         gradient = min(1.0, max(0.5, self.TOLERANCE * self.baseline / max(mean, 1e-9)))
+        if gradient < 1.0:
+            self.slow_start = False
+        if self.slow_start and used >= self.estimate / 2:
+            # Until latency first rises, double per window (TCP's slow start).
+            self.estimate = min(float(self.maximum), self.estimate * 2)
+            return self.limit
         target = self.estimate * gradient + math.sqrt(self.estimate)
         if target > self.estimate and used < self.estimate / 2:
             target = self.estimate  # app-limited: a limit nobody uses proves nothing
@@ -285,12 +302,12 @@ class AdaptiveLimit:
             self.failures = 0
             self.last_reading = reading
             self.engine.update(reading, in_flight)
-            self.gradient.estimate = float(self.engine.limit)
             self.gradient.update(in_flight)  # keep its baseline learning
             self.gradient.estimate = float(self.engine.limit)
         else:
             self.failures += 1
-            if self.mode == "engine" and self.failures >= FAILURES_BEFORE_FALLBACK:
+            never_read = self.last_reading is None
+            if self.mode == "engine" and (never_read or self.failures >= FAILURES_BEFORE_FALLBACK):
                 log.warning(
                     "adaptive LLM limit: no engine metrics (%s); following latency",
                     self.last_error,

@@ -6,6 +6,9 @@ Input is either `messages` or compact `system` / `user`; of the rest only
 `max_tokens`, `response_format`, `temperature`, `top_p` and `stop` are read, so
 callers may add domain metadata freely.
 
+With `LLM_FORWARD_PRIORITY=true` the job's priority goes along as vLLM's
+request `priority`, negated (vLLM serves lower values first).
+
 Provider answers map to categories (see `providers.http_errors` for the table);
 for chat a 400 means the caller's request does not fit the model (too long,
 bad `response_format`), so it is `invalid_input` here.
