@@ -6,6 +6,9 @@ Input is either `messages` or compact `system` / `user`; of the rest only
 `max_tokens`, `response_format`, `temperature`, `top_p` and `stop` are read, so
 callers may add domain metadata freely.
 
+With `LLM_FORWARD_PRIORITY=true` the job's priority goes along as vLLM's
+request `priority`, negated (vLLM serves lower values first).
+
 Provider answers map to categories (see `providers.http_errors` for the table);
 for chat a 400 means the caller's request does not fit the model (too long,
 bad `response_format`), so it is `invalid_input` here.
@@ -121,6 +124,7 @@ class LLMHandler:
     def __init__(self, settings: Settings) -> None:
         assert settings.llm_base_url is not None
         self.model = settings.llm_model
+        self.forward_priority = settings.llm_forward_priority
         self.base_url, query = openai_base_url(settings.llm_base_url)
         # Every configured secret: a provider may echo any header or URL back.
         self._secrets = settings_secrets(settings)
@@ -145,9 +149,12 @@ class LLMHandler:
                 # `post` with a plain body and `cast_to=object`: the same SDK request path
                 # (auth, timeouts, typed errors) without re-validating our already-checked
                 # arguments or building response models, about 1 ms of CPU per job.
-                completion = await self.client.post(
-                    "/chat/completions", body={"model": self.model, **request}, cast_to=object
-                )
+                body = {"model": self.model, **request}
+                if self.forward_priority:
+                    # vLLM started with --scheduling-policy priority serves lower values
+                    # first; our highest priority is claimed first.
+                    body["priority"] = -job.priority
+                completion = await self.client.post("/chat/completions", body=body, cast_to=object)
             except openai.APIStatusError as exc:
                 failure = self._status_failure(exc)
             except openai.APITimeoutError as exc:
