@@ -163,6 +163,7 @@ async def main(jobs: int, settings: list[str], engine: Engine) -> list[Measureme
     for r in results:
         if r.setting == "auto" and best:
             ok = r.rate >= 0.95 * best and r.priority_latency <= 1.5 * idle
+            r.extra["ok"] = float(ok)
             print(
                 f"auto: {r.rate / best:.1%} of the best fixed setting's throughput (target >= 95%),"
                 f" high-priority latency {r.priority_latency / idle:.2f}x idle (target <= 1.5x): "

@@ -9,7 +9,11 @@ on a fresh database of the bench PostgreSQL, against stub AI servers on
 - fairness: a late caller's jobs beside another caller's bulk backlog;
 - cluster_limit: MODEL_PROFILE_LIMITS held by worker processes and HTTP claimers
   together, sampled and audited from the jobs' own times;
-- outage, saturation, starvation, adaptive: see their functions.
+- outage / outage_whisperx: the LLM server refusing connections for 120 s, one of
+  two WhisperX instances down;
+- starvation: LLM jobs beside long transcriptions, per-handler slots;
+- saturation: every WORKER_CLAIM_LIMIT against a 64 x 200 ms backend;
+- adaptive: fixed LLM_CONCURRENCY vs auto against a continuous-batching vLLM stub.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any
 import httpx
 import psycopg
 
+from bench import _saturation, _stub_vllm
 from bench._common import fresh_database, header, service_process
 from tests.helpers import PEAK_LEASES, free_port
 from tests.stubs import closed_port_url, sine_wav
@@ -466,12 +471,39 @@ async def starvation(llm_jobs: int = 2000, transcriptions: int = 20, seconds: fl
     return ok
 
 
+# -- saturation and adaptive concurrency -----------------------------------------------
+
+
+async def saturation(
+    jobs: int = 3000, claim_limits: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+) -> bool:
+    """One worker (WORKER_CONCURRENCY=64) against a 64 x 200 ms backend in its own
+    process: >= 95% of its 320/s whatever WORKER_CLAIM_LIMIT (bench/_saturation.py)."""
+    ratios = await _saturation.main(list(claim_limits), jobs, capacity=64, latency=0.2)
+    ok = min(ratios) >= 0.95
+    print(f"every claim limit at >= 95% of the backend: {verdict(ok)} (lowest {min(ratios):.1%})")
+    return ok
+
+
+async def adaptive(jobs: int = 5000) -> bool:
+    """Fixed LLM_CONCURRENCY 16 / 64 / 256 and `auto` against the continuous-batching
+    vLLM stub: `auto` within 5% of the best fixed throughput while a high-priority job
+    submitted during the bulk run waits at most 1.5x its idle latency
+    (bench/_stub_vllm.py)."""
+    results = await _stub_vllm.main(jobs, ["16", "64", "256", "auto"], _stub_vllm.Engine())
+    return bool(results) and results[-1].setting == "auto" and results[-1].extra.get("ok", 0) == 1
+
+
 SCENARIOS: dict[str, Callable[[bool], Coroutine[Any, Any, bool]]] = {
     "fairness": lambda quick: fairness(backlog=5_000 if quick else 20_000),
     "cluster_limit": lambda quick: cluster_limit(jobs=1000 if quick else 3000),
     "outage": lambda quick: llm_outage(outage=20.0 if quick else 120.0),
     "outage_whisperx": lambda quick: whisperx_outage(),
     "starvation": lambda quick: starvation(seconds=10.0 if quick else 60.0),
+    "saturation": lambda quick: saturation(
+        jobs=1500 if quick else 3000, claim_limits=(1, 4, 64) if quick else (1, 2, 4, 8, 16, 32, 64)
+    ),
+    "adaptive": lambda quick: adaptive(jobs=2000 if quick else 5000),
 }
 
 
