@@ -64,8 +64,10 @@ def merge_channels(
             if speakers is not None:
                 item["speaker"] = speakers[index]
                 item["channel"] = index
-                for word in item.get("words") or ():
-                    word.pop("speaker", None)
+                if item.get("words"):
+                    item["words"] = [
+                        {k: v for k, v in w.items() if k != "speaker"} for w in item["words"]
+                    ]
             merged.append((float(item["start"]), index, position, item))
     merged.sort(key=lambda entry: entry[:3])
     return [entry[3] for entry in merged]
