@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import array
 import io
-import math
 import wave
 
 import httpx
@@ -17,27 +16,7 @@ from ai_service.providers.audio_encode import (
     split_channels,
     wav_header,
 )
-from tests.stubs import sine_wav
-
-
-def stereo_wav(
-    left: list[tuple[float, float]], right: list[tuple[float, float]], seconds: float
-) -> bytes:
-    """8 kHz stereo WAV: a tone on each channel during the given (start, end) spans."""
-    rate = 8000
-    samples = array.array("h")
-    for i in range(int(seconds * rate)):
-        t = i / rate
-        tone = int(8000 * math.sin(2 * math.pi * 440 * t))
-        samples.append(tone if any(a <= t < b for a, b in left) else 0)
-        samples.append(tone if any(a <= t < b for a, b in right) else 0)
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(2)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(samples.tobytes())
-    return buffer.getvalue()
+from tests.stubs import sine_wav, tone_wav
 
 
 def test_wav_stream_is_a_valid_16khz_mono_wav_of_the_pcm() -> None:
@@ -83,7 +62,7 @@ def test_httpx_sends_the_whole_stream_as_a_multipart_file() -> None:
 
 
 def test_split_channels_decodes_each_channel_on_its_own() -> None:
-    audio = stereo_wav(left=[(0.0, 1.0)], right=[(1.5, 2.5)], seconds=3.0)
+    audio = tone_wav(3.0, [(0.0, 1.0)], [(1.5, 2.5)])
 
     left, right = split_channels(audio)
 
