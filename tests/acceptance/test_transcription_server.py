@@ -584,3 +584,34 @@ async def test_a_split_call_through_the_api_and_the_worker(
     assert result["warnings"] == []
     urls = {i["url"] for i in result["attempts"][0]["instances"] if i["status"] == "ok"}
     assert urls == {stub.base_url}
+
+
+# -- the stub itself answers in the measured shape -----------------------------------------------
+
+
+async def test_the_stub_answers_in_the_shape_of_the_recorded_server(server: WhisperXStub) -> None:
+    async with httpx.AsyncClient() as client:
+        response = await client.post(
+            f"{server.base_url}/asr",
+            params={"output": "json", "word_timestamps": "true", "language": "xx"},
+            files={"audio_file": ("hello.wav", sine_wav(3.0), "audio/wav")},
+        )
+        docs = await client.get(f"{server.base_url}/docs")
+        health = await client.get(f"{server.base_url}/health")
+
+    body = json.loads(response.text)
+    assert list(body) == ["language", "segments", "text"]
+    assert body["language"] == "xx"  # echoed unchecked
+    [segment] = body["segments"]
+    assert list(segment) == [
+        "id", "seek", "start", "end", "text", "tokens", "avg_logprob",
+        "compression_ratio", "no_speech_prob", "words", "temperature",
+    ]  # fmt: skip
+    assert segment["id"] == 1
+    assert segment["text"].startswith(" ")
+    assert segment["end"] == 3.0000000000000004  # float noise, as measured
+    assert list(segment["words"][0]) == ["start", "end", "word", "probability"]
+    assert segment["words"][0]["word"] == " Segment"
+    assert response.headers["content-disposition"] == 'attachment; filename="hello.wav.json"'
+    assert docs.status_code == 200
+    assert health.status_code == 404
