@@ -615,3 +615,25 @@ async def test_the_stub_answers_in_the_shape_of_the_recorded_server(server: Whis
     assert response.headers["content-disposition"] == 'attachment; filename="hello.wav.json"'
     assert docs.status_code == 200
     assert health.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("names", "message"),
+    [
+        (["agent", "a" * 65], "input.channel_speakers: names are at most 64 characters"),
+        (["agent", "agent"], "input.channel_speakers: the names must differ"),
+        (["agent", " "], "input.channel_speakers must be a non-empty list of names"),
+        ("agent", "input.channel_speakers must be a non-empty list of names"),
+    ],
+)
+async def test_channel_speakers_are_checked(
+    names: Any, message: str, server: WhisperXStub, http: httpx.AsyncClient
+) -> None:
+    call = tone_wav(1.0, [(0, 1)], [(0, 1)])
+    job = job_for(call, channels="split", channel_speakers=names)
+
+    failure = await fail(settings_for(server.base_url), http, job)
+
+    assert failure.category == "invalid_input"
+    assert failure.message == message
+    assert server.requests_received == 0
