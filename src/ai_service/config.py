@@ -267,6 +267,10 @@ class Settings:
     transcription_providers: tuple[str, ...] = ("whisperx",)
     transcription_mode: str = "compare"
     whisperx_url: tuple[str, ...] = ()
+    # The model the WhisperX servers load (ASR_MODEL there): the server only names its engine.
+    whisperx_model: str = "large-v3"
+    # Default of a job's `vad_filter`: without it silence becomes a hallucinated "You".
+    whisperx_vad_filter: bool = True
     qwen_audio_base_url: str | None = None
     qwen_audio_model: str = "Qwen/Qwen2-Audio-7B-Instruct"
     qwen_audio_api_key: str | None = None
@@ -409,6 +413,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "TRANSCRIPTION_PROVIDERS": ("transcription_providers", _parse_list),
     "TRANSCRIPTION_MODE": ("transcription_mode", _parse_str),
     "WHISPERX_URL": ("whisperx_url", _parse_list),
+    "WHISPERX_MODEL": ("whisperx_model", _parse_str),
+    "WHISPERX_VAD_FILTER": ("whisperx_vad_filter", _parse_bool),
     "QWEN_AUDIO_BASE_URL": ("qwen_audio_base_url", _parse_optional),
     "QWEN_AUDIO_MODEL": ("qwen_audio_model", _parse_str),
     "QWEN_AUDIO_API_KEY": ("qwen_audio_api_key", _parse_optional),
@@ -512,6 +518,7 @@ def _validate(s: Settings) -> None:
         "transcription_mode",
         f"must be one of {', '.join(TRANSCRIPTION_MODES)}",
     )
+    check(bool(s.whisperx_model), "whisperx_model", "must not be empty")
     check(s.audio_llm_max_tokens >= 1, "audio_llm_max_tokens", "must be >= 1")
     check(s.audio_max_bytes >= 1, "audio_max_bytes", "must be >= 1")
     check(0 < len(s.worker_id) <= 200, "worker_id", "must be 1 to 200 characters")

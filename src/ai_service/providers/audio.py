@@ -140,7 +140,8 @@ class Transcript:
     `segments` are JSON-ready dicts with `start`, `end`, `text` and, when the
     provider knows them, `speaker` and `words`. `chunks` lists
     `{start, end, duration_ms}` for providers that split the audio.
-    `instance` is the (redacted) server that answered, when there are several.
+    `instance` is the (redacted) server that answered, when there are several;
+    `engine` the engine the server names (WhisperX's `Asr-Engine` header).
     """
 
     text: str
@@ -149,3 +150,4 @@ class Transcript:
     language: str | None = None
     chunks: list[dict[str, Any]] | None = None
     instance: str | None = None
+    engine: str | None = None
