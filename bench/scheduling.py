@@ -157,8 +157,9 @@ async def fairness(backlog: int = 20_000, late: int = 100) -> bool:
 async def cluster_limit(
     jobs: int = 3000, limit: int = 8, workers: int = 4, claimers: int = 20
 ) -> bool:
-    """`workers` worker processes (LLM handler against a 50 ms stub) and `claimers`
-    HTTP claimers (each holds its jobs 50 ms) share MODEL_PROFILE_LIMITS=m=`limit`:
+    """`workers` worker processes (one slot each, LLM handler against a 50 ms stub) and
+    `claimers` HTTP claimers (up to 2 jobs each, held 50 ms) share
+    MODEL_PROFILE_LIMITS=m=`limit` (demand: 4 + 40 jobs at once):
     running jobs of m sampled every 20 ms, and the most ever running computed
     exactly from each job's admission and completion times."""
     header(
@@ -185,7 +186,8 @@ async def cluster_limit(
                         url,
                         "WORKER_HTTP_PORT",
                         WORKER_ID=f"limit-{n}",
-                        WORKER_CONCURRENCY="8",
+                        # 4 slots of workers, 40 of HTTP claimers: both take part
+                        WORKER_CONCURRENCY="1",
                         LLM_BASE_URL=stub.base_url,
                         LLM_MODEL="m",
                         **limits,
