@@ -279,15 +279,7 @@ async def llm_outage(jobs: int = 500, outage: float = 120.0) -> bool:
     header(f"Outage: {jobs} LLM jobs, the LLM server refusing connections for {outage:.0f} s")
     port = free_port()
     with fresh_database("outage") as url:
-        with psycopg.connect(url, autocommit=True) as conn:
-            seed(
-                conn,
-                "bench",
-                jobs,
-                task_type="llm_chat",
-                profile="qwen2.5-14b",
-                input_json='{"user": "hello"}',
-            )
+        _saturation.seed_llm_jobs(url, jobs)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             with service_process(
                 "worker",
@@ -423,14 +415,7 @@ async def _llm_rate(llm_jobs: int, transcriptions: int, seconds: float) -> tuple
                     profile="whisperx",
                     input_json=json.dumps({"audio_base64": audio}),
                 )
-            seed(
-                conn,
-                "bench",
-                llm_jobs,
-                task_type="llm_chat",
-                profile="qwen2.5-14b",
-                input_json='{"user": "hello"}',
-            )
+        _saturation.seed_llm_jobs(url, llm_jobs)
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
             with service_process(
                 "worker",

@@ -27,7 +27,7 @@ from ai_service.jobs import Job, JobStatus
 from ai_service.maintenance import Maintenance
 from ai_service.store import Store
 from tests.conftest import ApiFactory
-from tests.helpers import make_settings, new_job
+from tests.helpers import make_settings, new_job, wait_for
 from tests.stubs import closed_port_url
 from tests.stubs.openai_server import OpenAIStub, RecordedRequest
 from tests.workers import running_worker, wait_until_finished
@@ -77,22 +77,6 @@ class ScriptedStub(OpenAIStub):
             recorded.outcome = f"http_{answer[0]}"
             return JSONResponse(answer[1], status_code=answer[0])
         return await super()._process(recorded, failure)
-
-
-async def wait_for(
-    condition: Callable[[], Any], timeout: float = 10, what: str = "condition"
-) -> None:
-    """Poll `condition` (sync or async) until it is truthy."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def job_status(store: Store, job_id: UUID, status: JobStatus) -> bool:

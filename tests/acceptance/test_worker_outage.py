@@ -12,8 +12,6 @@ import base64
 import json
 import logging
 import re
-import socket
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,7 +19,7 @@ import pytest
 from ai_service.jobs import JobStatus
 from ai_service.store import Store
 from ai_service.worker.breaker import BreakerState
-from tests.helpers import new_job
+from tests.helpers import free_port, new_job, wait_for
 from tests.stubs import closed_port_url, sine_wav
 from tests.stubs.openai_server import OpenAIStub
 from tests.stubs.whisperx_server import WhisperXStub
@@ -34,25 +32,6 @@ BREAKER_ENV = {
     "BREAKER_PROBE_INTERVAL": "0.1s",
     "BREAKER_PROBE_MAX": "0.4s",
 }
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        value = condition()
-        if asyncio.iscoroutine(value):
-            value = await value
-        if value:
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_an_llm_outage_holds_the_jobs_without_spending_attempts_then_they_all_complete(
