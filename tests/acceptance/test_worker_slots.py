@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import psycopg
 
-from ai_service.jobs import NewJob
+from ai_service.jobs import Job, NewJob
 from ai_service.store import Store
-from tests.helpers import PEAK_LEASES, new_job
+from tests.helpers import PEAK_LEASES, new_job, wait_for
 from tests.stubs import sine_wav
 from tests.stubs.openai_server import OpenAIStub
 from tests.stubs.whisperx_server import WhisperXStub
@@ -173,3 +174,36 @@ async def test_a_claim_limit_of_one_still_refills_every_freed_slot_at_once(
     assert refilled >= total * 3 // 4
     assert batches is not None
     assert batches[0] > 1
+
+
+async def test_slots_a_refill_missed_are_claimed_back_at_once_past_the_claim_limit(
+    store: Store, database_url: str
+) -> None:
+    # 8 slots, WORKER_CLAIM_LIMIT=1. The first 8 jobs finish together; their batch's
+    # refill finds no job (none is pending yet), so 8 freed slots are missed. When 8
+    # new jobs arrive, the claim loop claims them back in one statement, not one by one.
+    with OpenAIStub(latency=0.05) as llm:
+        await store.create_jobs([new_job(owner_ref=f"first-{i}") for i in range(8)])
+        async with running_worker(
+            database_url,
+            WORKER_CONCURRENCY="8",
+            WORKER_CLAIM_LIMIT="1",
+            WORKER_POLL_INTERVAL="30s",  # only a NOTIFY wakes the claim loop
+            LLM_BASE_URL=llm.base_url,
+        ) as runner:
+            pool = runner.pools["llm"]
+            await wait_for(lambda: runner.counters.completed == 8, 10, "the first jobs")
+            await wait_for(lambda: pool.held == 0, 10, "the slots to free")
+            missed = pool.missed
+            sizes: list[int] = []
+            claim = runner.store.claim
+
+            async def recording_claim(*args: Any, **kwargs: Any) -> list[Job]:
+                sizes.append(kwargs["limit"])
+                return await claim(*args, **kwargs)
+
+            runner.store.claim = recording_claim  # type: ignore[method-assign]
+            await store.create_jobs([new_job(owner_ref=f"next-{i}") for i in range(8)])
+            await wait_for(lambda: runner.counters.completed == 16, 10, "the next jobs")
+    assert missed > 1  # the refill found nothing for the freed slots
+    assert max(sizes) > 1, (sizes, missed)  # claimed back together, past WORKER_CLAIM_LIMIT=1

@@ -211,7 +211,7 @@ class Runner:
                 free = self._free(pool)
                 if free <= 0:
                     continue
-                limit = min(free, pool.batch, self.claim_limit)
+                limit = min(free, pool.batch, max(self.claim_limit, pool.missed))
                 pool.reserved += limit
                 try:
                     jobs = await self.store.claim(
@@ -233,6 +233,7 @@ class Runner:
                 finally:
                     pool.reserved -= limit
                 self._started(jobs, spec)
+                pool.missed = max(0, pool.missed - len(jobs))  # claimed back
                 more = more or (len(jobs) == limit and self._free(pool) > 0)
             if more:
                 continue
@@ -315,6 +316,7 @@ class Runner:
         pool, passing = self._refills.pop(id(request))
         pool.reserved -= request.limit
         pool.passing -= passing
+        pool.missed = min(pool.cap, pool.missed + max(0, passing - len(jobs or ())))
         if jobs is None:
             return
         spec = next(s for s in self.specs if s.name == pool.name)

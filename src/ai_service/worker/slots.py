@@ -100,6 +100,11 @@ class Pool:
         self.peak = 0  # most jobs held at once (audited by tests)
         self.reserved = 0
         self.passing = 0
+        # Freed slots a refill could not fill (the claim loop took its candidates, no
+        # job was pending, or the batch's transaction failed): the claim loop claims
+        # them back together, past WORKER_CLAIM_LIMIT, so that no claim setting leaves
+        # freed slots idle while jobs wait.
+        self.missed = 0
 
     @property
     def limit(self) -> int:
