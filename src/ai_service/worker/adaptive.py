@@ -6,7 +6,7 @@ replaced by `/metrics`) and `EngineController` moves the limit between
 `LLM_CONCURRENCY_MIN` and `LLM_CONCURRENCY_MAX`:
 
 - requests queue in the engine: the requests admitted since the previous
-  reading waited more than 0.1 s on average (`vllm:request_queue_time_seconds`
+  reading waited more than 0.06 s on average (`vllm:request_queue_time_seconds`
   histogram) while some still wait, or, without that histogram,
   `vllm:num_requests_waiting` above a tolerance
   of 5% of the running requests, at least 1, in two readings in a row: a
@@ -19,7 +19,7 @@ replaced by `/metrics`) and `EngineController` moves the limit between
   next): the limit drops by a tenth;
 - after a cut the limit holds for two readings (the engine needs a moment to
   drain; reacting to the same queue twice would cut it twice);
-- no queue (mean queue time at most 0.05 s, or without the histogram waiting
+- no queue (mean queue time at most 0.03 s, or without the histogram waiting
   within the tolerance), KV usage below 0.9, and the worker
   uses its limit (holds at least 90% of it): the
   limit rises, doubling at first (slow start, until the first congestion), then
@@ -68,8 +68,8 @@ BINDING = 0.9  # the worker "uses" its limit when it holds at least this share o
 FAILURES_BEFORE_FALLBACK = 3  # readings in a row (or the very first one)
 WINDOW_MIN = 10  # calls per window of the latency-gradient limiter, at least
 WAITING_TOLERANCE = 0.05  # of the running requests: arrivals between two engine steps
-QUEUE_TIME_HIGH = 0.1  # seconds of mean engine queue time: congestion
-QUEUE_TIME_LOW = 0.05  # seconds: room to raise; between the two: hold
+QUEUE_TIME_HIGH = 0.06  # seconds of mean engine queue time: congestion
+QUEUE_TIME_LOW = 0.03  # seconds: room to raise; between the two: hold
 
 
 @dataclass(frozen=True)
