@@ -697,7 +697,13 @@ async def test_base64_data_url_with_line_breaks_is_accepted(
 @pytest.mark.parametrize(
     ("job_input", "message"),
     [
-        ({}, "input.audio_url or input.audio_base64 is required"),
+        ({}, "input.audio_url, input.audio_id or input.audio_base64 is required"),
+        ({"audio_id": "not-a-uuid"}, "input.audio_id must be the audio_id (a UUID string)"),
+        ({"audio_id": 7}, "input.audio_id must be the audio_id (a UUID string)"),
+        (
+            {"audio_id": "0190a5a0-0000-7000-8000-000000000000", "audio_base64": "AAAA"},
+            "not both input.audio_base64 and input.audio_id",
+        ),
         ({"audio_base64": "!!! not base64 !!!"}, "input.audio_base64 is not valid base64"),
         (
             {"audio_base64": base64.b64encode(b"plain text, not audio" * 50).decode(),

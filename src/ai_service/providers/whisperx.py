@@ -80,7 +80,7 @@ class WhisperXClient:
         min_speakers: int | None = None,
         max_speakers: int | None = None,
     ) -> Transcript:
-        """Transcribe `clip.source`, trying instances from index `start` on.
+        """Transcribe the clip's original file, trying instances from index `start` on.
 
         Raises `JobFailure`: the failure of the last instance tried when every
         instance was unavailable, or the first failure that is not about
@@ -100,8 +100,13 @@ class WhisperXClient:
             params["max_speakers"] = str(max_speakers)
         extension = clip.source_format.split(",")[0] or "bin"
         mime = _MIME_TYPES.get(extension, "application/octet-stream")
-        files = {"audio_file": (f"audio.{extension}", clip.source, mime)}
+        # Streamed from disk (httpx rewinds the file for each instance tried).
+        with clip.open_source() as upload:
+            files = {"audio_file": (f"audio.{extension}", upload, mime)}
+            return await self._post(files, params, start)
 
+    async def _post(self, files: dict[str, Any], params: dict[str, str], start: int) -> Transcript:
+        """`transcribe`'s requests: each instance in turn from `start`, as it documents."""
         failure: JobFailure | None = None
         refused: JobFailure | None = None
         count = len(self._urls)
