@@ -35,6 +35,9 @@ _SAMPLE_WIDTH = 2  # bytes per sample, s16le
 _BYTES_PER_SECOND = SAMPLE_RATE * _SAMPLE_WIDTH
 # Decoded PCM is written to the WAV file in pieces of about this size (2 s).
 _FLUSH_BYTES = 2 * _BYTES_PER_SECOND
+# A declared length past AUDIO_MAX_SECONDS by more than this factor (plus 1 s) is
+# refused from the header alone.
+_DECLARED_MARGIN = 1.05
 
 # The `input_audio.format` values OpenAI-compatible servers accept, and the
 # codecs of such files their decoders (libsndfile, ffmpeg) surely read: a WAV
@@ -229,8 +232,12 @@ def _decode(source: Path, target: Path, max_seconds: float | None) -> tuple[int,
                 raise AudioDecodeError("the file has no audio stream")
             stream = container.streams.audio[0]
             declared = _declared_seconds(container, stream)
-            if max_seconds is not None and declared is not None and declared > max_seconds:
-                raise AudioTooLong(max_seconds, declared)  # refused before decoding
+            if max_seconds is not None and declared is not None:
+                # Some headers only estimate (ADTS, MP3 without a Xing header): a
+                # margin keeps a file just under the limit from being refused; one
+                # just over is then stopped while decoding, below.
+                if declared > max_seconds * _DECLARED_MARGIN + 1:
+                    raise AudioTooLong(max_seconds, declared)  # refused before decoding
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             pending = bytearray()
             for frame in _frames(container, stream):
