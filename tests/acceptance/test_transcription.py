@@ -680,6 +680,23 @@ async def test_oversized_base64_is_invalid_input(
     assert whisperx.requests_received == 0
 
 
+async def test_audio_longer_than_audio_max_seconds_is_invalid_input(
+    whisperx: WhisperXStub, http: httpx.AsyncClient, files: FileServer, wav75: bytes
+) -> None:
+    settings = settings_for(whisperx, AUDIO_MAX_SECONDS="60")
+    url = files.add("/long.wav", wav75)
+
+    for job in (b64_job(wav75), make_job(input={"audio_url": url})):
+        failure = await fail(settings, http, job)
+
+        assert failure.category == "invalid_input"
+        assert failure.retryable is False
+        assert failure.message.endswith(
+            ": the audio lasts 75 s, longer than AUDIO_MAX_SECONDS (60 s)"
+        )
+    assert whisperx.requests_received == 0
+
+
 async def test_base64_data_url_with_line_breaks_is_accepted(
     whisperx: WhisperXStub, http: httpx.AsyncClient, wav5: bytes
 ) -> None:

@@ -253,6 +253,8 @@ class EdgeMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    if raw is not None:  # answered by the route's error handler, as such
+                        raise PayloadTooLarge("body", raw.limit, raw.setting)
                     raise BodyTooLarge(limit)
             return message
 
@@ -264,7 +266,7 @@ class EdgeMiddleware:
 
         try:
             await self._dispatch(scope, limited_receive, tracking_send, matched)
-        except BodyTooLarge:
+        except (BodyTooLarge, PayloadTooLarge):
             if not started:
                 await self._too_large(scope, receive, send, raw)
 
