@@ -232,12 +232,15 @@ def _decode(source: Path, target: Path, max_seconds: float | None) -> tuple[int,
                 raise AudioDecodeError("the file has no audio stream")
             stream = container.streams.audio[0]
             declared = _declared_seconds(container, stream)
-            if max_seconds is not None and declared is not None:
-                # Some headers only estimate (ADTS, MP3 without a Xing header): a
-                # margin keeps a file just under the limit from being refused; one
-                # just over is then stopped while decoding, below.
-                if declared > max_seconds * _DECLARED_MARGIN + 1:
-                    raise AudioTooLong(max_seconds, declared)  # refused before decoding
+            # Some headers only estimate (ADTS, MP3 without a Xing header): a margin
+            # keeps a file just under the limit from being refused; one just over
+            # is then stopped while decoding, below.
+            if (
+                max_seconds is not None
+                and declared is not None
+                and declared > max_seconds * _DECLARED_MARGIN + 1
+            ):
+                raise AudioTooLong(max_seconds, declared)  # refused before decoding
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             pending = bytearray()
             for frame in _frames(container, stream):
