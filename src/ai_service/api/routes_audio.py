@@ -89,7 +89,10 @@ async def upload_audio(
     "/audio/{audio_id}",
     response_class=Response,
     responses={
-        200: {"content": {"application/octet-stream": {}}, "description": "The recording"},
+        200: {
+            "content": {"audio/*": {}, "application/octet-stream": {}},
+            "description": "The recording, with the media type it was uploaded with",
+        },
         **responses(404),
     },
     summary="Download a stored recording",

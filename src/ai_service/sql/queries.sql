@@ -1031,8 +1031,8 @@ VALUES (%(id)s, %(owner_service)s, %(content_type)s)
 RETURNING *;
 
 -- name: audio_chunk_add
--- One chunk of an upload's bytes (binary parameter: no hex round trip).
-INSERT INTO audio_chunks (audio_id, n, data) VALUES (%(audio_id)s, %(n)s, %(data)b);
+-- One chunk of an upload's bytes (psycopg sends bytes as a binary parameter).
+INSERT INTO audio_chunks (audio_id, n, data) VALUES (%(audio_id)s, %(n)s, %(data)s);
 
 -- name: audio_finish
 -- The upload is complete: from now on jobs may name it.
