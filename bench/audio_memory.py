@@ -9,8 +9,10 @@ against a WhisperX stub on 127.0.0.1. Printed: the worker's resident memory
 before the job (VmRSS) and its peak over its whole life (VmHWM, from
 /proc/<pid>/status), with the target (peak < 300 MB), and the size of the job
 row's input and of the job list (no audio in either). `--channels` is passed
-through in the job input (`channels: "split"` transcribes each party on its
-own where the worker supports it).
+through in the job input; with `split` (the default) the job names the
+channels `channel_speakers: ["agent", "customer"]` and the bench checks that
+the segments come back labelled so, in time order, taking turns as the call
+does (agent first).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import time
+from typing import Any
 
 import httpx
 import psycopg
@@ -27,6 +30,7 @@ from tests.stubs import stereo_call_wav
 from tests.stubs.whisperx_server import WhisperXStub
 
 TARGET_MB = 300.0
+SPEAKERS = ["agent", "customer"]
 
 
 def memory_mb(pid: int, field: str) -> float:
@@ -69,9 +73,11 @@ async def main(minutes: float = 30.0, channels: str | None = "split") -> bool:
             uploaded.raise_for_status()
             upload_s = time.perf_counter() - started
             audio_id = uploaded.json()["audio_id"]
-            job_input: dict[str, str] = {"audio_id": audio_id}
+            job_input: dict[str, Any] = {"audio_id": audio_id}
             if channels:
                 job_input["channels"] = channels
+            if channels == "split":
+                job_input["channel_speakers"] = SPEAKERS
             created = await api.post(
                 "/api/v1/jobs",
                 json={
@@ -107,6 +113,13 @@ async def main(minutes: float = 30.0, channels: str | None = "split") -> bool:
     if job["status"] == "completed":
         result = job["result"]
         print(f" ({result['audio_duration']:.0f} s of audio, {len(result['segments'])} segments)")
+        if channels == "split":
+            labelled = _turns_labelled(result["segments"])
+            ok = ok and labelled
+            print(
+                f"split segments labelled {'/'.join(SPEAKERS)} in time order, taking turns: "
+                f"{'yes' if labelled else 'NO'}"
+            )
     else:
         print(f": {job['error_category']}: {job['error_message']}")
     print(f"worker RSS before the job: {idle:.0f} MB")
@@ -119,6 +132,14 @@ async def main(minutes: float = 30.0, channels: str | None = "split") -> bool:
         f"job list with input and result: {len(listed.content)} bytes"
     )
     return ok
+
+
+def _turns_labelled(segments: list[dict[str, Any]]) -> bool:
+    """Whether the segments alternate agent, customer, ... with rising start times."""
+    starts = [s["start"] for s in segments]
+    speakers = [s.get("speaker") for s in segments]
+    expected = [SPEAKERS[n % len(SPEAKERS)] for n in range(len(segments))]
+    return bool(segments) and starts == sorted(starts) and speakers == expected
 
 
 if __name__ == "__main__":

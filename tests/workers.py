@@ -11,7 +11,7 @@ from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
 from ai_service.worker.handler import HandlerContext
-from ai_service.worker.main import handler_specs, provider_client
+from ai_service.worker.main import handler_specs, limiters, provider_client
 from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
 from tests.helpers import make_settings
@@ -40,12 +40,14 @@ async def running_worker(database_url: str, **env: str) -> AsyncIterator[Runner]
     notifier.start()
     try:
         async with provider_client(settings) as http:
+            specs = handler_specs(settings)
             runner = Runner(
                 store,
                 HandlerContext(settings=settings, http=http),
-                handler_specs(settings),
+                specs,
                 notifier=notifier,
                 metrics=Metrics(*metric_labels(settings)),
+                limiters=limiters(settings, http, specs),
             )
             runner.start()
             try:

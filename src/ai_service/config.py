@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from ai_service.errors import ConfigError
 from ai_service.outbound import UrlPolicy
@@ -113,6 +114,20 @@ def _parse_weights(text: str) -> tuple[tuple[str, int], ...]:
             raise ValueError(f"entry {number} repeats {name!r}")
         pairs[name] = count
     return tuple(pairs.items())
+
+
+LLM_CONCURRENCY_AUTO = -1
+"""`LLM_CONCURRENCY=auto`: the in-flight limit follows the engine's load (`worker.adaptive`)."""
+
+
+def _parse_llm_concurrency(text: str) -> int:
+    value = text.strip().lower()
+    if value == "auto":
+        return LLM_CONCURRENCY_AUTO
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"invalid value {text!r}: use a number of slots or auto") from None
 
 
 def _parse_optional(text: str) -> str | None:
@@ -241,10 +256,21 @@ class Settings:
     llm_api_key: str | None = None
     llm_model: str = "qwen2.5-14b"
     llm_timeout: float = 300.0
+    # 0: the LLM handler's share of WORKER_CONCURRENCY; LLM_CONCURRENCY_AUTO: adaptive.
+    llm_concurrency: int = 0
+    llm_concurrency_min: int = 1
+    llm_concurrency_max: int = 0  # 0: the LLM handler's share of WORKER_CONCURRENCY
+    llm_metrics_url: str | None = None  # None: derived from LLM_BASE_URL
+    llm_metrics_interval: float = 1.0
+    llm_forward_priority: bool = False
     # Transcription
     transcription_providers: tuple[str, ...] = ("whisperx",)
     transcription_mode: str = "compare"
     whisperx_url: tuple[str, ...] = ()
+    # The model the WhisperX servers load (ASR_MODEL there): the server only names its engine.
+    whisperx_model: str = "large-v3"
+    # Default of a job's `vad_filter`: without it silence becomes a hallucinated "You".
+    whisperx_vad_filter: bool = True
     qwen_audio_base_url: str | None = None
     qwen_audio_model: str = "Qwen/Qwen2-Audio-7B-Instruct"
     qwen_audio_api_key: str | None = None
@@ -262,6 +288,7 @@ class Settings:
     audio_download_timeout: float = 60.0
     audio_url_allow: UrlPolicy = field(default_factory=UrlPolicy)
     transcription_timeout: float = 1800.0
+    transcription_concurrency: int = 0  # 0: a small share of WORKER_CONCURRENCY
     # Worker
     worker_id: str = field(default_factory=socket.gethostname)
     worker_http_host: str = "0.0.0.0"
@@ -307,6 +334,23 @@ class Settings:
     def effective_worker_concurrency(self) -> int:
         """Jobs a worker keeps in flight: `WORKER_CONCURRENCY` or the claim limit."""
         return self.worker_concurrency or self.worker_claim_limit
+
+    @property
+    def llm_concurrency_auto(self) -> bool:
+        """Whether `LLM_CONCURRENCY=auto` (the in-flight limit follows the engine)."""
+        return self.llm_concurrency == LLM_CONCURRENCY_AUTO
+
+    @property
+    def effective_llm_metrics_url(self) -> str | None:
+        """`LLM_METRICS_URL`, else `LLM_BASE_URL` with its `/v1` replaced by `/metrics`."""
+        if self.llm_metrics_url:
+            return self.llm_metrics_url
+        if not self.llm_base_url:
+            return None
+        parts = urlsplit(self.llm_base_url)
+        path = parts.path.rstrip("/")
+        path = path.removesuffix("/v1") + "/metrics"
+        return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
     @property
     def qwen_audio_effective_key(self) -> str | None:
@@ -362,9 +406,17 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "LLM_API_KEY": ("llm_api_key", _parse_optional),
     "LLM_MODEL": ("llm_model", _parse_str),
     "LLM_TIMEOUT": ("llm_timeout", parse_duration),
+    "LLM_CONCURRENCY": ("llm_concurrency", _parse_llm_concurrency),
+    "LLM_CONCURRENCY_MIN": ("llm_concurrency_min", _parse_int),
+    "LLM_CONCURRENCY_MAX": ("llm_concurrency_max", _parse_int),
+    "LLM_METRICS_URL": ("llm_metrics_url", _parse_optional),
+    "LLM_METRICS_INTERVAL": ("llm_metrics_interval", parse_duration),
+    "LLM_FORWARD_PRIORITY": ("llm_forward_priority", _parse_bool),
     "TRANSCRIPTION_PROVIDERS": ("transcription_providers", _parse_list),
     "TRANSCRIPTION_MODE": ("transcription_mode", _parse_str),
     "WHISPERX_URL": ("whisperx_url", _parse_list),
+    "WHISPERX_MODEL": ("whisperx_model", _parse_str),
+    "WHISPERX_VAD_FILTER": ("whisperx_vad_filter", _parse_bool),
     "QWEN_AUDIO_BASE_URL": ("qwen_audio_base_url", _parse_optional),
     "QWEN_AUDIO_MODEL": ("qwen_audio_model", _parse_str),
     "QWEN_AUDIO_API_KEY": ("qwen_audio_api_key", _parse_optional),
@@ -380,6 +432,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AUDIO_DOWNLOAD_TIMEOUT": ("audio_download_timeout", parse_duration),
     "AUDIO_URL_ALLOW": ("audio_url_allow", UrlPolicy.from_setting),
     "TRANSCRIPTION_TIMEOUT": ("transcription_timeout", parse_duration),
+    "TRANSCRIPTION_CONCURRENCY": ("transcription_concurrency", _parse_int),
     "WORKER_ID": ("worker_id", _parse_str),
     "WORKER_HTTP_HOST": ("worker_http_host", _parse_str),
     "WORKER_HTTP_PORT": ("worker_http_port", _parse_int),
@@ -469,6 +522,7 @@ def _validate(s: Settings) -> None:
         "transcription_mode",
         f"must be one of {', '.join(TRANSCRIPTION_MODES)}",
     )
+    check(bool(s.whisperx_model), "whisperx_model", "must not be empty")
     check(s.audio_llm_max_tokens >= 1, "audio_llm_max_tokens", "must be >= 1")
     check(s.audio_max_bytes >= 1, "audio_max_bytes", "must be >= 1")
     check(s.audio_max_seconds >= 1, "audio_max_seconds", "must be at least 1s")
@@ -482,6 +536,42 @@ def _validate(s: Settings) -> None:
     check(s.worker_poll_interval > 0, "worker_poll_interval", "must be positive")
     check(1 <= s.worker_claim_limit <= 100, "worker_claim_limit", "must be between 1 and 100")
     check(0 <= s.worker_concurrency <= 1000, "worker_concurrency", "must be between 0 and 1000")
+    check(
+        s.llm_concurrency == LLM_CONCURRENCY_AUTO or 0 <= s.llm_concurrency <= 1000,
+        "llm_concurrency",
+        "must be auto or between 0 and 1000 (0: the LLM share of WORKER_CONCURRENCY)",
+    )
+    check(
+        0 <= s.transcription_concurrency <= 1000,
+        "transcription_concurrency",
+        "must be between 0 and 1000 (0: a share of WORKER_CONCURRENCY)",
+    )
+    check(1 <= s.llm_concurrency_min <= 1000, "llm_concurrency_min", "must be between 1 and 1000")
+    check(
+        0 <= s.llm_concurrency_max <= 1000,
+        "llm_concurrency_max",
+        "must be between 0 and 1000 (0: the LLM share of WORKER_CONCURRENCY)",
+    )
+    check(
+        s.llm_concurrency_max == 0 or s.llm_concurrency_max >= s.llm_concurrency_min,
+        "llm_concurrency_max",
+        "must be >= LLM_CONCURRENCY_MIN",
+    )
+    check(
+        0.05 <= s.llm_metrics_interval <= 60,
+        "llm_metrics_interval",
+        "must be between 50ms and 60s",
+    )
+    explicit = [
+        s.transcription_concurrency,
+        s.llm_concurrency_max if s.llm_concurrency_auto else max(s.llm_concurrency, 0),
+    ]
+    check(
+        not (s.worker_concurrency and all(explicit)) or sum(explicit) <= s.worker_concurrency,
+        "worker_concurrency",
+        "is less than LLM_CONCURRENCY (or LLM_CONCURRENCY_MAX with auto) + "
+        "TRANSCRIPTION_CONCURRENCY: raise it, or leave it unset (then it is their sum)",
+    )
     check(s.worker_lease_timeout >= 1, "worker_lease_timeout", "must be at least 1s")
     check(0 <= s.breaker_failures <= 1000, "breaker_failures", "must be between 0 and 1000")
     check(s.breaker_probe_interval >= 0.05, "breaker_probe_interval", "must be at least 50ms")
@@ -497,7 +587,13 @@ def _validate(s: Settings) -> None:
         "retry_backoff_max",
         "must be >= RETRY_BACKOFF_BASE",
     )
-    for name in ("llm_base_url", "qwen_audio_base_url", "voxtral_base_url", "infra_status_url"):
+    for name in (
+        "llm_base_url",
+        "llm_metrics_url",
+        "qwen_audio_base_url",
+        "voxtral_base_url",
+        "infra_status_url",
+    ):
         url = getattr(s, name)
         check(url is None or _is_http_url(url), name, "must be an http:// or https:// URL")
     # OpenAI-compatible servers authenticate with a bearer key. Credentials in the

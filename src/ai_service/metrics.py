@@ -153,6 +153,26 @@ class Metrics:
             multiprocess_mode="mostrecent",
         )
 
+        self.worker_slots_in_use = Gauge(
+            "ai_worker_slots_in_use",
+            "Jobs a worker's handler holds now (claimed, outcome not yet recorded).",
+            ("handler",),
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+        self.worker_slots_limit = Gauge(
+            "ai_worker_slots_limit",
+            "The most jobs a worker's handler may hold now (adaptive for LLM_CONCURRENCY=auto).",
+            ("handler",),
+            registry=self.registry,
+            multiprocess_mode="livesum",
+        )
+
+    def set_worker_slots(self, handler: str, in_use: int, limit: int) -> None:
+        """A worker handler's slots in use and current limit (`handler`: a built-in name)."""
+        self._child(self.worker_slots_in_use, handler).set(in_use)
+        self._child(self.worker_slots_limit, handler).set(limit)
+
     def _child(self, metric: Any, *labels: str) -> Any:
         # labels() costs a lock and a tuple build per call: keep the children.
         key = (id(metric), labels)

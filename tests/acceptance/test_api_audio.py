@@ -196,7 +196,11 @@ async def test_a_30_minute_stereo_call_by_audio_id_never_lands_in_a_job_row(
         async with running_worker(database_url, WHISPERX_URL=whisperx.base_url):
             created = await api.post(
                 f"{API}/jobs",
-                json=transcription(audio_id=stored["audio_id"], channels="split"),
+                json=transcription(
+                    audio_id=stored["audio_id"],
+                    channels="split",
+                    channel_speakers=["agent", "customer"],
+                ),
             )
             assert created.status_code == 201, created.text
             job_id = created.json()["id"]
@@ -204,17 +208,32 @@ async def test_a_30_minute_stereo_call_by_audio_id_never_lands_in_a_job_row(
 
     job = (await api.get(f"{API}/jobs/{job_id}")).json()
     assert job["status"] == "completed", job["error_message"]
-    assert job["result"]["audio_duration"] == pytest.approx(1800.0, abs=0.1)
-    assert job["input"] == {"audio_id": stored["audio_id"], "channels": "split"}
-    # The server got the whole call, streamed from disk.
-    assert whisperx.requests[0].audio_seconds == pytest.approx(1800.0, abs=0.1)
-    # Neither the row (SQL), nor the job, nor the list carries audio.
+    result = job["result"]
+    assert result["audio_duration"] == pytest.approx(1800.0, abs=0.1)
+    assert job["input"] == {
+        "audio_id": stored["audio_id"],
+        "channels": "split",
+        "channel_speakers": ["agent", "customer"],
+    }
+    # Each channel went to the server on its own, as a whole 16 kHz mono WAV from disk.
+    assert [r.audio_seconds for r in whisperx.requests] == [
+        pytest.approx(1800.0, abs=0.1),
+        pytest.approx(1800.0, abs=0.1),
+    ]
+    # The parties take 5 s turns, the agent first: 360 segments, labelled, in time order.
+    segments = result["segments"]
+    assert len(segments) == 360
+    assert [s["speaker"] for s in segments] == ["agent", "customer"] * 180
+    assert [s["start"] for s in segments] == pytest.approx([5.0 * n for n in range(360)], abs=0.2)
+    assert result["channel_speakers"] == ["agent", "customer"]
+    # Neither the row (SQL), nor the job, nor the list carries audio (57.6 MB of it):
+    # the result is the transcript alone, its 360 segments with their words.
     sizes = await row_sizes(store, job_id)
     assert sizes["input"] < 200
-    assert sizes["result"] < 100_000
+    assert sizes["result"] < 400 * len(segments)
     listed = await api.get(f"{API}/jobs", params={"include": "input,result", "limit": 100})
     for answer in (json.dumps(job), listed.text):
-        assert len(answer) < 200_000
+        assert len(answer) < 500 * len(segments)
         assert base64.b64encode(call[:3000]).decode()[8:200] not in answer
     assert len((await api.get(f"{API}/jobs")).content) < 2000
 

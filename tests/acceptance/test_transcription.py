@@ -143,25 +143,39 @@ async def test_75_seconds_through_three_providers(
 
     # main fields come from the first provider in order: whisperx
     assert result["provider"] == "whisperx"
-    assert result["model"] == "whisperx"
+    assert result["model"] == "large-v3"  # WHISPERX_MODEL, not the engine
     assert result["language"] == "ru"
+    assert result["requested_language"] == "ru"
+    assert result["detected_language"] is None  # forced, so not detected
     assert result["audio_duration"] == pytest.approx(75.0, abs=0.01)
+    assert result["warnings"] == []
+    assert result["diarization"] == "applied"
+    assert result["diarization_reason"] is None
     assert [(s["start"], s["end"]) for s in result["segments"]] == [
         (0.0, 10.0), (10.0, 20.0), (20.0, 30.0), (30.0, 40.0),
         (40.0, 50.0), (50.0, 60.0), (60.0, 70.0), (70.0, 75.0),
     ]  # fmt: skip
+    # the whole segment, words included, lives in the result only
     assert result["segments"][0] == {
         "start": 0.0,
         "end": 10.0,
         "text": "Segment 0 from wx-a.",
         "speaker": "SPEAKER_00",
-    }
+        "avg_logprob": -0.21,
+        "words": [
+            {"word": "Segment", "start": 0.0, "end": 3.333, "score": 0.91, "speaker": "SPEAKER_00"},
+            {"word": "0"},  # missing word timings stay missing
+            {"word": "from wx-a.", "start": 6.667, "end": 10.0, "score": 0.84,
+             "speaker": "SPEAKER_00"},
+        ],
+    }  # fmt: skip
     assert result["segments"][1]["speaker"] == "SPEAKER_01"
     assert result["text"].startswith("Segment 0 from wx-a. Segment 1 from wx-a.")
 
     attempts = result["attempts"]
     assert [a["provider"] for a in attempts] == ["whisperx", "qwen2-audio", "voxtral-small"]
     assert [a["status"] for a in attempts] == ["ok", "ok", "ok"]
+    assert [a["selected"] for a in attempts] == [True, False, False]
     for attempt in attempts:
         assert isinstance(attempt["duration_ms"], int)
         assert attempt["duration_ms"] >= 0
@@ -169,17 +183,14 @@ async def test_75_seconds_through_three_providers(
 
     wx = attempts[0]
     assert wx["instance"] == whisperx.base_url
-    # word timings are kept in the attempt, missing ones stay missing
-    words = wx["segments"][0]["words"]
-    assert words[0] == {
-        "word": "Segment",
-        "start": 0.0,
-        "end": 3.333,
-        "score": 0.91,
-        "speaker": "SPEAKER_00",
-    }
-    assert words[1] == {"word": "0"}
-    assert "words" not in result["segments"][0]
+    assert wx["engine"] == "whisperx"
+    assert wx["model"] == "large-v3"
+    assert [(i["url"], i["status"], i["error"]) for i in wx["instances"]] == [
+        (whisperx.base_url, "ok", None)
+    ]
+    # the selected attempt does not repeat the result's transcript
+    assert "segments" not in wx
+    assert "text" not in wx
 
     qw = attempts[1]
     assert qw["model"] == QWEN_MODEL
@@ -213,9 +224,13 @@ async def test_75_seconds_through_three_providers(
         "diarize": "true",
         "min_speakers": "1",
         "max_speakers": "2",
+        "vad_filter": "true",  # WHISPERX_VAD_FILTER's default
     }
+    # not the caller's 8 kHz file: the decoded audio as 16 kHz mono WAV
     assert asr.filename == "audio.wav"
-    assert asr.size == len(wav75)
+    assert asr.content_type == "audio/wav"
+    assert (asr.sample_rate, asr.channels) == (16000, 1)
+    assert asr.size == 44 + 75 * 16000 * 2
 
     assert qwen.requests_received == 3
     assert [r.audio_seconds for r in qwen.requests] == [[30.0], [30.0], [15.0]]
@@ -372,9 +387,9 @@ async def test_voxtral_gets_wav_or_mp3(
     sent = base64.b64decode(request.body["messages"][0]["content"][1]["input_audio"]["data"])
     assert (sent == audio) is original
     assert request.audio_seconds[0] == pytest.approx(3.0, abs=0.1)
-    # whisperx always gets the original file, named after its format
-    assert whisperx.requests[0].filename == f"audio.{container}"
-    assert whisperx.requests[0].size == len(audio)
+    # whisperx never gets the caller's file: the decoded audio as 16 kHz mono WAV
+    assert whisperx.requests[0].filename == "audio.wav"
+    assert (whisperx.requests[0].sample_rate, whisperx.requests[0].channels) == (16000, 1)
 
 
 @pytest.mark.parametrize(
@@ -595,7 +610,7 @@ async def test_audio_url_is_downloaded(
 
     assert result["audio_duration"] == pytest.approx(5.0)
     assert files.hits["/calls/1.wav"] == 1
-    assert whisperx.requests[0].size == len(wav5)
+    assert whisperx.requests[0].audio_seconds == pytest.approx(5.0)
 
 
 async def test_audio_url_answering_404_is_invalid_input(
@@ -708,7 +723,7 @@ async def test_base64_data_url_with_line_breaks_is_accepted(
     )
 
     assert result["audio_duration"] == pytest.approx(5.0)
-    assert whisperx.requests[0].size == len(wav5)
+    assert whisperx.requests[0].audio_seconds == pytest.approx(5.0)
 
 
 @pytest.mark.parametrize(

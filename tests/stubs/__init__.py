@@ -20,7 +20,8 @@ Every stub listens on 127.0.0.1 unless given another loopback `host`
 loopback address and not another).
 
 `closed_port_url()` gives a URL nobody listens on (connection refused);
-`sine_wav(seconds)` makes real audio for them to receive, `transcode(wav,
+`sine_wav(seconds)` makes real audio for them to receive (`tone_wav` with
+pauses and channels), `transcode(wav,
 "mp3", "libmp3lame")` the same in another container/codec.
 
 Counters are updated by the server thread and read by the test; they are
@@ -58,6 +59,7 @@ __all__ = [
     "parse_multipart",
     "sine_wav",
     "stereo_call_wav",
+    "tone_wav",
     "transcode",
 ]
 
@@ -231,6 +233,25 @@ def stereo_call_wav(seconds: float, *, rate: int = 8000, turn_seconds: float = 5
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(2)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def tone_wav(seconds: float, *channels: list[tuple[float, float]], rate: int = 8000) -> bytes:
+    """A 16-bit WAV with one channel per span list: a 440 Hz tone during each
+    `(start, end)` span, silence elsewhere (speech between pauses, a call's sides).
+    """
+    step = 2 * math.pi * 440 / rate
+    samples = array.array("h")
+    for i in range(int(seconds * rate)):
+        t = i / rate
+        tone = int(8000 * math.sin(i * step))
+        samples.extend(tone if any(a <= t < b for a, b in spans) else 0 for spans in channels)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(len(channels))
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes(samples.tobytes())

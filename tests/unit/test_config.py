@@ -64,6 +64,8 @@ SEED_OVERRIDES: list[tuple[str, str, Any, str]] = [
         ("http://a:9000", "http://b:9000"),
         "whisperx_url",
     ),
+    ("WHISPERX_MODEL", "tiny.en", "tiny.en", "whisperx_model"),
+    ("WHISPERX_VAD_FILTER", "false", False, "whisperx_vad_filter"),
     ("QWEN_AUDIO_BASE_URL", "http://10.2.3.5:8003", "http://10.2.3.5:8003", "qwen_audio_base_url"),
     ("QWEN_AUDIO_MODEL", "qwen-x", "qwen-x", "qwen_audio_model"),
     ("QWEN_AUDIO_API_KEY", "qk", "qk", "qwen_audio_api_key"),
@@ -168,6 +170,7 @@ def test_parse_duration_result_is_finite_for_plain_seconds() -> None:
         ("QWEN_AUDIO_BASE_URL", "10.2.3.5:8003"),
         ("VOXTRAL_BASE_URL", "https://"),
         ("WHISPERX_URL", "http://ok:9000,whisperx:9000"),
+        ("WHISPERX_VAD_FILTER", "sometimes"),
         ("TRANSCRIPTION_PROVIDERS", "foo"),
         ("TRANSCRIPTION_PROVIDERS", "whisperx,foo"),
         ("AUDIO_LLM_MAX_TOKENS", "0"),
@@ -181,6 +184,15 @@ def test_parse_duration_result_is_finite_for_plain_seconds() -> None:
         ("WORKER_CLAIM_LIMIT", "four"),
         ("WORKER_LEASE_TIMEOUT", "500ms"),
         ("DATABASE_URL", "mysql://db/ai"),
+        ("LLM_CONCURRENCY", "many"),
+        ("LLM_CONCURRENCY", "-2"),
+        ("LLM_CONCURRENCY", "1001"),
+        ("TRANSCRIPTION_CONCURRENCY", "-1"),
+        ("LLM_CONCURRENCY_MIN", "0"),
+        ("LLM_CONCURRENCY_MAX", "1001"),
+        ("LLM_METRICS_URL", "vllm:8000/metrics"),
+        ("LLM_METRICS_INTERVAL", "10ms"),
+        ("LLM_FORWARD_PRIORITY", "sometimes"),
     ],
 )
 def test_invalid_value_raises_config_error_naming_the_variable(variable: str, raw: str) -> None:
@@ -258,6 +270,52 @@ def test_worker_concurrency_defaults_to_the_claim_limit() -> None:
     assert load_settings({"WORKER_CLAIM_LIMIT": "7"}).effective_worker_concurrency == 7
     settings = load_settings({"WORKER_CLAIM_LIMIT": "7", "WORKER_CONCURRENCY": "20"})
     assert settings.effective_worker_concurrency == 20
+
+
+def test_llm_concurrency_takes_a_number_or_auto() -> None:
+    assert load_settings({"LLM_CONCURRENCY": "16"}).llm_concurrency == 16
+    auto = load_settings({"LLM_CONCURRENCY": " Auto "})
+    assert auto.llm_concurrency_auto
+    assert not load_settings({}).llm_concurrency_auto
+
+
+def test_llm_metrics_url_is_derived_from_the_base_url() -> None:
+    def derived(base: str) -> str | None:
+        return load_settings({"LLM_BASE_URL": base}).effective_llm_metrics_url
+
+    assert derived("http://10.2.3.5:8000/v1") == "http://10.2.3.5:8000/metrics"
+    assert derived("http://10.2.3.5:8000/v1/") == "http://10.2.3.5:8000/metrics"
+    assert derived("http://10.2.3.5:8000") == "http://10.2.3.5:8000/metrics"
+    assert derived("http://gw/llm/v1?api_key=k") == "http://gw/llm/metrics?api_key=k"
+    explicit = load_settings({"LLM_BASE_URL": "http://a/v1", "LLM_METRICS_URL": "http://b:9/m"})
+    assert explicit.effective_llm_metrics_url == "http://b:9/m"
+    assert load_settings({}).effective_llm_metrics_url is None
+
+
+def test_explicit_handler_slots_above_the_worker_total_are_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            {"WORKER_CONCURRENCY": "8", "LLM_CONCURRENCY": "8", "TRANSCRIPTION_CONCURRENCY": "2"}
+        )
+    assert info.value.variable == "WORKER_CONCURRENCY"
+    with pytest.raises(ConfigError) as auto:
+        load_settings(
+            {
+                "WORKER_CONCURRENCY": "8",
+                "LLM_CONCURRENCY": "auto",
+                "LLM_CONCURRENCY_MAX": "8",
+                "TRANSCRIPTION_CONCURRENCY": "1",
+            }
+        )
+    assert auto.value.variable == "WORKER_CONCURRENCY"
+    fits = {"WORKER_CONCURRENCY": "10", "LLM_CONCURRENCY": "8", "TRANSCRIPTION_CONCURRENCY": "2"}
+    assert load_settings(fits).worker_concurrency == 10
+
+
+def test_llm_concurrency_max_below_min_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"LLM_CONCURRENCY_MIN": "8", "LLM_CONCURRENCY_MAX": "4"})
+    assert info.value.variable == "LLM_CONCURRENCY_MAX"
 
 
 # -- AI_SERVICE_TOKEN and AI_SERVICE_TOKENS ------------------------------------------

@@ -1,15 +1,17 @@
 """Audio clips and transcripts shared by the transcription providers.
 
 `AudioClip.from_file` decodes any container/codec FFmpeg knows (through PyAV)
-into 16 kHz mono 16-bit PCM, the input format of Whisper-family models, and
-keeps the original file so providers that accept it as is (WhisperX, Voxtral
-with wav/mp3) get it unchanged. `AudioClip.chunks` splits a clip for
-providers with a per-request length limit (Qwen2-Audio: 30 s).
+into 16 kHz mono 16-bit PCM, the input format of Whisper-family models: WhisperX
+gets that WAV (servers that pipe uploads into ffmpeg cannot seek the caller's
+file), Voxtral the original when it is wav/mp3 it surely reads.
+`decode_to_wav` can also write one WAV per channel (`audio_encode.split_channels`).
+`AudioClip.chunks` splits a clip for providers with a per-request length limit
+(Qwen2-Audio: 30 s).
 
 Memory stays small whatever the length of the recording: the original is a
 file (the worker streams downloads and stored audio to disk), decoding runs
-frame by frame into a WAV file beside it, and providers send files
-(`open_source`, `open_wav`) or short chunks. `max_seconds` (`AUDIO_MAX_SECONDS`)
+frame by frame into a WAV file beside it, and providers send the file
+(`open_wav`) or short chunks. `max_seconds` (`AUDIO_MAX_SECONDS`)
 bounds the decoded length: a file whose header declares more is refused before
 anything is decoded, and decoding stops as soon as the output passes it
 (`AudioTooLong`).
@@ -24,6 +26,7 @@ import shutil
 import tempfile
 import wave
 import weakref
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -108,8 +111,9 @@ class AudioClip:
         if workdir is None:
             keep = _Scratch()
             workdir = keep.path
-        target = workdir / f"{path.stem}.16k.wav"
-        frames, format_name, codec_name = _decode(path, target, max_seconds)
+        [target], frames, format_name, codec_name = decode_to_wav(
+            path, workdir, max_seconds=max_seconds
+        )
         return cls(
             wav_path=target,
             frames=frames,
@@ -146,12 +150,6 @@ class AudioClip:
     def source(self) -> bytes:
         """The original file's bytes (b"" for chunks), read from disk."""
         return self.source_path.read_bytes() if self.source_path is not None else b""
-
-    def open_source(self) -> BinaryIO:
-        """The original file, opened for reading (a chunk has none: its WAV instead)."""
-        if self.source_path is None:
-            return self.open_wav()
-        return self.source_path.open("rb")
 
     def open_wav(self) -> BinaryIO:
         """The clip as a 16 kHz mono 16-bit WAV file, opened for reading.
@@ -213,21 +211,23 @@ def _frames_in(path: Path) -> int:
         return wav.getnframes()
 
 
-def _decode(source: Path, target: Path, max_seconds: float | None) -> tuple[int, str, str]:
-    """Decode `source` frame by frame into the 16 kHz mono WAV `target`.
+def decode_to_wav(
+    source: Path, workdir: Path, *, max_seconds: float | None = None, split: bool = False
+) -> tuple[list[Path], int, str, str]:
+    """Decode `source` frame by frame into 16 kHz mono s16le WAV files in `workdir`.
 
-    Returns (samples written, demuxer name, codec name). Only one frame's
-    samples and at most `_FLUSH_BYTES` of output are in memory at a time.
+    One file with the channels mixed down (`{stem}.16k.wav`), or with `split`
+    one per channel (`{stem}.ch{n}.16k.wav`, in channel order). Returns (the
+    files, samples in each, demuxer name, codec name). Only one frame's samples
+    and at most `_FLUSH_BYTES` of output per file are in memory at a time.
+    Raises `AudioDecodeError` / `AudioTooLong` like `AudioClip.from_file`.
     """
     if source.stat().st_size == 0:
         raise AudioDecodeError("the audio is empty (0 bytes)")
     limit = None if max_seconds is None else int(max_seconds * SAMPLE_RATE)
     frames = 0
     try:
-        with av.open(str(source), mode="r") as container, wave.open(str(target), "wb") as out:
-            out.setnchannels(1)
-            out.setsampwidth(_SAMPLE_WIDTH)
-            out.setframerate(SAMPLE_RATE)
+        with av.open(str(source), mode="r") as container, ExitStack() as files:
             if not container.streams.audio:
                 raise AudioDecodeError("the file has no audio stream")
             stream = container.streams.audio[0]
@@ -241,25 +241,41 @@ def _decode(source: Path, target: Path, max_seconds: float | None) -> tuple[int,
                 and declared > max_seconds * _DECLARED_MARGIN + 1
             ):
                 raise AudioTooLong(max_seconds, declared)  # refused before decoding
-            resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
-            pending = bytearray()
+            count = (stream.codec_context.channels or 1) if split else 1
+            if count > 1:
+                # Planar output: plane n holds channel n.
+                layout = stream.codec_context.layout.name
+                resampler = av.AudioResampler(format="s16p", layout=layout, rate=SAMPLE_RATE)
+                targets = [workdir / f"{source.stem}.ch{n}.16k.wav" for n in range(count)]
+            else:
+                resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+                targets = [workdir / f"{source.stem}.16k.wav"]
+            outs = [files.enter_context(wave.open(str(target), "wb")) for target in targets]
+            for out in outs:
+                out.setnchannels(1)
+                out.setsampwidth(_SAMPLE_WIDTH)
+                out.setframerate(SAMPLE_RATE)
+            pending = [bytearray() for _ in targets]
             for frame in _frames(container, stream):
                 for resampled in resampler.resample(frame):
-                    pending += _packed(resampled)
+                    for index, plane in enumerate(_planes(resampled, count)):
+                        pending[index] += plane
                     frames += resampled.samples
                 if limit is not None and frames > limit:
                     raise AudioTooLong(max_seconds or 0.0)  # stops here, not at the end
-                if len(pending) >= _FLUSH_BYTES:
-                    out.writeframesraw(pending)
-                    pending.clear()
-            out.writeframesraw(pending)
+                if len(pending[0]) >= _FLUSH_BYTES:
+                    for out, buffered in zip(outs, pending, strict=True):
+                        out.writeframesraw(buffered)
+                        buffered.clear()
+            for out, buffered in zip(outs, pending, strict=True):
+                out.writeframesraw(buffered)
             format_name = container.format.name
             codec_name = stream.codec_context.name
     except av.FFmpegError as exc:
         raise AudioDecodeError(f"the audio cannot be decoded: {_ffmpeg_reason(exc)}") from None
     if frames == 0:
         raise AudioDecodeError("the audio contains no samples")
-    return frames, format_name, codec_name
+    return targets, frames, format_name, codec_name
 
 
 def _frames(container: Any, stream: Any) -> Any:
@@ -277,9 +293,11 @@ def _declared_seconds(container: Any, stream: Any) -> float | None:
     return None
 
 
-def _packed(frame: av.AudioFrame) -> bytes:
+def _planes(frame: av.AudioFrame, count: int) -> list[bytes]:
+    """The frame's samples, one bytes per channel (planar) or one for packed mono."""
     # Plane buffers may be padded for alignment: keep only the real samples.
-    return bytes(frame.planes[0])[: frame.samples * _SAMPLE_WIDTH]
+    length = frame.samples * _SAMPLE_WIDTH
+    return [bytes(plane)[:length] for plane in frame.planes[:count]]
 
 
 def _ffmpeg_reason(exc: av.FFmpegError) -> str:
@@ -295,7 +313,8 @@ class Transcript:
     `segments` are JSON-ready dicts with `start`, `end`, `text` and, when the
     provider knows them, `speaker` and `words`. `chunks` lists
     `{start, end, duration_ms}` for providers that split the audio.
-    `instance` is the (redacted) server that answered, when there are several.
+    `instance` is the (redacted) server that answered, when there are several;
+    `engine` the engine the server names (WhisperX's `Asr-Engine` header).
     """
 
     text: str
@@ -304,3 +323,4 @@ class Transcript:
     language: str | None = None
     chunks: list[dict[str, Any]] | None = None
     instance: str | None = None
+    engine: str | None = None

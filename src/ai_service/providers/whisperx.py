@@ -1,12 +1,20 @@
-"""WhisperX over HTTP (whisper-asr-webservice with `ASR_ENGINE=whisperx`).
+"""WhisperX over HTTP (whisper-asr-webservice, engine faster_whisper or whisperx).
 
 `POST {url}/asr?output=json&task=transcribe&encode=true&...` with the file in
-the multipart field `audio_file`. The JSON answer is served as `text/plain`,
-so the body text is parsed, never `response.json()` on the content type.
+the multipart field `audio_file`. The JSON answer is served as `text/plain`
+(chunked), so the body text is parsed, never `response.json()` on the content
+type.
+
+The file sent is never the caller's: the server pipes uploads into ffmpeg,
+which cannot seek a pipe (an M4A with its index at the end yields an empty
+transcript, a WAV with `data` before `fmt ` a 500). The worker has decoded the
+audio, so every instance gets the same 16 kHz mono WAV (`AudioClip.open_wav`).
 
 Reading is liberal: whisperx-asr-service answers the same endpoint but with
 `text` as a list of strings; words may lack `start`/`end`/`score` when
-alignment failed; `speaker` appears only with diarization.
+alignment failed; `speaker` appears only with diarization. Timings are rounded
+to milliseconds, word text loses Whisper's leading space, and per-segment
+`avg_logprob`/`no_speech_prob` and per-word `probability`/`score` are kept.
 
 Several instances can serve the same jobs: the caller picks the first one
 (`start`, a round-robin cursor) and an instance that cannot be reached or
@@ -14,12 +22,16 @@ answers 5xx hands the request to the next one before the call fails. Each
 instance may have a circuit breaker (`gates`, `providers.gate`): an instance
 whose circuit is open is skipped; a 500 while its probe answers is the
 request's fault (undecodable audio), not the instance's, and is not handed on.
+Every instance tried is recorded in `tried` (`{url, status, error,
+duration_ms}`), whatever the outcome.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -34,9 +46,8 @@ from ai_service.redact import redact_url
 from ai_service.urls import request_target, url_path
 
 PROVIDER = "whisperx"
-
-# Content types for the multipart part, by PyAV demuxer name.
-_MIME_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg", "ogg": "audio/ogg", "flac": "audio/flac"}
+# Digits kept of the model's scores (log-probabilities, probabilities).
+_SCORE_DIGITS = 4
 
 
 class WhisperXClient:
@@ -44,7 +55,9 @@ class WhisperXClient:
 
     `http` is the process-wide client; `timeout` bounds each request (the
     connect phase is capped at 10 s so a dead instance fails over quickly);
-    `secrets` are masked in error messages (passwords of the URLs).
+    `secrets` are masked in error messages (passwords of the URLs); `model`
+    is reported as the transcript's model unless the server names its own
+    (whisper-asr-webservice only names its engine, in `Asr-Engine`).
     """
 
     def __init__(
@@ -55,6 +68,7 @@ class WhisperXClient:
         timeout: float,
         secrets: Sequence[str | None] = (),
         gates: Sequence[Gate] | None = None,
+        model: str = PROVIDER,
     ) -> None:
         if not urls:
             raise ValueError("at least one WhisperX URL is required")
@@ -63,6 +77,7 @@ class WhisperXClient:
         self._gates = tuple(gates) if gates is not None else (OPEN_GATE,) * len(self._urls)
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._secrets = tuple(secrets)
+        self._model = model
 
     @property
     def urls(self) -> tuple[str, ...]:
@@ -79,13 +94,18 @@ class WhisperXClient:
         diarize: bool | None = None,
         min_speakers: int | None = None,
         max_speakers: int | None = None,
+        vad_filter: bool | None = None,
+        word_timestamps: bool | None = None,
+        tried: list[dict[str, Any]] | None = None,
     ) -> Transcript:
-        """Transcribe the clip's original file, trying instances from index `start` on.
+        """Transcribe `clip` (sent as 16 kHz mono WAV), trying instances from `start` on.
 
         Raises `JobFailure`: the failure of the last instance tried when every
         instance was unavailable, or the first failure that is not about
         availability (4xx, timeout, malformed body) without trying further; the
         refusal of an open circuit when no instance could be tried at all.
+        Each instance tried (or skipped for its open circuit) is appended to
+        `tried`.
         """
         params: dict[str, str] = {"output": "json", "task": "transcribe", "encode": "true"}
         if language:
@@ -98,14 +118,24 @@ class WhisperXClient:
             params["min_speakers"] = str(min_speakers)
         if max_speakers is not None:
             params["max_speakers"] = str(max_speakers)
-        extension = clip.source_format.split(",")[0] or "bin"
-        mime = _MIME_TYPES.get(extension, "application/octet-stream")
-        # Streamed from disk (httpx rewinds the file for each instance tried).
-        with clip.open_source() as upload:
-            files = {"audio_file": (f"audio.{extension}", upload, mime)}
-            return await self._post(files, params, start)
+        if vad_filter is not None:
+            params["vad_filter"] = "true" if vad_filter else "false"
+        if word_timestamps is not None:
+            params["word_timestamps"] = "true" if word_timestamps else "false"
+        trace = tried if tried is not None else []
+        # The decoded WAV, streamed from disk: one file for every instance (httpx
+        # seeks it back to the start for each).
+        with clip.open_wav() as upload:
+            files = {"audio_file": ("audio.wav", upload, "audio/wav")}
+            return await self._post(files, params, start, trace)
 
-    async def _post(self, files: dict[str, Any], params: dict[str, str], start: int) -> Transcript:
+    async def _post(
+        self,
+        files: dict[str, Any],
+        params: dict[str, str],
+        start: int,
+        trace: list[dict[str, Any]],
+    ) -> Transcript:
         """`transcribe`'s requests: each instance in turn from `start`, as it documents."""
         failure: JobFailure | None = None
         refused: JobFailure | None = None
@@ -114,8 +144,11 @@ class WhisperXClient:
             index = (start + step) % count
             url, gate = self._urls[index], self._gates[index]
             if not gate.acquire():
-                refused = refused or gate.refusal(f"{PROVIDER} instance {index + 1}")
+                refusal = gate.refusal(f"{PROVIDER} instance {index + 1}")
+                refused = refused or refusal
+                trace.append(_tried(url, "skipped", refusal, 0))
                 continue
+            began = time.monotonic()
             try:
                 # `user:password@` of WHISPERX_URL (a basic-auth proxy) goes in a header.
                 endpoint, headers = request_target(url, _asr_path(url))
@@ -126,6 +159,10 @@ class WhisperXClient:
                     response = await self._http.post(
                         target, files=files, headers=headers, timeout=self._timeout
                     )
+                except asyncio.CancelledError:
+                    # The attempt's deadline (TRANSCRIPTION_TIMEOUT) ran out here.
+                    trace.append(_tried(url, "cancelled", None, _since(began)))
+                    raise
                 except httpx.HTTPError as exc:
                     failure = http_errors.failure_from_exception(
                         PROVIDER, exc, secrets=self._secrets
@@ -133,7 +170,18 @@ class WhisperXClient:
                 else:
                     if response.is_success:
                         await settle(gate, None)
-                        return _parse(response, instance=redact_url(url), secrets=self._secrets)
+                        try:
+                            transcript = _parse(
+                                response,
+                                instance=redact_url(url),
+                                secrets=self._secrets,
+                                model=self._model,
+                            )
+                        except JobFailure as malformed:
+                            trace.append(_tried(url, "error", malformed, _since(began)))
+                            raise
+                        trace.append(_tried(url, "ok", None, _since(began)))
+                        return transcript
                     failure = http_errors.failure_from_response(
                         PROVIDER, response, secrets=self._secrets
                     )
@@ -141,6 +189,7 @@ class WhisperXClient:
             finally:
                 gate.release()
             assert failure is not None
+            trace.append(_tried(url, "error", failure, _since(began)))
             if failure.category != ErrorCategory.PROVIDER_UNAVAILABLE:
                 break
         if failure is None:
@@ -149,12 +198,26 @@ class WhisperXClient:
         raise failure
 
 
+def _since(began: float) -> int:
+    return round((time.monotonic() - began) * 1000)
+
+
+def _tried(url: str, status: str, failure: JobFailure | None, duration_ms: int) -> dict[str, Any]:
+    """One instance tried, for the attempt's `instances` (the URL redacted)."""
+    error = None
+    if failure is not None:
+        error = {"category": str(failure.category), "message": failure.message}
+    return {"url": redact_url(url), "status": status, "error": error, "duration_ms": duration_ms}
+
+
 def _asr_path(url: str) -> str:
     # WHISPERX_URL may name the endpoint itself or the server.
     return "" if url_path(url).endswith("/asr") else "/asr"
 
 
-def _parse(response: httpx.Response, *, instance: str, secrets: Sequence[str | None]) -> Transcript:
+def _parse(
+    response: httpx.Response, *, instance: str, secrets: Sequence[str | None], model: str
+) -> Transcript:
     try:
         body: Any = json.loads(response.text)
     except (ValueError, UnicodeDecodeError):
@@ -192,13 +255,14 @@ def _parse(response: httpx.Response, *, instance: str, secrets: Sequence[str | N
             PROVIDER, "neither `segments` nor `text` in the answer", response, secrets=secrets
         )
     language = body.get("language")
-    engine = response.headers.get("asr-engine") or PROVIDER
+    told = body.get("model")  # whisper-asr-webservice does not tell; others may
     return Transcript(
         text=text,
         segments=segments,
-        model=engine,
+        model=told if isinstance(told, str) and told else model,
         language=language if isinstance(language, str) and language else None,
         instance=instance,
+        engine=response.headers.get("asr-engine") or None,
     )
 
 
@@ -211,11 +275,12 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _number(value: Any) -> float | None:
+def _number(value: Any, digits: int = 3) -> float | None:
+    # Timings to the millisecond: the server's floats carry noise (14.120000000000001).
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     number = float(value)
-    return number if math.isfinite(number) else None
+    return round(number, digits) if math.isfinite(number) else None
 
 
 def _segment(raw: Any) -> dict[str, Any] | None:
@@ -228,6 +293,10 @@ def _segment(raw: Any) -> dict[str, Any] | None:
     speaker = raw.get("speaker")
     if isinstance(speaker, str) and speaker:
         segment["speaker"] = speaker
+    for key in ("avg_logprob", "no_speech_prob"):
+        number = _number(raw.get(key), _SCORE_DIGITS)
+        if number is not None:
+            segment[key] = number
     words = raw.get("words")
     if isinstance(words, list) and words:
         segment["words"] = [w for w in (_word(item) for item in words) if w is not None]
@@ -237,10 +306,17 @@ def _segment(raw: Any) -> dict[str, Any] | None:
 def _word(raw: Any) -> dict[str, Any] | None:
     if not isinstance(raw, dict) or not isinstance(raw.get("word"), str):
         return None
-    word: dict[str, Any] = {"word": raw["word"]}
-    # start/end/score are missing for words alignment could not place.
-    for key in ("start", "end", "score"):
-        number = _number(raw.get(key))
+    # Whisper's words start with a space (" Hello"): callers join them themselves.
+    word: dict[str, Any] = {"word": raw["word"].strip()}
+    # start/end/score are missing for words alignment could not place;
+    # faster_whisper names the score `probability`, whisperx `score`.
+    for key, digits in (
+        ("start", 3),
+        ("end", 3),
+        ("probability", _SCORE_DIGITS),
+        ("score", _SCORE_DIGITS),
+    ):
+        number = _number(raw.get(key), digits)
         if number is not None:
             word[key] = number
     speaker = raw.get("speaker")

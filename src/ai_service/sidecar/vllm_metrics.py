@@ -1,45 +1,25 @@
 """Live figures of vLLM servers from their Prometheus `/metrics`.
 
-Samples carry the labels `model_name` and `engine` (one per data-parallel
-engine); the figures of one server are summed over them, except the
-KV-cache usage, which is averaged. vLLM renamed `vllm:gpu_cache_usage_perc`
-to `vllm:kv_cache_usage_perc`; both are read. Mean latencies come from the
-histograms' `_sum / _count` (null while no request has finished).
+The text is parsed by `providers.vllm_metrics` (shared with the worker's
+adaptive LLM limit); this module fetches it and shapes the sidecar's section.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import asdict
 
 import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from ai_service.providers.probes import clean_text, describe_error
+from ai_service.providers.vllm_metrics import MetricsFormatError, metrics_url
+from ai_service.providers.vllm_metrics import parse_vllm_metrics as parse_figures
 from ai_service.redact import redact_url, url_secrets
 from ai_service.sidecar.schemas import VllmInstance, VllmSection
-from ai_service.urls import request_target, url_path
 
-_KV_CACHE = ("vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc")
-_TTFT = "vllm:time_to_first_token_seconds"
-_E2E = "vllm:e2e_request_latency_seconds"
-_SUMMED = {
-    "vllm:num_requests_running": "requests_running",
-    "vllm:num_requests_waiting": "requests_waiting",
-    "vllm:prompt_tokens_total": "prompt_tokens_total",
-    "vllm:generation_tokens_total": "generation_tokens_total",
-    "vllm:request_success_total": "requests_finished_total",
-    f"{_TTFT}_sum": "ttft_sum",
-    f"{_TTFT}_count": "ttft_count",
-    f"{_E2E}_sum": "e2e_sum",
-    f"{_E2E}_count": "e2e_count",
-}
-
-
-class MetricsFormatError(ValueError):
-    """The text is not Prometheus exposition format, or holds no vLLM metrics."""
+__all__ = ["MetricsFormatError", "collect_vllm", "metrics_url", "parse_vllm_metrics", "read_vllm"]
 
 
 def parse_vllm_metrics(text: str, url: str) -> VllmInstance:
@@ -48,57 +28,9 @@ def parse_vllm_metrics(text: str, url: str) -> VllmInstance:
     Raises `MetricsFormatError` when the text cannot be parsed or has no
     `vllm:` samples at all (a URL pointing at some other exporter).
     """
-    sums: dict[str, float] = defaultdict(float)
-    seen: set[str] = set()
-    kv_values: dict[str, list[float]] = {name: [] for name in _KV_CACHE}
-    models: dict[str, None] = {}
-    try:
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if not sample.name.startswith("vllm:"):
-                    continue
-                model = sample.labels.get("model_name")
-                if model:
-                    models.setdefault(model, None)
-                if sample.name in _KV_CACHE:
-                    kv_values[sample.name].append(float(sample.value))
-                key = _SUMMED.get(sample.name)
-                if key is not None:
-                    sums[key] += float(sample.value)
-                    seen.add(key)
-    except Exception as exc:  # the parser raises assorted errors on bad input
-        raise MetricsFormatError(f"not Prometheus text format: {type(exc).__name__}") from None
-    if not models and not seen and not any(kv_values.values()):
-        raise MetricsFormatError("no vllm:* metrics in the answer")
-
-    def total(key: str) -> float | None:
-        return sums[key] if key in seen else None
-
-    kv = kv_values[_KV_CACHE[0]] or kv_values[_KV_CACHE[1]]
-    return VllmInstance(
-        url=url,
-        ok=True,
-        models=list(models),
-        requests_running=total("requests_running"),
-        requests_waiting=total("requests_waiting"),
-        kv_cache_usage=sum(kv) / len(kv) if kv else None,
-        prompt_tokens_total=total("prompt_tokens_total"),
-        generation_tokens_total=total("generation_tokens_total"),
-        requests_finished_total=total("requests_finished_total"),
-        time_to_first_token_mean_seconds=_mean(total("ttft_sum"), total("ttft_count")),
-        e2e_request_latency_mean_seconds=_mean(total("e2e_sum"), total("e2e_count")),
-    )
-
-
-def _mean(total: float | None, count: float | None) -> float | None:
-    if total is None or not count:
-        return None
-    return total / count
-
-
-def metrics_url(url: str) -> tuple[str, dict[str, str]]:
-    """The URL to fetch: `url` itself when it ends with `/metrics`, else `url` + `/metrics`."""
-    return request_target(url, "" if url_path(url).endswith("/metrics") else "/metrics")
+    figures = asdict(parse_figures(text))
+    shown = {k: v for k, v in figures.items() if k in VllmInstance.model_fields}
+    return VllmInstance(url=url, ok=True, **shown)
 
 
 async def read_vllm(client: httpx.AsyncClient, url: str, timeout: float) -> VllmInstance:

@@ -3,13 +3,15 @@
 A job occupies one of the worker's slots from its claim until its outcome is
 recorded (completed, failed, released or discarded), so a worker never holds
 more leases than its concurrency: were it to crash, at most that many jobs
-wait for the rescuer.
+wait for the rescuer. The same holds per handler: each job counts in its
+handler's `slots.Pool`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -18,6 +20,7 @@ from ai_service import errors
 from ai_service.jobs import Job
 from ai_service.store import Store
 from ai_service.worker.handler import HandlerSpec
+from ai_service.worker.slots import Pool
 
 log = logging.getLogger("ai_service.worker")
 
@@ -38,10 +41,17 @@ class InFlight:
 class Leases:
     """The held jobs by id, and one heartbeat statement for all of them."""
 
-    def __init__(self, store: Store, lease_seconds: float, interval: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        lease_seconds: float,
+        interval: float,
+        pools: Mapping[str, Pool] | None = None,
+    ) -> None:
         self.store = store
         self.lease_seconds = lease_seconds
         self.interval = interval
+        self.pools = pools or {}
         self.flights: dict[UUID, InFlight] = {}
         self.peak = 0  # most leases held at once (audited by tests)
 
@@ -49,13 +59,24 @@ class Leases:
         return len(self.flights)
 
     def add(self, flight: InFlight) -> None:
+        earlier = self.flights.get(flight.job.id)
+        if earlier is not None:  # the same job claimed again: the older attempt is gone
+            self._count(earlier, -1)
         self.flights[flight.job.id] = flight
+        self._count(flight, 1)
         self.peak = max(self.peak, len(self.flights))
 
     def remove(self, flight: InFlight) -> None:
         # The same job may have been claimed again meanwhile: remove only this attempt.
         if self.flights.get(flight.job.id) is flight:
             del self.flights[flight.job.id]
+            self._count(flight, -1)
+
+    def _count(self, flight: InFlight, delta: int) -> None:
+        pool = self.pools.get(flight.spec.name)
+        if pool is not None:
+            pool.held += delta
+            pool.peak = max(pool.peak, pool.held)
 
     def tokens(self, flights: list[InFlight]) -> list[tuple[UUID, UUID]]:
         return [(f.job.id, f.job.lease_token) for f in flights if f.job.lease_token]

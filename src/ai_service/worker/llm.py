@@ -6,6 +6,9 @@ Input is either `messages` or compact `system` / `user`; of the rest only
 `max_tokens`, `response_format`, `temperature`, `top_p` and `stop` are read, so
 callers may add domain metadata freely.
 
+With `LLM_FORWARD_PRIORITY=true` the job's priority goes along as vLLM's
+request `priority`, negated (vLLM serves lower values first).
+
 Provider answers map to categories (see `providers.http_errors` for the table);
 for chat a 400 means the caller's request does not fit the model (too long,
 bad `response_format`), so it is `invalid_input` here.
@@ -115,23 +118,51 @@ def _invalid(message: str) -> JobFailure:
     return JobFailure(ErrorCategory.INVALID_INPUT, message, retryable=False)
 
 
+# Requests in flight per HTTP client (connection pool) of the LLM handler, about.
+CONNECTIONS_PER_CLIENT = 8
+
+
+def client_shards(settings: Settings) -> int:
+    """HTTP clients for the most LLM requests the worker may have in flight."""
+    most = max(
+        settings.worker_concurrency,
+        settings.worker_claim_limit,
+        settings.llm_concurrency,
+        settings.llm_concurrency_max,
+    )
+    return max(1, min(32, -(-most // CONNECTIONS_PER_CLIENT)))
+
+
 class LLMHandler:
     """Holds the process's OpenAI client; `handle` runs one job."""
 
     def __init__(self, settings: Settings) -> None:
         assert settings.llm_base_url is not None
         self.model = settings.llm_model
+        self.forward_priority = settings.llm_forward_priority
         self.base_url, query = openai_base_url(settings.llm_base_url)
         # Every configured secret: a provider may echo any header or URL back.
         self._secrets = settings_secrets(settings)
-        self.client = openai.AsyncOpenAI(
-            base_url=self.base_url,
-            default_query=query or None,
-            # The SDK insists on a key; vLLM without --api-key ignores it.
-            api_key=settings.llm_api_key or "not-needed",
-            timeout=settings.llm_timeout,
-            max_retries=0,
-        )
+        # Several clients, each with its own connection pool: the HTTP pool walks all
+        # of its connections on every request (expiry checks), so one pool of 64
+        # keep-alive connections cost the worker more CPU per job than the rest of
+        # its work together. A request goes to the client with the fewest in flight.
+        self.clients = [
+            openai.AsyncOpenAI(
+                base_url=self.base_url,
+                default_query=query or None,
+                # The SDK insists on a key; vLLM without --api-key ignores it.
+                api_key=settings.llm_api_key or "not-needed",
+                timeout=settings.llm_timeout,
+                max_retries=0,
+            )
+            for _ in range(client_shards(settings))
+        ]
+        self._in_flight = [0] * len(self.clients)
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
 
     async def handle(self, job: Job, ctx: HandlerContext) -> dict[str, Any]:
         request = chat_request(job.input)
@@ -145,9 +176,19 @@ class LLMHandler:
                 # `post` with a plain body and `cast_to=object`: the same SDK request path
                 # (auth, timeouts, typed errors) without re-validating our already-checked
                 # arguments or building response models, about 1 ms of CPU per job.
-                completion = await self.client.post(
-                    "/chat/completions", body={"model": self.model, **request}, cast_to=object
-                )
+                body = {"model": self.model, **request}
+                if self.forward_priority:
+                    # vLLM started with --scheduling-policy priority serves lower values
+                    # first; our highest priority is claimed first.
+                    body["priority"] = -job.priority
+                shard = min(range(len(self.clients)), key=self._in_flight.__getitem__)
+                self._in_flight[shard] += 1
+                try:
+                    completion = await self.clients[shard].post(
+                        "/chat/completions", body=body, cast_to=object
+                    )
+                finally:
+                    self._in_flight[shard] -= 1
             except openai.APIStatusError as exc:
                 failure = self._status_failure(exc)
             except openai.APITimeoutError as exc:
@@ -269,7 +310,7 @@ def spec(settings: Settings) -> HandlerSpec:
         task_types=TASK_TYPES,
         model_profiles=frozenset({settings.llm_model}),
         handle=handler.handle,
-        close=handler.client.close,
+        close=handler.close,
         providers={"llm": redact_url(settings.llm_base_url), "model": settings.llm_model},
         endpoints=(PROVIDER,),
         # One provider call of at most LLM_TIMEOUT, and a margin for the rest.

@@ -19,7 +19,7 @@ from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
-from ai_service.worker import llm, noop, transcription
+from ai_service.worker import adaptive, llm, noop, slots, transcription
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
@@ -43,7 +43,7 @@ def provider_client(settings: Settings) -> httpx.AsyncClient:
     another job's requests. Caller-supplied URLs never use it (their downloads
     get their own `outbound.OutboundClient`).
     """
-    concurrency = settings.effective_worker_concurrency
+    concurrency = slots.plan(settings, {slots.LLM, slots.TRANSCRIPTION}).total
     limits = httpx.Limits(max_connections=concurrency + 16, max_keepalive_connections=concurrency)
     return httpx.AsyncClient(
         limits=limits, follow_redirects=False, cookies=outbound.cookieless_jar()
@@ -55,6 +55,17 @@ def handler_specs(settings: Settings) -> list[HandlerSpec]:
     return [llm.spec(settings), transcription.spec(settings), noop.spec(settings)]
 
 
+def limiters(
+    settings: Settings, http: httpx.AsyncClient, specs: list[HandlerSpec]
+) -> dict[str, slots.Limiter]:
+    """The adaptive LLM limit with `LLM_CONCURRENCY=auto` (and the LLM handler enabled)."""
+    enabled = {spec.name for spec in specs if spec.enabled}
+    if not settings.llm_concurrency_auto or slots.LLM not in enabled:
+        return {}
+    cap = slots.plan(settings, enabled).caps[slots.LLM]
+    return {slots.LLM: adaptive.AdaptiveLimit(settings, http, cap)}
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run until `stop` is set, then shut down gracefully."""
     if settings.migrate_on_start:
@@ -62,7 +73,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
         await asyncio.to_thread(migrate.upgrade, settings.require_database_url())
     database_url = settings.require_database_url()
-    concurrency = settings.effective_worker_concurrency
+    concurrency = slots.plan(settings, {slots.LLM, slots.TRANSCRIPTION}).total
     store = await Store.open(
         database_url,
         min_size=1,
@@ -77,7 +88,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     try:
         async with provider_client(settings) as http:
             ctx = HandlerContext(settings=settings, http=http)
-            runner = Runner(store, ctx, handler_specs(settings), notifier=notifier, metrics=metrics)
+            specs = handler_specs(settings)
+            runner = Runner(
+                store,
+                ctx,
+                specs,
+                notifier=notifier,
+                metrics=metrics,
+                limiters=limiters(settings, http, specs),
+            )
             server = _StatusServer(
                 uvicorn.Config(
                     create_status_app(runner, store),

@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.redact import settings_redactor
 from ai_service.store import ClaimRequest, Completion, Store
+from ai_service.worker import slots
 from ai_service.worker.breaker import Breaker, Breakers, BreakerState
 from ai_service.worker.completer import Completer, Refused
 from ai_service.worker.handler import HandlerContext, HandlerSpec
@@ -76,6 +78,7 @@ class Runner:
         notifier: JobNotifier | None = None,
         metrics: Metrics | None = None,
         heartbeat_interval: float | None = None,
+        limiters: Mapping[str, slots.Limiter] | None = None,
     ) -> None:
         settings = ctx.settings
         self.store = store
@@ -88,28 +91,36 @@ class Runner:
         self.notifier = notifier
         self.metrics = metrics or Metrics(*metric_labels(settings))
         self.worker_id = settings.worker_id
-        self.concurrency = settings.effective_worker_concurrency
+        self.plan = slots.plan(settings, {spec.name for spec in self.enabled})
+        self.concurrency = self.plan.total
         self.claim_limit = settings.worker_claim_limit
         self.lease_seconds = settings.worker_lease_timeout
         self.poll_interval = settings.worker_poll_interval
         self.shutdown_timeout = settings.worker_shutdown_timeout
         self.heartbeat_interval = heartbeat_interval or min(self.lease_seconds / 3, 10.0)
+        limiters = limiters or {}
+        # One pool per handler; those without dedicated slots (noop) share the total.
+        self.pools = {
+            spec.name: slots.Pool(
+                spec.name,
+                self.plan.caps.get(spec.name, self.concurrency),
+                limiters.get(spec.name),
+                dedicated=spec.name in self.plan.caps,
+            )
+            for spec in specs
+        }
         self.completer = Completer(store, refill=self)
-        self.leases = Leases(store, self.lease_seconds, self.heartbeat_interval)
+        self.leases = Leases(store, self.lease_seconds, self.heartbeat_interval, self.pools)
         self.in_flight = self.leases.flights
         self.counters = Counters()
         self.started_at = datetime.now(UTC)
         self.last_claim_at: datetime | None = None
         self.stopping = False
-        self._reserved = 0  # slots promised to claims under way
-        self._passing = 0  # slots of jobs whose outcome is being written with a refill
-        self._refills: dict[int, tuple[HandlerSpec, int]] = {}  # by id() of the request
-        # At most half the slots per claim: two groups of jobs alternate, so that one
-        # group's outcomes are written while the other's jobs run.
-        self.claim_batch = min(self.claim_limit, max(1, (self.concurrency + 1) // 2))
+        self._refills: dict[int, tuple[slots.Pool, int]] = {}  # by id() of the request
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._probing: asyncio.Task[None] | None = None
+        self._limit_tasks: list[asyncio.Task[None]] = []
         self._redactor = settings_redactor(settings)
         for breaker in self.breakers.breakers.values():
             self.metrics.set_provider_up(breaker.key, breaker.state is not BreakerState.OPEN)
@@ -127,6 +138,11 @@ class Runner:
             asyncio.create_task(self.leases.run(), name="heartbeat-loop"),
         ]
         self._probing = asyncio.create_task(self.breakers.run(), name="breaker-probes")
+        self._limit_tasks = [
+            asyncio.create_task(pool.limiter.run(_held(pool)), name=f"limit-{name}")
+            for name, pool in self.pools.items()
+            if pool.limiter is not None and name in {s.name for s in self.enabled}
+        ]
 
     async def shutdown(self) -> None:
         """Stop claiming, wait for in-flight jobs, release the rest to pending."""
@@ -161,7 +177,7 @@ class Runner:
                 log.info("returned %d unfinished jobs to pending", len(released))
             except errors.DatabaseUnavailable:
                 log.warning("could not release %d jobs; the rescuer will", len(leases))
-        for loop in (heartbeat_loop, self._probing):
+        for loop in [heartbeat_loop, self._probing, *self._limit_tasks]:
             if loop is not None:
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -184,13 +200,19 @@ class Runner:
             # Rotate which handler claims first, so one backlog cannot starve the others.
             order.append(order.pop(0))
             for spec in order:
-                free = self.concurrency - self._handling()
-                if free <= 0 or self.stopping:
+                if self.stopping or self._handling() >= self.concurrency:
                     break
                 if not self.breakers.admits(spec.endpoints):
                     continue  # every provider of the handler is down: its jobs wait
-                limit = min(free, self.claim_batch)
-                self._reserved += limit
+                pool = self.pools[spec.name]
+                # Each handler claims only for its own free slots: one handler's long
+                # jobs never hold another's. WORKER_CLAIM_LIMIT bounds one statement;
+                # the loop claims again at once while slots stay free.
+                free = self._free(pool)
+                if free <= 0:
+                    continue
+                limit = min(free, pool.batch, self.claim_limit)
+                pool.reserved += limit
                 try:
                     jobs = await self.store.claim(
                         self.worker_id,
@@ -209,17 +231,17 @@ class Runner:
                     log.exception("claim failed")
                     break
                 finally:
-                    self._reserved -= limit
+                    pool.reserved -= limit
                 self._started(jobs, spec)
-                more = more or len(jobs) == limit
-            if more and self._handling() < self.concurrency:
+                more = more or (len(jobs) == limit and self._free(pool) > 0)
+            if more:
                 continue
             await self._sleep(waiter)
 
     async def _sleep(self, waiter: asyncio.Event | None) -> None:
         """Until a notification, a freed slot, shutdown, or the poll interval."""
         waits = [asyncio.ensure_future(self._wake.wait())]
-        if waiter is not None and self._handling() < self.concurrency:
+        if waiter is not None and any(self._free(self.pools[s.name]) > 0 for s in self.enabled):
             waits.append(asyncio.ensure_future(waiter.wait()))
         try:
             await asyncio.wait(waits, timeout=self.poll_interval, return_when="FIRST_COMPLETED")
@@ -229,7 +251,11 @@ class Runner:
 
     def _handling(self) -> int:
         """Slots in use: a job holds its slot until its outcome is recorded."""
-        return len(self.leases) - self._passing + self._reserved
+        return sum(pool.in_use for pool in self.pools.values())
+
+    def _free(self, pool: slots.Pool) -> int:
+        """Jobs `pool`'s handler may claim now: its own free slots, within the total."""
+        return max(0, min(pool.limit - pool.in_use, self.concurrency - self._handling()))
 
     def _started(self, jobs: list[Job], spec: HandlerSpec) -> None:
         self.last_claim_at = datetime.now(UTC)
@@ -243,47 +269,65 @@ class Runner:
     def request(self, batch: Sequence[Completion]) -> ClaimRequest | None:
         """Claim, with `batch`'s outcomes, as many jobs as it frees slots.
 
-        For the handler whose jobs finished (the claim loop serves the others).
+        For the handler with the most jobs in the batch (per-handler slots: the
+        freed slots are that handler's); the claim loop refills the others'.
         """
         if self.stopping:
             return None
-        mine = [f for f in map(self._holder, batch) if f is not None]
-        limit = min(self.concurrency - self._handling() + len(mine), self.claim_batch)
-        if not mine or limit <= 0:
+        by_handler: dict[str, list[InFlight]] = {}
+        for flight in map(self._holder, batch):
+            if flight is not None:
+                by_handler.setdefault(flight.spec.name, []).append(flight)
+        if not by_handler:
             return None
+        mine = max(by_handler.values(), key=len)
         spec = mine[0].spec
         if not self.breakers.admits(spec.endpoints):
+            return None
+        pool = self.pools[spec.name]
+        # Every slot the batch frees is refilled at once, whatever WORKER_CLAIM_LIMIT
+        # (a freed slot left to the claim loop waits a round trip); further free
+        # slots of the handler up to half its slots.
+        free = min(
+            pool.limit - pool.in_use + len(mine),
+            self.concurrency - self._handling() + len(mine),
+        )
+        limit = min(free, max(len(mine), pool.batch))
+        if limit <= 0:
             return None
         # The transaction records the batch's outcomes before it claims: up to
         # `limit` of the batch's slots pass to the claimed jobs. Until it commits,
         # the pair holds the larger of the two counts, never their sum, and no more
         # (a concurrent claim sees the rest), so leases never exceed the concurrency.
         passing = min(len(mine), limit)
-        self._reserved += limit
-        self._passing += passing
+        pool.reserved += limit
+        pool.passing += passing
         request = ClaimRequest.of(
             self.worker_id, limit, self.lease_seconds, spec.task_types, spec.model_profiles
         )
-        self._refills[id(request)] = (spec, passing)
+        self._refills[id(request)] = (pool, passing)
         return request
 
     def settle(
         self, request: ClaimRequest, batch: Sequence[Completion], jobs: list[Job] | None
     ) -> None:
         """The batch is recorded: its slots go to `jobs` (None: nothing was claimed)."""
-        spec, passing = self._refills.pop(id(request))
-        self._reserved -= request.limit
-        self._passing -= passing
+        pool, passing = self._refills.pop(id(request))
+        pool.reserved -= request.limit
+        pool.passing -= passing
         if jobs is None:
             return
+        spec = next(s for s in self.specs if s.name == pool.name)
         for flight in map(self._holder, batch):
             if flight is not None:
                 self.leases.remove(flight)
-                flight.refilled = True
+                # Its slot went to a claimed job when it was this handler's; another
+                # handler's slot is free now: the claim loop fills it.
+                flight.refilled = flight.spec.name == pool.name
         self._started(jobs, spec)
-        if self._handling() < self.concurrency:
-            # Slots beyond the claim limit, or fewer jobs than asked: the claim loop
-            # takes over (it looks further, and for the other handlers).
+        if any(self._free(self.pools[s.name]) > 0 for s in self.enabled):
+            # Fewer jobs than asked, other handlers' slots, or free slots beyond
+            # the refill: the claim loop takes over (it looks further).
             self._wake.set()
 
     def _holder(self, completion: Completion) -> InFlight | None:
@@ -311,8 +355,13 @@ class Runner:
         try:
             deadline = job.timeout_seconds or flight.spec.timeout
             try:
+                began = time.monotonic()
                 async with asyncio.timeout(deadline) as scope:
                     result = await flight.spec.handle(job, self.ctx)
+                limiter = self.pools[flight.spec.name].limiter
+                if limiter is not None:
+                    # The latency-gradient fallback learns from the provider's answers.
+                    limiter.observe(time.monotonic() - began, self.pools[flight.spec.name].held)
             except TimeoutError as exc:
                 if not scope.expired():  # the handler's own, not the deadline
                     await self._record_failure(flight, self._crash(flight, exc))
@@ -482,6 +531,28 @@ class Runner:
 
     # -- status ---------------------------------------------------------------------
 
+    def slot_status(self) -> dict[str, dict[str, Any]]:
+        """Per handler: its slots, the current limit (adaptive or fixed), slots in use."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, pool in self.pools.items():
+            entry: dict[str, Any] = {
+                "slots": pool.cap,
+                "limit": pool.limit,
+                "in_use": max(pool.in_use, 0),
+                "held": pool.held,
+                "dedicated": name in self.plan.caps,
+            }
+            describe = getattr(pool.limiter, "status", None)
+            if callable(describe):
+                entry["adaptive"] = describe()
+            out[name] = entry
+        return out
+
+    def refresh_gauges(self) -> None:
+        """Copy the slot figures into the metrics (before `/metrics` renders them)."""
+        for name, pool in self.pools.items():
+            self.metrics.set_worker_slots(name, max(pool.in_use, 0), pool.limit)
+
     def status(self) -> dict[str, Any]:
         """The `/worker/status` document."""
         return {
@@ -490,6 +561,7 @@ class Runner:
             "shutting_down": self.stopping,
             "concurrency": self.concurrency,
             "claim_limit": self.claim_limit,
+            "slots": self.slot_status(),
             "lease_seconds": self.lease_seconds,
             "handlers": [
                 {
@@ -525,6 +597,10 @@ class Runner:
             "last_claim_at": self.last_claim_at.isoformat() if self.last_claim_at else None,
             "breakers": self.breakers.status(),
         }
+
+
+def _held(pool: slots.Pool) -> Callable[[], int]:
+    return lambda: pool.held
 
 
 def _storable(text: str) -> str:

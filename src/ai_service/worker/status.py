@@ -44,6 +44,7 @@ def create_status_app(runner: Runner, store: Store) -> FastAPI:
 
     @app.get("/metrics")
     async def metrics() -> Response:
+        runner.refresh_gauges()
         return Response(
             runner.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )

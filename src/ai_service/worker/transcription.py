@@ -4,13 +4,22 @@ Input (`job.input`):
 
     audio_url | audio_id | audio_base64 (+ audio_format)   exactly one of them
     language, prompt, diarize, min_speakers, max_speakers   optional
+    vad_filter, word_timestamps                 optional (WhisperX)
+    min_confidence, drop_no_speech              optional segment filters
+    channels ("mix" | "split"), channel_speakers   optional
     providers                                   optional order override
 
 Providers run in the order of `input.providers`, else `TRANSCRIPTION_PROVIDERS`.
 `TRANSCRIPTION_MODE=compare` runs all of them (an A/B comparison);
 `fallback` stops at the first success. The result's `segments`, `text`,
-`language`, `provider`, `model` come from the first provider that succeeded;
-`attempts` has one entry per provider (`ok`, `error` or `skipped`).
+`language`, `provider`, `model`, `warnings` come from the first provider that
+succeeded (its attempt is `selected` and does not repeat them); `attempts` has
+one entry per provider (`ok`, `error` or `skipped`), a WhisperX attempt lists
+every instance it tried in `instances`.
+
+`channels: "split"` decodes each channel on its own and transcribes it with
+each provider; segments are labelled with the channel's speaker and merged by
+time.
 
 Failures: bad input or audio is `invalid_input` (never retried); when no
 provider succeeds the job fails with the first provider error's category and
@@ -31,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import math
 import re
 import tempfile
 import time
@@ -46,11 +56,14 @@ from ai_service import audio_input, errors, outbound
 from ai_service.config import TRANSCRIPTION_PROVIDER_NAMES, Settings
 from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory, Job
+from ai_service.languages import normalise_language
 from ai_service.providers.audio import AudioClip, AudioDecodeError, Transcript
+from ai_service.providers.audio_encode import clip_speech_seconds, split_channels
 from ai_service.providers.audio_llm import AudioChatClient
 from ai_service.providers.gate import settle
 from ai_service.providers.whisperx import WhisperXClient
 from ai_service.redact import redact_text, redact_url, settings_secrets, url_secrets
+from ai_service.worker import transcript_shape as shape
 from ai_service.worker.breaker import whisperx_keys
 from ai_service.worker.handler import HandlerContext, HandlerSpec
 from ai_service.worker.registry import TRANSCRIPTION_TASK_TYPES
@@ -63,9 +76,10 @@ AUDIO_LLM_CHUNK_SECONDS: dict[str, float | None] = {
     "voxtral-small": None,
 }
 FALLBACK_SKIP_REASON = "fallback mode: an earlier provider succeeded"
+CHANNEL_MODES = ("mix", "split")
+MAX_SPEAKER_NAME = 64
 
 _AUDIO_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,15}$")
-_SEGMENT_KEYS = ("start", "end", "text", "speaker")
 
 # Round-robin cursor over the WhisperX instances, per URL list. In-process
 # only: with several worker processes each one rotates on its own, which is
@@ -75,7 +89,12 @@ _whisperx_cursors: dict[tuple[str, ...], itertools.count[int]] = {}
 
 @dataclass(frozen=True)
 class TranscriptionInput:
-    """A validated transcription job input."""
+    """A validated transcription job input.
+
+    `language` is a Whisper language code (`languages.normalise_language`);
+    `vad_filter` is resolved (`WHISPERX_VAD_FILTER` when the job does not say);
+    `no_speech_threshold` is `drop_no_speech` as a number (None: keep all).
+    """
 
     audio_url: str | None
     audio_base64: str | None
@@ -87,6 +106,25 @@ class TranscriptionInput:
     min_speakers: int | None
     max_speakers: int | None
     providers: tuple[str, ...]
+    vad_filter: bool = True
+    word_timestamps: bool | None = None
+    min_confidence: float | None = None
+    no_speech_threshold: float | None = None
+    channels: str = "mix"
+    channel_speakers: tuple[str, ...] | None = None
+
+    @property
+    def split(self) -> bool:
+        """Whether each channel is transcribed on its own."""
+        return self.channels == "split"
+
+
+@dataclass(frozen=True)
+class Channel:
+    """Audio to transcribe: the whole (mixed) clip, or one channel of a split one."""
+
+    clip: AudioClip
+    speaker: str | None = None  # the channel's label; None for the mixed clip
 
 
 def _invalid(message: str) -> JobFailure:
@@ -102,6 +140,13 @@ def _optional_str(data: dict[str, Any], name: str) -> str | None:
     return value.strip() or None
 
 
+def _optional_bool(data: dict[str, Any], name: str) -> bool | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise _invalid(f"input.{name} must be true or false")
+    return value
+
+
 def _optional_speakers(data: dict[str, Any], name: str) -> int | None:
     value = data.get(name)
     if value is None:
@@ -109,6 +154,63 @@ def _optional_speakers(data: dict[str, Any], name: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise _invalid(f"input.{name} must be a positive integer")
     return value
+
+
+def _probability(value: Any, name: str) -> float:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= 1
+    ):
+        raise _invalid(f"input.{name} must be a number between 0 and 1")
+    return float(value)
+
+
+def _language(data: dict[str, Any]) -> str | None:
+    value = _optional_str(data, "language")
+    if value is None:
+        return None
+    code = normalise_language(value)
+    if code is None:
+        shown = value if len(value) <= 32 else value[:29] + "..."
+        raise _invalid(
+            f"input.language: {shown!r} is not a language Whisper knows; give an ISO 639-1 "
+            "code such as en, ru or de (or the English name)"
+        )
+    return code
+
+
+def _no_speech_threshold(data: dict[str, Any]) -> float | None:
+    value = data.get("drop_no_speech")
+    if value is None or value is False:
+        return None
+    if value is True:
+        return shape.DEFAULT_NO_SPEECH_THRESHOLD
+    threshold = _probability(value, "drop_no_speech")
+    if threshold == 0:
+        raise _invalid("input.drop_no_speech must be true, false or a number in (0, 1]")
+    return threshold
+
+
+def _channel_speakers(data: dict[str, Any], channels: str) -> tuple[str, ...] | None:
+    value = data.get("channel_speakers")
+    if value is None:
+        return None
+    if channels != "split":
+        raise _invalid('input.channel_speakers needs input.channels "split"')
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(v, str) and v.strip() for v in value)
+    ):
+        raise _invalid("input.channel_speakers must be a non-empty list of names")
+    names = tuple(v.strip() for v in value)
+    if any(len(n) > MAX_SPEAKER_NAME for n in names):
+        raise _invalid(f"input.channel_speakers: names are at most {MAX_SPEAKER_NAME} characters")
+    if len(set(names)) != len(names):
+        raise _invalid("input.channel_speakers: the names must differ")
+    return names
 
 
 def parse_input(data: Any, settings: Settings) -> TranscriptionInput:
@@ -131,24 +233,35 @@ def parse_input(data: Any, settings: Settings) -> TranscriptionInput:
     audio_format = _optional_str(data, "audio_format")
     if audio_format is not None and not _AUDIO_FORMAT.match(audio_format):
         raise _invalid("input.audio_format must be a short format name such as wav or mp3")
-    diarize = data.get("diarize")
-    if diarize is not None and not isinstance(diarize, bool):
-        raise _invalid("input.diarize must be true or false")
+    diarize = _optional_bool(data, "diarize")
     min_speakers = _optional_speakers(data, "min_speakers")
     max_speakers = _optional_speakers(data, "max_speakers")
     if min_speakers is not None and max_speakers is not None and min_speakers > max_speakers:
         raise _invalid("input.min_speakers must not exceed input.max_speakers")
+    vad_filter = _optional_bool(data, "vad_filter")
+    min_confidence = data.get("min_confidence")
+    channels = data.get("channels", "mix")
+    if channels not in CHANNEL_MODES:
+        raise _invalid('input.channels must be "mix" or "split"')
     return TranscriptionInput(
         audio_url=audio_url,
         audio_base64=audio_base64,
         audio_format=audio_format.lower() if audio_format else None,
         audio_id=audio_id,
-        language=_optional_str(data, "language"),
+        language=_language(data),
         prompt=_optional_str(data, "prompt"),
         diarize=diarize,
         min_speakers=min_speakers,
         max_speakers=max_speakers,
         providers=_providers(data.get("providers"), settings),
+        vad_filter=settings.whisperx_vad_filter if vad_filter is None else vad_filter,
+        word_timestamps=_optional_bool(data, "word_timestamps"),
+        min_confidence=(
+            None if min_confidence is None else _probability(min_confidence, "min_confidence")
+        ),
+        no_speech_threshold=_no_speech_threshold(data),
+        channels=channels,
+        channel_speakers=_channel_speakers(data, channels),
     )
 
 
@@ -187,7 +300,7 @@ def _model_name(provider: str, settings: Settings) -> str:
         return settings.qwen_audio_model
     if provider == "voxtral-small":
         return settings.voxtral_model
-    return provider
+    return settings.whisperx_model
 
 
 def _secrets(settings: Settings, audio_url: str | None) -> list[str | None]:
@@ -234,10 +347,12 @@ async def _handle(job: Job, ctx: HandlerContext, scratch: Path) -> dict[str, Any
             # Every provider it could use is down: not even the audio is fetched.
             raise ctx.gate(wanted[0]).refusal("transcription")
 
-    clip = await _load_clip(request, ctx, job, scratch)
+    source = await _load_audio(request, ctx, job, scratch)
+    channels = await asyncio.to_thread(_decode, source, request, scratch, settings)
+    duration = max(c.clip.duration for c in channels)
 
     attempts: list[dict[str, Any]] = []
-    winner: tuple[str, Transcript] | None = None
+    winner: dict[str, Any] | None = None
     for provider in request.providers:
         missing = missing_configuration(provider, settings)
         if missing is not None:
@@ -246,28 +361,65 @@ async def _handle(job: Job, ctx: HandlerContext, scratch: Path) -> dict[str, Any
         if winner is not None and settings.transcription_mode == "fallback":
             attempts.append(_skipped(provider, settings, FALLBACK_SKIP_REASON))
             continue
-        attempt, transcript = await _attempt(provider, clip, request, ctx, secrets, job)
+        attempt = await _attempt(provider, channels, request, ctx, secrets, job)
         attempts.append(attempt)
-        if transcript is not None and winner is None:
-            winner = (provider, transcript)
+        if attempt["status"] == "ok" and winner is None:
+            winner = attempt
 
     if winner is None:
         first = next(a["error"] for a in attempts if a["status"] == "error")
         raise JobFailure(first["category"], first["message"], details={"attempts": attempts})
 
-    provider, transcript = winner
-    return {
-        "segments": [
-            {key: s[key] for key in _SEGMENT_KEYS if key in s}
-            for s in _segments(transcript, clip.duration)
-        ],
-        "text": transcript.text,
-        "language": transcript.language or request.language,
-        "provider": provider,
-        "model": transcript.model,
-        "audio_duration": round(clip.duration, 3),
-        "attempts": attempts,
+    for attempt in attempts:
+        attempt["selected"] = attempt is winner
+    # The selected attempt's transcript is the result's: not stored twice.
+    text, segments, warnings = (winner.pop(k) for k in ("text", "segments", "warnings"))
+    detected = winner.get("language")
+    result: dict[str, Any] = {
+        "segments": segments,
+        "text": text,
+        "language": request.language or detected,
+        "requested_language": request.language,
+        "detected_language": None if request.language else detected,
+        "provider": winner["provider"],
+        "model": winner["model"],
+        "audio_duration": round(duration, 3),
+        "warnings": warnings,
     }
+    if request.diarize:
+        result["diarization"] = winner["diarization"]
+        result["diarization_reason"] = winner["diarization_reason"]
+    if request.split:
+        result["channel_speakers"] = [c.speaker for c in channels]
+    result["attempts"] = attempts
+    return result
+
+
+def _decode(
+    source: Path, request: TranscriptionInput, scratch: Path, settings: Settings
+) -> list[Channel]:
+    """The audio to transcribe: one mixed clip, or one per channel (`channels: split`).
+
+    `source` is the file `_load_audio` wrote; the decoded WAV files go beside it
+    in `scratch`, decoded frame by frame within `AUDIO_MAX_SECONDS`.
+    """
+    declared = f" (declared format {request.audio_format})" if request.audio_format else ""
+    max_seconds = settings.audio_max_seconds
+    try:
+        if not request.split:
+            clip = AudioClip.from_file(source, workdir=scratch, max_seconds=max_seconds)
+            return [Channel(clip)]
+        clips = split_channels(source, workdir=scratch, max_seconds=max_seconds)
+    except AudioDecodeError as exc:
+        raise _invalid(f"audio{declared}: {exc}") from None
+    if len(clips) < 2:
+        raise _invalid('input.channels: "split" needs audio with two or more channels; it has one')
+    names = request.channel_speakers or tuple(f"channel_{n}" for n in range(len(clips)))
+    if len(names) != len(clips):
+        raise _invalid(
+            f"input.channel_speakers: {len(names)} name(s) for audio with {len(clips)} channels"
+        )
+    return [Channel(clip, name) for clip, name in zip(clips, names, strict=True)]
 
 
 def provider_endpoints(provider: str, settings: Settings) -> list[str]:
@@ -319,23 +471,14 @@ def _redacted(url: str | None) -> str | None:
 # -- audio input ------------------------------------------------------------
 
 
-async def _load_clip(
+async def _load_audio(
     request: TranscriptionInput, ctx: HandlerContext, job: Job, scratch: Path
-) -> AudioClip:
-    """The job's audio, written to `scratch` and decoded there (within AUDIO_MAX_SECONDS)."""
+) -> Path:
+    """The job's audio, written to a file in `scratch` (streamed: never whole in memory)."""
     source = scratch / "source"
     with source.open("wb") as out:
         await _fetch_audio(request, ctx, job, out)
-    try:
-        return await asyncio.to_thread(
-            AudioClip.from_file,
-            source,
-            workdir=scratch,
-            max_seconds=ctx.settings.audio_max_seconds,
-        )
-    except AudioDecodeError as exc:
-        declared = f" (declared format {request.audio_format})" if request.audio_format else ""
-        raise _invalid(f"audio{declared}: {exc}") from None
+    return source
 
 
 async def _fetch_audio(
@@ -466,22 +609,42 @@ def _download_failure(exc: httpx.HTTPError) -> JobFailure:
 # -- providers ----------------------------------------------------------------
 
 
+@dataclass
+class _Heard:
+    """One channel's transcript, shaped: what the attempt reports of it."""
+
+    transcript: Transcript
+    segments: list[dict[str, Any]]
+    dropped: int
+    warning: dict[str, Any] | None
+
+
 async def _attempt(
     provider: str,
-    clip: AudioClip,
+    channels: list[Channel],
     request: TranscriptionInput,
     ctx: HandlerContext,
     secrets: list[str | None],
     job: Job,
-) -> tuple[dict[str, Any], Transcript | None]:
-    """Run one provider; never raises for a provider failure (it is recorded)."""
+) -> dict[str, Any]:
+    """Run one provider on every channel; never raises for a provider failure (it is recorded)."""
     settings = ctx.settings
     started = time.monotonic()
-    transcript: Transcript | None = None
+    heard: list[_Heard] = []
+    instances: list[dict[str, Any]] = []
     error: dict[str, str] | None = None
     try:
         async with asyncio.timeout(settings.transcription_timeout):
-            transcript = await _run(provider, clip, request, ctx, secrets)
+            for index, channel in enumerate(channels):
+                tried: list[dict[str, Any]] = []
+                try:
+                    transcript = await _run(provider, channel.clip, request, ctx, secrets, tried)
+                finally:
+                    if request.split:
+                        for entry in tried:
+                            entry["channel"] = index
+                    instances.extend(tried)
+                heard.append(_shape(provider, transcript, channel, request))
     except JobFailure as failure:
         error = {"category": str(failure.category), "message": failure.message}
     except TimeoutError:
@@ -499,6 +662,7 @@ async def _attempt(
             "message": f"{provider}: unexpected {type(exc).__name__}: {exc}",
         }
     duration_ms = round((time.monotonic() - started) * 1000)
+    _log_instances(ctx, job, instances)
     if error is not None:
         error["message"] = redact_text(error["message"], secrets)
         ctx.log.info(
@@ -509,7 +673,7 @@ async def _attempt(
             error["category"],
             error["message"],
         )
-        attempt: dict[str, Any] = {
+        failed: dict[str, Any] = {
             "provider": provider,
             "model": _model_name(provider, settings),
             "status": "error",
@@ -518,29 +682,92 @@ async def _attempt(
             "duration_ms": duration_ms,
             "error": error,
         }
-        return attempt, None
-    assert transcript is not None
+        if instances:
+            failed["instances"] = instances
+        return failed
+
+    speakers = [c.speaker for c in channels if c.speaker is not None] if request.split else None
+    segments = shape.merge_channels([h.segments for h in heard], speakers)
+    first = heard[0].transcript
+    dropped = sum(h.dropped for h in heard)
+    text = shape.joined_text(segments) if request.split or dropped else first.text
     ctx.log.info(
         "transcription job %s: %s answered in %d ms (%d segments)",
         job.id,
         provider,
         duration_ms,
-        len(transcript.segments),
+        len(segments),
     )
-    attempt = {
+    detected = next((h.transcript.language for h in heard if h.transcript.language), None)
+    attempt: dict[str, Any] = {
         "provider": provider,
-        "model": transcript.model,
+        "model": first.model,
         "status": "ok",
-        "text": transcript.text,
-        "segments": _segments(transcript, clip.duration),
+        "text": text,
+        "segments": segments,
         "duration_ms": duration_ms,
         "error": None,
+        "language": (normalise_language(detected) or detected) if detected else None,
+        "warnings": [h.warning for h in heard if h.warning is not None],
     }
-    if transcript.chunks is not None:
-        attempt["chunks"] = transcript.chunks
-    if transcript.instance is not None:
-        attempt["instance"] = transcript.instance
-    return attempt, transcript
+    if dropped:
+        attempt["dropped_segments"] = dropped
+    if request.diarize:
+        status, reason = shape.diarization_status(
+            provider, segments, engine=first.engine, split=request.split
+        )
+        attempt["diarization"], attempt["diarization_reason"] = status, reason
+    if first.engine is not None:
+        attempt["engine"] = first.engine
+    chunks = [
+        {**chunk, **({"channel": index} if request.split else {})}
+        for index, h in enumerate(heard)
+        for chunk in h.transcript.chunks or ()
+    ]
+    if chunks:
+        attempt["chunks"] = chunks
+    if heard[-1].transcript.instance is not None:
+        attempt["instance"] = heard[-1].transcript.instance
+    if instances:
+        attempt["instances"] = instances
+    return attempt
+
+
+def _shape(
+    provider: str, transcript: Transcript, channel: Channel, request: TranscriptionInput
+) -> _Heard:
+    """A channel's transcript with the job's filters applied and its warning, if any."""
+    segments = _segments(transcript, channel.clip.duration)
+    kept = [
+        s
+        for s in segments
+        if shape.keep_segment(
+            s,
+            min_confidence=request.min_confidence,
+            no_speech_threshold=request.no_speech_threshold,
+        )
+    ]
+    heard_text = transcript.text or shape.joined_text(segments)
+    warning = None
+    if not heard_text.strip():
+        # Only then is the audio scanned: a transcript with words needs no check.
+        sound = clip_speech_seconds(channel.clip)
+        warning = shape.empty_warning(provider, heard_text, sound, channel.speaker)
+    return _Heard(transcript, kept, len(segments) - len(kept), warning)
+
+
+def _log_instances(ctx: HandlerContext, job: Job, instances: list[dict[str, Any]]) -> None:
+    """One line per WhisperX instance tried: failover leaves a trace."""
+    for entry in instances:
+        error = entry["error"]
+        ctx.log.info(
+            "transcription job %s: whisperx instance %s %s in %d ms%s",
+            job.id,
+            entry["url"],
+            entry["status"],
+            entry["duration_ms"],
+            f" ({error['category']}): {error['message']}" if error else "",
+        )
 
 
 async def _run(
@@ -549,6 +776,7 @@ async def _run(
     request: TranscriptionInput,
     ctx: HandlerContext,
     secrets: list[str | None],
+    tried: list[dict[str, Any]],
 ) -> Transcript:
     settings = ctx.settings
     if provider == "whisperx":
@@ -560,15 +788,20 @@ async def _run(
             timeout=settings.transcription_timeout,
             secrets=secrets,
             gates=[ctx.gate(key) for key in whisperx_keys(len(urls))],
+            model=settings.whisperx_model,
         )
         return await whisperx.transcribe(
             clip,
             start=next(cursor) % len(urls),
             language=request.language,
             prompt=request.prompt,
-            diarize=request.diarize,
-            min_speakers=request.min_speakers,
-            max_speakers=request.max_speakers,
+            # A split channel holds one speaker: the channel is the label.
+            diarize=None if request.split else request.diarize,
+            min_speakers=None if request.split else request.min_speakers,
+            max_speakers=None if request.split else request.max_speakers,
+            vad_filter=request.vad_filter,
+            word_timestamps=request.word_timestamps,
+            tried=tried,
         )
     if provider not in AUDIO_LLM_CHUNK_SECONDS:  # parse_input and config only let known names in
         raise JobFailure(ErrorCategory.INVALID_INPUT, f"unknown provider {provider}")
