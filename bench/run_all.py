@@ -16,6 +16,7 @@ import platform
 
 from bench import (
     api_latency,
+    audio_memory,
     drain,
     http_path,
     llm_saturation,
@@ -58,6 +59,7 @@ async def main(quick: bool) -> None:
     await scale.main(100_000 if quick else 10_000_000)
     await llm_saturation.main(1000 if quick else 3000, 64, 0.2)
     await scheduling.main(quick=quick)
+    await audio_memory.main(10.0 if quick else 30.0)
 
 
 if __name__ == "__main__":

@@ -283,6 +283,8 @@ class Settings:
     )
     audio_llm_max_tokens: int = 4096
     audio_max_bytes: int = 200 * 1024 * 1024
+    audio_max_seconds: float = 4 * 3600.0  # longest decoded audio a job may bring
+    audio_retention: float = 7 * 86400.0  # stored audio unused this long is deleted
     audio_download_timeout: float = 60.0
     audio_url_allow: UrlPolicy = field(default_factory=UrlPolicy)
     transcription_timeout: float = 1800.0
@@ -425,6 +427,8 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AUDIO_LLM_PROMPT": ("audio_llm_prompt", _parse_str),
     "AUDIO_LLM_MAX_TOKENS": ("audio_llm_max_tokens", _parse_int),
     "AUDIO_MAX_BYTES": ("audio_max_bytes", _parse_int),
+    "AUDIO_MAX_SECONDS": ("audio_max_seconds", parse_duration),
+    "AUDIO_RETENTION": ("audio_retention", parse_duration),
     "AUDIO_DOWNLOAD_TIMEOUT": ("audio_download_timeout", parse_duration),
     "AUDIO_URL_ALLOW": ("audio_url_allow", UrlPolicy.from_setting),
     "TRANSCRIPTION_TIMEOUT": ("transcription_timeout", parse_duration),
@@ -521,6 +525,8 @@ def _validate(s: Settings) -> None:
     check(bool(s.whisperx_model), "whisperx_model", "must not be empty")
     check(s.audio_llm_max_tokens >= 1, "audio_llm_max_tokens", "must be >= 1")
     check(s.audio_max_bytes >= 1, "audio_max_bytes", "must be >= 1")
+    check(s.audio_max_seconds >= 1, "audio_max_seconds", "must be at least 1s")
+    check(s.audio_retention >= 60, "audio_retention", "must be at least 60s")
     check(0 < len(s.worker_id) <= 200, "worker_id", "must be 1 to 200 characters")
     check(
         s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),

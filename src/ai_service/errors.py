@@ -3,6 +3,7 @@
     AIServiceError
     ├── ConfigError            a variable has a bad value (names the variable)
     ├── JobNotFound            no job with that id
+    ├── AudioNotFound          no stored audio with that id (for this caller)
     ├── InvalidTransition      the job's status does not allow the action
     ├── LeaseLost              the lease token no longer holds a job that is still active
     │                          (rescued or retried); a finished job gives InvalidTransition
@@ -11,6 +12,7 @@
     ├── Unauthorized           missing or wrong service token
     ├── Forbidden              the caller's token (its role or owner_service) does not allow it
     ├── InvalidRequest         a request is well-formed but not acceptable (names the field)
+    ├── PayloadTooLarge        a body or its audio is over its limit (names field and setting)
     ├── DatabaseUnavailable    PostgreSQL cannot be reached (an outage: retry later)
     ├── StatementTimeout       one statement ran past its time limit (this request's own cost)
     ├── UpstreamUnavailable    a remote service the API depends on (sidecar) failed
@@ -127,6 +129,29 @@ class InvalidRequest(AIServiceError):
             {"field": field, "errors": [{"field": field, "message": message, "type": "invalid"}]},
         )
         self.field = field
+
+
+class PayloadTooLarge(AIServiceError):
+    """A request body (or the audio in it) is larger than the limit that applies to it."""
+
+    code = "payload_too_large"
+
+    def __init__(self, field: str, limit: int, setting: str) -> None:
+        super().__init__(
+            f"{field}: larger than {setting} ({limit} bytes)",
+            {"field": field, "limit_bytes": limit, "setting": setting},
+        )
+        self.field = field
+
+
+class AudioNotFound(AIServiceError):
+    """No stored audio has the given id (or it belongs to another owner_service)."""
+
+    code = "audio_not_found"
+
+    def __init__(self, audio_id: UUID) -> None:
+        super().__init__(f"audio {audio_id} not found", {"audio_id": str(audio_id)})
+        self.audio_id = audio_id
 
 
 class Unauthorized(AIServiceError):

@@ -4,8 +4,9 @@
   jobs whose provider outage outlived `PROVIDER_OUTAGE_MAX` failed;
 - counter compaction: trigger-written deltas folded into `job_counts` and
   into the finished-jobs rollups behind `/api/v1/stats`;
-- retention: finished jobs past their age deleted in batches, and rollups
-  older than 8 days.
+- retention: finished jobs past their age deleted in batches, rollups
+  older than 8 days, and stored audio unused for `AUDIO_RETENTION` that no
+  pending or running job names.
 
 Every API and worker process runs a `Maintenance`, but each service runs only
 in the process that leads it (`leader.Leadership`: an advisory lock per
@@ -117,6 +118,9 @@ class Maintenance:
         await self.store.prune_rollups()
         if deleted:
             log.info("retention deleted %d finished jobs", deleted)
+        recordings, size = await self.store.prune_audio(self.settings.audio_retention)
+        if recordings:
+            log.info("retention deleted %d stored recordings (%d bytes)", recordings, size)
         self.pruned += deleted
         return deleted
 

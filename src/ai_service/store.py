@@ -13,7 +13,17 @@ import asyncio
 import base64
 import binascii
 import contextlib
-from collections.abc import AsyncGenerator, Callable, Collection, Iterable, Sequence
+import hashlib
+import uuid
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Collection,
+    Iterable,
+    Sequence,
+)
 from dataclasses import dataclass, field, fields, replace
 from datetime import datetime
 from typing import Any, TypeVar, cast
@@ -49,6 +59,13 @@ CLAIM_ROUNDS = 4
 RESCUE_BATCH = 1000
 SCHEDULED_COUNT_CAP = 10_000  # stats count scheduled jobs up to this many
 RECOUNT_LOCK_TIMEOUT = 10.0  # seconds a recount waits for its locks (a TRUNCATE in flight)
+# Stored audio is written and read in rows of this size: an upload, a download and a
+# worker's copy hold one chunk at a time, whatever the length of the recording.
+AUDIO_CHUNK_BYTES = 1024 * 1024
+# An upload still without its size this long after it began was abandoned.
+AUDIO_ABANDONED_AFTER = 86400.0
+# Namespace of the content-derived ids of audio moved out of job inputs (`put_audio`).
+_AUDIO_NAMESPACE = uuid.UUID("6f1d3c1e-5b0a-4c55-9a57-0a0d10a0d1e0")
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,29 @@ def _completions_params(completions: Sequence[Completion]) -> dict[str, Any]:
         "completions": Jsonb(b"[" + records + b"]", dumps=db.raw),
         "ids": [c.job_id for c in completions],
     }
+
+
+@dataclass(frozen=True)
+class AudioBlob:
+    """A stored recording's description (`audio_blobs`); its bytes are read in chunks."""
+
+    id: UUID
+    owner_service: str
+    content_type: str
+    size: int
+    sha256: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> AudioBlob:
+        return cls(
+            id=row["id"],
+            owner_service=row["owner_service"],
+            content_type=row["content_type"],
+            size=row["size"],
+            sha256=row["sha256"],
+            created_at=row["created_at"],
+        )
 
 
 @dataclass(frozen=True)
@@ -948,6 +988,135 @@ class Store:
             "recent": recent,
             "throughput": throughput,
         }
+
+    # -- audio (kept apart from the job rows) ------------------------------------------
+
+    async def upload_audio(
+        self,
+        owner_service: str,
+        content_type: str,
+        body: AsyncIterable[bytes],
+        *,
+        max_bytes: int,
+        field: str = "body",
+    ) -> AudioBlob:
+        """Store a streamed recording chunk by chunk; the bytes are never all in memory.
+
+        Each chunk is its own statement on a pooled connection (none is held while the
+        client sends). Over `max_bytes` raises `PayloadTooLarge` naming `field` and
+        `AUDIO_MAX_BYTES`, an empty body `InvalidRequest`; on any failure the partial
+        upload is deleted (retention removes it if even that fails).
+        """
+        audio_id = new_job_ids(1)[0]  # time-ordered like job ids
+        params = {"id": audio_id, "owner_service": owner_service, "content_type": content_type}
+        await self._fetch("audio_begin", params)
+        digest = hashlib.sha256()
+        size = count = 0
+        buffer = bytearray()
+        try:
+            async for piece in body:
+                size += len(piece)
+                if size > max_bytes:
+                    raise errors.PayloadTooLarge(field, max_bytes, "AUDIO_MAX_BYTES")
+                digest.update(piece)
+                buffer += piece
+                while len(buffer) >= AUDIO_CHUNK_BYTES:
+                    await self._add_audio_chunk(audio_id, count, bytes(buffer[:AUDIO_CHUNK_BYTES]))
+                    del buffer[:AUDIO_CHUNK_BYTES]
+                    count += 1
+            if buffer:
+                await self._add_audio_chunk(audio_id, count, bytes(buffer))
+            if size == 0:
+                raise errors.InvalidRequest(field, "the audio is empty (0 bytes)")
+            rows = await self._fetch(
+                "audio_finish", {"id": audio_id, "size": size, "sha256": digest.hexdigest()}
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._fetch("audio_delete", {"id": audio_id})
+            raise
+        return AudioBlob.from_row(rows[0])
+
+    async def _add_audio_chunk(self, audio_id: UUID, n: int, data: bytes) -> None:
+        await self._fetch("audio_chunk_add", {"audio_id": audio_id, "n": n, "data": data})
+
+    async def put_audio(self, owner_service: str, content_type: str, data: bytes) -> AudioBlob:
+        """Store a small recording held in memory (a job's `audio_base64`), by its content.
+
+        The id derives from the owner_service and the SHA-256 of the bytes: the same
+        audio sent again by the same owner is stored once and gets the same id.
+        """
+        if not data:
+            raise ValueError("no audio")
+        sha256 = hashlib.sha256(data).hexdigest()
+        audio_id = uuid.uuid5(_AUDIO_NAMESPACE, f"{owner_service}\x00{sha256}")
+        params = {
+            "id": audio_id,
+            "owner_service": owner_service,
+            "content_type": content_type,
+            "size": len(data),
+            "sha256": sha256,
+        }
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(self._q["audio_put"], params)
+            row = await cur.fetchone()
+            if row is not None:  # new: its chunks in the same transaction
+                for n, start in enumerate(range(0, len(data), AUDIO_CHUNK_BYTES)):
+                    chunk = data[start : start + AUDIO_CHUNK_BYTES]
+                    await conn.execute(
+                        self._q["audio_chunk_add"], {"audio_id": audio_id, "n": n, "data": chunk}
+                    )
+        if row is None:  # stored before: mark it used again
+            await self.use_audio([(audio_id, owner_service)])
+            row = (await self._fetch("audio_get", {"id": audio_id}))[0]
+        return AudioBlob.from_row(row)
+
+    async def use_audio(self, refs: Sequence[tuple[UUID, str]]) -> set[tuple[UUID, str]]:
+        """Of these (audio_id, owner_service) pairs, the complete recordings (marked used now).
+
+        A recording of another owner_service is not found, exactly like a missing one.
+        """
+        if not refs:
+            return set()
+        rows = await self._fetch(
+            "audio_use",
+            {"ids": [r[0] for r in refs], "owner_services": [r[1] for r in refs]},
+        )
+        return {(row["id"], row["owner_service"]) for row in rows}
+
+    async def get_audio(self, audio_id: UUID) -> AudioBlob:
+        """A complete recording's description; `AudioNotFound` when there is none."""
+        rows = await self._fetch("audio_get", {"id": audio_id})
+        if not rows:
+            raise errors.AudioNotFound(audio_id)
+        return AudioBlob.from_row(rows[0])
+
+    async def audio_chunks(self, audio_id: UUID) -> AsyncIterator[bytes]:
+        """A recording's bytes in order, one chunk (`AUDIO_CHUNK_BYTES`) at a time.
+
+        Rows are streamed in binary (no hex encoding of bytea); the connection is
+        held until the iteration ends or the generator is closed.
+        """
+        async with self._conn() as conn:
+            cursor = conn.cursor(binary=True)
+            stream = cursor.stream(self._q["audio_chunks"], {"id": audio_id})
+            rows = cast(AsyncGenerator[dict[str, Any], None], stream)
+            async with contextlib.aclosing(rows):
+                async for row in rows:
+                    data: bytes = row["data"]
+                    yield data
+
+    async def prune_audio(self, retention: float, batch: int = 100) -> tuple[int, int]:
+        """Delete recordings unused for `retention` seconds that no pending or running job
+        names, and abandoned uploads; returns how many went and their bytes."""
+        count = size = 0
+        params = {"retention": retention, "abandoned": AUDIO_ABANDONED_AFTER, "batch": batch}
+        while True:
+            rows = await self._fetch("audio_prune", params)
+            count += len(rows)
+            size += sum(row["size"] or 0 for row in rows)
+            if len(rows) < batch:
+                return count, size
 
 
 def _count_key(row: dict[str, Any]) -> CountKey:

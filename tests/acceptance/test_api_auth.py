@@ -26,11 +26,13 @@ from ai_service.config import token_id
 from tests.conftest import ApiFactory
 from tests.helpers import job_body, make_settings
 from tests.processes import START_TIMEOUT, ServiceGroup
+from tests.stubs import sine_wav
 
 API = "/api/v1"
 TOKEN = f"tok-{uuid.uuid4().hex}"
 WRONG = f"wrong-{uuid.uuid4().hex}"
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/openapi.json")
+AUDIO = sine_wav(0.2)
 
 # Routes of the seed's API section (plus heartbeat and cancel of one job).
 SEED_ROUTES = {
@@ -96,7 +98,8 @@ async def exercise(
     out: dict[tuple[str, str], httpx.Response] = {}
 
     async def call(method: str, path: str, route: str, **kwargs: Any) -> httpx.Response:
-        response = record(await client.request(method, path, headers=headers, **kwargs))
+        kwargs.setdefault("headers", headers)
+        response = record(await client.request(method, path, **kwargs))
         out[(method, route)] = response
         return response
 
@@ -143,6 +146,16 @@ async def exercise(
     await call("GET", f"{API}/stats", f"{API}/stats")
     await call("GET", f"{API}/providers/status", f"{API}/providers/status")
     await call("GET", f"{API}/infra/status", f"{API}/infra/status")
+    uploaded = await call(
+        "POST",
+        f"{API}/audio",
+        f"{API}/audio",
+        params={"owner_service": "telephony"},
+        content=AUDIO,
+        headers={**headers, "Content-Type": "audio/wav"},
+    )
+    audio_id = uploaded.json()["audio_id"]
+    await call("GET", f"{API}/audio/{audio_id}", f"{API}/audio/{{id}}")
     return out
 
 
@@ -347,6 +360,8 @@ MATRIX: dict[tuple[str, str], tuple[int, set[str]]] = {
     ("GET", "/api/v1/stats"): (200, {"worker", "reader"}),
     ("GET", "/api/v1/providers/status"): (200, {"worker", "reader"}),
     ("GET", "/api/v1/infra/status"): (200, {"worker", "reader"}),
+    ("POST", "/api/v1/audio"): (201, {"submitter"}),
+    ("GET", "/api/v1/audio/{audio_id}"): (200, {"submitter", "worker", "reader"}),
 }
 # Routes where a submitter naming another owner_service gets 403 (body or query).
 OWNER_FORBIDDEN_ROUTES = {
@@ -355,6 +370,7 @@ OWNER_FORBIDDEN_ROUTES = {
     ("GET", "/api/v1/jobs"),
     ("POST", "/api/v1/jobs/retry"),
     ("POST", "/api/v1/jobs/cancel"),
+    ("POST", "/api/v1/audio"),
 }
 
 
@@ -406,6 +422,18 @@ class Admin:
         assert response.status_code == 201, response.text
         return response.json()["id"], task_type
 
+    async def audio(self, owner: str = OWNER) -> str:
+        """A stored recording of `owner`: its audio_id."""
+        response = await self.client.post(
+            f"{API}/audio",
+            params={"owner_service": owner},
+            headers={**bearer(ADMIN), "Content-Type": "audio/wav"},
+            content=AUDIO,
+        )
+        assert response.status_code == 201, response.text
+        audio_id: str = response.json()["audio_id"]
+        return audio_id
+
     async def running(self, owner: str = OWNER) -> tuple[str, str]:
         """A claimed job: its id and lease token."""
         job_id, task_type = await self.job(owner)
@@ -427,7 +455,7 @@ class Admin:
         ]
 
 
-Request = tuple[str, dict[str, Any] | None]  # (URL, JSON body)
+Request = tuple[str, dict[str, Any] | bytes | None]  # (URL, JSON body or raw audio)
 
 
 async def _create(admin: Admin) -> Request:
@@ -499,6 +527,21 @@ async def _plain(path: str) -> Request:
     return f"{API}{path}", None
 
 
+async def _upload(admin: Admin) -> Request:
+    return f"{API}/audio?owner_service={OWNER}", AUDIO
+
+
+async def _download(admin: Admin) -> Request:
+    return f"{API}/audio/{await admin.audio()}", None
+
+
+def sent(headers: dict[str, str], body: dict[str, Any] | bytes | None) -> dict[str, Any]:
+    """`client.request` arguments for a JSON body, or for raw audio (the upload)."""
+    if isinstance(body, bytes):
+        return {"content": body, "headers": {**headers, "Content-Type": "audio/wav"}}
+    return {"json": body, "headers": headers}
+
+
 REQUESTS: dict[tuple[str, str], Callable[[Admin], Awaitable[Request]]] = {
     ("POST", "/api/v1/jobs"): _create,
     ("POST", "/api/v1/jobs/batch"): _batch,
@@ -516,6 +559,8 @@ REQUESTS: dict[tuple[str, str], Callable[[Admin], Awaitable[Request]]] = {
     ("GET", "/api/v1/stats"): lambda admin: _plain("/stats"),
     ("GET", "/api/v1/providers/status"): lambda admin: _plain("/providers/status"),
     ("GET", "/api/v1/infra/status"): lambda admin: _plain("/infra/status"),
+    ("POST", "/api/v1/audio"): _upload,
+    ("GET", "/api/v1/audio/{audio_id}"): _download,
 }
 
 
@@ -529,7 +574,7 @@ async def test_every_route_answers_each_role_as_the_matrix_says(api_factory: Api
             for caller, headers in CALLERS.items():
                 url, body = await REQUESTS[route](admin)
                 before = await admin.snapshot()
-                response = record(await client.request(method, url, headers=headers, json=body))
+                response = record(await client.request(method, url, **sent(headers, body)))
                 outcome[(route, caller)] = response.status_code
                 want = expected_status(route, caller)
                 assert response.status_code == want, (route, caller, response.text)
@@ -591,7 +636,8 @@ async def test_a_submitter_acts_only_for_its_own_owner_service(api_factory: ApiF
         sub = bearer(SUBMITTER)
 
         async def call(method: str, path: str, **kwargs: Any) -> httpx.Response:
-            return record(await client.request(method, f"{API}{path}", headers=sub, **kwargs))
+            kwargs.setdefault("headers", sub)
+            return record(await client.request(method, f"{API}{path}", **kwargs))
 
         theirs, _ = await admin.job(OTHER_OWNER)
         ours, _ = await admin.job(OWNER)
@@ -667,6 +713,32 @@ async def test_a_submitter_acts_only_for_its_own_owner_service(api_factory: ApiF
         assert (await call("POST", f"/jobs/{mine}/cancel")).status_code == 200
         assert (await call("GET", "/stats")).status_code == 403
 
+        # Recordings: uploaded for its own owner only; another owner's is "not found".
+        foreign = await call(
+            "POST",
+            "/audio",
+            params={"owner_service": OTHER_OWNER},
+            content=AUDIO,
+            headers={**sub, "Content-Type": "audio/wav"},
+        )
+        assert foreign.status_code == 403
+        assert foreign.json()["message"].startswith("owner_service: ")
+        own_audio = await call(
+            "POST", "/audio", content=AUDIO, headers={**sub, "Content-Type": "audio/wav"}
+        )
+        assert own_audio.status_code == 201
+        assert own_audio.json()["owner_service"] == OWNER  # its own, unnamed
+        their_audio = await admin.audio(OTHER_OWNER)
+        assert (await call("GET", f"/audio/{their_audio}")).status_code == 404
+        got = await call("GET", f"/audio/{own_audio.json()['audio_id']}")
+        assert got.status_code == 200
+        assert got.content == AUDIO
+        # A job of its own cannot name another owner's recording (same answer as none).
+        job = job_body(task_type="transcription", input={"audio_id": their_audio})
+        refused = await call("POST", "/jobs", json=job)
+        assert refused.status_code == 422
+        assert refused.json()["details"]["field"] == "input.audio_id"
+
         # The other submitter sees its job and not ours.
         crm = bearer(OTHER_SUBMITTER)
         assert (await client.get(f"{API}/jobs/{theirs}", headers=crm)).status_code == 200
@@ -730,7 +802,7 @@ async def test_access_log_names_the_role_and_never_the_token(
             for route in sorted(MATRIX):
                 for headers in CALLERS.values():
                     url, body = await REQUESTS[route](admin)
-                    await client.request(route[0], url, headers=headers, json=body)
+                    await client.request(route[0], url, **sent(headers, body))
     text = caplog.text + "\n".join(repr(r.__dict__) for r in caplog.records)
     for token in (*ALL_TOKENS, WRONG):
         assert token not in text

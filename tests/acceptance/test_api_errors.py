@@ -1083,7 +1083,12 @@ async def test_head_answers_like_get_without_a_body_on_every_get_route(
         paths
     )
     job = (await api.post("/api/v1/jobs", json=job_body())).json()
-    values = {"job_id": job["id"]}
+    audio = await api.post(
+        "/api/v1/audio?owner_service=telephony",
+        content=b"RIFF-not-really-audio",
+        headers={"Content-Type": "audio/wav"},
+    )
+    values = {"job_id": job["id"], "audio_id": audio.json()["audio_id"]}
     problems: list[str] = []
     for template in paths:
         names = re.findall(r"\{(\w+)\}", template)

@@ -172,6 +172,8 @@ CONFIG = schemathesis.Config.from_dict(
         },
     }
 )
+# The audio upload takes the raw file (`audio/*`): generated as bytes, like octet-stream.
+schemathesis.serializer.alias("audio/*", "application/octet-stream")
 schema = schemathesis.openapi.from_dict(copy.deepcopy(DOCUMENT), config=CONFIG)
 
 

@@ -695,6 +695,23 @@ async def test_oversized_base64_is_invalid_input(
     assert whisperx.requests_received == 0
 
 
+async def test_audio_longer_than_audio_max_seconds_is_invalid_input(
+    whisperx: WhisperXStub, http: httpx.AsyncClient, files: FileServer, wav75: bytes
+) -> None:
+    settings = settings_for(whisperx, AUDIO_MAX_SECONDS="60")
+    url = files.add("/long.wav", wav75)
+
+    for job in (b64_job(wav75), make_job(input={"audio_url": url})):
+        failure = await fail(settings, http, job)
+
+        assert failure.category == "invalid_input"
+        assert failure.retryable is False
+        assert failure.message.endswith(
+            ": the audio lasts 75 s, longer than AUDIO_MAX_SECONDS (60 s)"
+        )
+    assert whisperx.requests_received == 0
+
+
 async def test_base64_data_url_with_line_breaks_is_accepted(
     whisperx: WhisperXStub, http: httpx.AsyncClient, wav5: bytes
 ) -> None:
@@ -712,7 +729,13 @@ async def test_base64_data_url_with_line_breaks_is_accepted(
 @pytest.mark.parametrize(
     ("job_input", "message"),
     [
-        ({}, "input.audio_url or input.audio_base64 is required"),
+        ({}, "input.audio_url, input.audio_id or input.audio_base64 is required"),
+        ({"audio_id": "not-a-uuid"}, "input.audio_id must be the audio_id (a UUID string)"),
+        ({"audio_id": 7}, "input.audio_id must be the audio_id (a UUID string)"),
+        (
+            {"audio_id": "0190a5a0-0000-7000-8000-000000000000", "audio_base64": "AAAA"},
+            "not both input.audio_base64 and input.audio_id",
+        ),
         ({"audio_base64": "!!! not base64 !!!"}, "input.audio_base64 is not valid base64"),
         (
             {"audio_base64": base64.b64encode(b"plain text, not audio" * 50).decode(),

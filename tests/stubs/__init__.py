@@ -58,6 +58,7 @@ __all__ = [
     "closed_port_url",
     "parse_multipart",
     "sine_wav",
+    "stereo_call_wav",
     "tone_wav",
     "transcode",
 ]
@@ -204,6 +205,34 @@ def sine_wav(seconds: float, *, rate: int = 8000, channels: int = 1) -> bytes:
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
         out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return buffer.getvalue()
+
+
+def stereo_call_wav(seconds: float, *, rate: int = 8000, turn_seconds: float = 5.0) -> bytes:
+    """A telephone call as recorders write it: 16-bit stereo WAV, one party per channel.
+
+    The parties take turns of `turn_seconds`: channel 0 ("agent") speaks (a 440 Hz
+    tone) in turns 0, 2, 4, ... while channel 1 is silent, channel 1 ("customer",
+    660 Hz) in turns 1, 3, 5, .... Built by repeating one two-turn period, so a
+    30-minute call takes well under a second.
+    """
+    turn = int(turn_seconds * rate)
+    agent = [int(8000 * math.sin(2 * math.pi * 440 * i / rate)) for i in range(turn)]
+    customer = [int(8000 * math.sin(2 * math.pi * 660 * i / rate)) for i in range(turn)]
+    period = array.array("h")
+    for i in range(turn):
+        period.extend((agent[i], 0))
+    for i in range(turn):
+        period.extend((0, customer[i]))
+    frames = int(seconds * rate)
+    whole, rest = divmod(frames, 2 * turn)
+    samples = period * whole + period[: 2 * rest]
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(2)
         out.setsampwidth(2)
         out.setframerate(rate)
         out.writeframes(samples.tobytes())

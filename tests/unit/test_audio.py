@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import wave
+from pathlib import Path
 
 import av
 import pytest
 
-from ai_service.providers.audio import SAMPLE_RATE, AudioClip, AudioDecodeError
-from tests.stubs import sine_wav, transcode
+from ai_service.providers.audio import SAMPLE_RATE, AudioClip, AudioDecodeError, AudioTooLong
+from tests.stubs import sine_wav, stereo_call_wav, transcode
 
 
 def test_decodes_and_resamples_stereo_44k_to_16k_mono() -> None:
@@ -114,3 +116,64 @@ def test_wav_with_a_compressed_codec_is_not_passed_through() -> None:
     assert clip.source_codec == "adpcm_ima_wav"
     assert clip.passthrough_format is None
     assert clip.duration == pytest.approx(1.0, abs=0.05)
+
+
+# -- files on disk, bounded length (AUDIO_MAX_SECONDS) ---------------------------------
+
+
+def test_from_file_decodes_into_a_wav_file_in_the_workdir(tmp_path: Path) -> None:
+    source = tmp_path / "call.wav"
+    source.write_bytes(stereo_call_wav(12.0))
+
+    clip = AudioClip.from_file(source, workdir=tmp_path, max_seconds=60)
+
+    assert clip.duration == pytest.approx(12.0, abs=0.01)
+    assert clip.wav_path.parent == tmp_path
+    with wave.open(str(clip.wav_path)) as wav:
+        assert (wav.getnchannels(), wav.getframerate(), wav.getsampwidth()) == (1, 16000, 2)
+        assert wav.getnframes() == clip.frames
+    # The whole clip is sent from the file itself; the original stays as it was.
+    with clip.open_wav() as whole:
+        assert isinstance(whole, io.BufferedReader)
+        assert whole.read() == clip.wav_path.read_bytes()
+    assert clip.source == source.read_bytes()
+    # Chunks read their samples from the same file.
+    chunks = clip.chunks(5)
+    assert [c.start for c in chunks] == [0, 80_000, 160_000]
+    assert b"".join(c.pcm for c in chunks) == clip.pcm
+    with wave.open(chunks[2].open_wav()) as wav:
+        assert wav.getnframes() == pytest.approx(2 * SAMPLE_RATE, abs=2)
+
+
+def test_audio_declared_longer_than_the_limit_is_refused_before_decoding(tmp_path: Path) -> None:
+    source = tmp_path / "long.wav"
+    source.write_bytes(sine_wav(75.0))
+
+    with pytest.raises(AudioTooLong, match=r"lasts 75 s, longer than AUDIO_MAX_SECONDS \(10 s\)"):
+        AudioClip.from_file(source, workdir=tmp_path, max_seconds=10)
+
+    # Nothing was decoded: the output file was not even created.
+    assert not (tmp_path / "long.16k.wav").exists()
+
+
+def test_decoding_stops_as_soon_as_the_output_passes_the_limit(tmp_path: Path) -> None:
+    # Declared 10 s: within the margin for estimated headers, so decoding starts.
+    source = tmp_path / "edge.wav"
+    source.write_bytes(sine_wav(10.0))
+
+    with pytest.raises(AudioTooLong, match=r"is longer than AUDIO_MAX_SECONDS \(9.5 s\)"):
+        AudioClip.from_file(source, workdir=tmp_path, max_seconds=9.5)
+
+    written = (tmp_path / "edge.16k.wav").stat().st_size
+    assert written < 9.5 * SAMPLE_RATE * 2  # stopped there, not at the end
+
+
+def test_a_clip_without_workdir_removes_its_files_when_dropped() -> None:
+    clip = AudioClip.from_bytes(sine_wav(1.0))
+    folder = clip.wav_path.parent
+    chunks = clip.chunks(0.5)
+    del clip
+    assert folder.exists()  # the chunks still read from it
+    del chunks
+    gc.collect()
+    assert not folder.exists()

@@ -174,6 +174,9 @@ def test_parse_duration_result_is_finite_for_plain_seconds() -> None:
         ("TRANSCRIPTION_PROVIDERS", "foo"),
         ("TRANSCRIPTION_PROVIDERS", "whisperx,foo"),
         ("AUDIO_LLM_MAX_TOKENS", "0"),
+        ("AUDIO_MAX_SECONDS", "0"),
+        ("AUDIO_MAX_SECONDS", "forever"),
+        ("AUDIO_RETENTION", "30s"),
         ("WORKER_POLL_INTERVAL", "0"),
         ("WORKER_POLL_INTERVAL", "-2s"),
         ("WORKER_CLAIM_LIMIT", "0"),
@@ -207,6 +210,13 @@ def test_transcription_providers_naming_no_provider_is_rejected(raw: str) -> Non
     with pytest.raises(ConfigError) as info:
         load_settings({"TRANSCRIPTION_PROVIDERS": raw})
     assert info.value.variable == "TRANSCRIPTION_PROVIDERS"
+
+
+def test_audio_bounds_default_to_four_hours_and_seven_days() -> None:
+    assert load_settings({}).audio_max_seconds == 4 * 3600
+    assert load_settings({}).audio_retention == 7 * 86400
+    settings = load_settings({"AUDIO_MAX_SECONDS": "90m", "AUDIO_RETENTION": "48h"})
+    assert (settings.audio_max_seconds, settings.audio_retention) == (5400, 172800)
 
 
 def test_backoff_max_below_base_is_rejected_naming_retry_backoff_max() -> None:

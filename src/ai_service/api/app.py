@@ -17,7 +17,9 @@ from ai_service.api import auth
 from ai_service.api import docs as api_docs
 from ai_service.api.completions import CompletionBatcher
 from ai_service.api.lean import LeanEndpoint
-from ai_service.api.middleware import EdgeMiddleware
+from ai_service.api.middleware import EdgeMiddleware, RawBody
+from ai_service.api.routes_audio import UPLOAD_ROUTE
+from ai_service.api.routes_audio import router as audio_router
 from ai_service.api.routes_infra import router as infra_router
 from ai_service.api.routes_jobs import router as jobs_router
 from ai_service.api.routes_ops import probes, stats_router
@@ -94,6 +96,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     api_docs.install(app)
     app.include_router(probes)
     app.include_router(jobs_router)
+    app.include_router(audio_router)
     app.include_router(stats_router)
     app.include_router(infra_router)
     # One pure-ASGI pass at the edge (see `api.middleware`): HEAD, metrics, URL
@@ -111,6 +114,8 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
         policy=policy,
         lean=lean,
         max_body_bytes=settings.max_body_bytes,
+        # The audio upload streams its raw body to PostgreSQL: its own, larger limit.
+        raw_bodies={UPLOAD_ROUTE: RawBody(settings.audio_max_bytes, "AUDIO_MAX_BYTES")},
     )
     return app
 

@@ -154,6 +154,10 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/jobs/{job_id}/complete"): Rule(_WORK),
     ("POST", "/api/v1/jobs/{job_id}/fail"): Rule(_WORK),
     ("POST", "/api/v1/jobs/{job_id}/heartbeat"): Rule(_WORK),
+    # Recordings for transcription jobs: uploaded by whoever may create the jobs (for
+    # its own owner_service), read back by anyone who may read those jobs' inputs.
+    ("POST", "/api/v1/audio"): Rule(_SUBMIT, 403),
+    ("GET", "/api/v1/audio/{audio_id}"): Rule(ALL_ROLES, 404),
     # Queue-wide figures and infrastructure: not for submitters (they would
     # see other owners' load); their own jobs are in the list.
     ("GET", "/api/v1/stats"): Rule(_OPS_READ),

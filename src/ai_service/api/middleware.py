@@ -15,7 +15,10 @@
 5. a request body under `/api/` must be plain JSON, declared as such: 415
    `unsupported_media_type` when `Content-Type` is missing or not JSON, 400
    `malformed_json` for a compressed body (no `Content-Encoding` is decoded);
-6. 413 for a body over the limit, declared or streamed;
+   the routes of `raw_bodies` (the audio upload) take a raw body instead,
+   declared as `audio/*` or `application/octet-stream`;
+6. 413 for a body over the limit, declared or streamed: `MAX_BODY_BYTES`, or
+   the route's own limit for a raw body (`AUDIO_MAX_BYTES`);
 7. the request goes to its `api.lean` endpoint when it has one, else to FastAPI.
 
 It reads the request headers once and wraps `send` once; the one match of
@@ -25,6 +28,8 @@ the path against the routes serves both auth and the lean dispatch.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
@@ -35,6 +40,7 @@ from ai_service.api.auth import Authenticator, Principal, RoutePolicy, unauthori
 from ai_service.api.lean import LeanEndpoint
 from ai_service.api.route_table import API_PREFIX, Matched
 from ai_service.error_envelope import MALFORMED_JSON, envelope
+from ai_service.errors import PayloadTooLarge
 from ai_service.metrics import Metrics
 
 # Longest path plus query string served; the longest legitimate list query is ~2 KiB.
@@ -49,6 +55,17 @@ class BodyTooLarge(HTTPException):
 
     def __init__(self, limit: int) -> None:
         super().__init__(413, f"request body exceeds {limit} bytes")
+
+
+@dataclass(frozen=True)
+class RawBody:
+    """A route that takes a raw (non-JSON) body, and the limit that applies to it.
+
+    `setting` names the variable of the limit in the 413 answer.
+    """
+
+    limit: int
+    setting: str
 
 
 class EdgeMiddleware:
@@ -68,6 +85,7 @@ class EdgeMiddleware:
         lean: dict[tuple[str, str], LeanEndpoint],
         max_body_bytes: int,
         max_url_bytes: int = MAX_URL_BYTES,
+        raw_bodies: Mapping[tuple[str, str], RawBody] | None = None,
     ) -> None:
         self.app = app
         self.metrics = metrics
@@ -76,6 +94,7 @@ class EdgeMiddleware:
         self.lean = lean
         self.max_body_bytes = max_body_bytes
         self.max_url_bytes = max_url_bytes
+        self.raw_bodies = dict(raw_bodies or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -159,6 +178,11 @@ class EdgeMiddleware:
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
+        raw = (
+            self.raw_bodies.get((matched.entry.method, matched.entry.template))
+            if matched is not None
+            else None
+        )
         has_body = chunked or (content_length is not None and _int(content_length, 1) > 0)
         if has_body and method in _BODY_METHODS and scope["path"].startswith("/api/"):
             encoding = (content_encoding or b"").strip().lower()
@@ -171,7 +195,17 @@ class EdgeMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-            if not _is_json(content_type):
+            if raw is not None:
+                if not _is_raw(content_type):
+                    response = envelope(
+                        415,
+                        "unsupported_media_type",
+                        "the request body must be the audio file, sent with Content-Type: "
+                        "audio/... or application/octet-stream",
+                    )
+                    await response(scope, receive, send)
+                    return
+            elif not _is_json(content_type):
                 response = envelope(
                     415,
                     "unsupported_media_type",
@@ -179,11 +213,12 @@ class EdgeMiddleware:
                 )
                 await response(scope, receive, send)
                 return
-        if declared > self.max_body_bytes:
-            await self._too_large(scope, receive, send)
+        limit = raw.limit if raw is not None else self.max_body_bytes
+        if declared > limit:
+            await self._too_large(scope, receive, send, raw)
             return
         if chunked:
-            await self._limited(scope, receive, send, matched)
+            await self._limited(scope, receive, send, matched, raw)
         else:
             # A declared length within the limit: the server reads no more than that.
             await self._dispatch(scope, receive, send, matched)
@@ -200,19 +235,27 @@ class EdgeMiddleware:
         await self.app(scope, receive, send)
 
     async def _limited(
-        self, scope: Scope, receive: Receive, send: Send, matched: Matched | None
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        matched: Matched | None,
+        raw: RawBody | None,
     ) -> None:
         """Dispatch with a streamed body counted: 413 once it passes the limit."""
         received = 0
         started = False
+        limit = raw.limit if raw is not None else self.max_body_bytes
 
         async def limited_receive() -> Message:
             nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge(self.max_body_bytes)
+                if received > limit:
+                    if raw is not None:  # answered by the route's error handler, as such
+                        raise PayloadTooLarge("body", raw.limit, raw.setting)
+                    raise BodyTooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -223,11 +266,18 @@ class EdgeMiddleware:
 
         try:
             await self._dispatch(scope, limited_receive, tracking_send, matched)
-        except BodyTooLarge:
+        except (BodyTooLarge, PayloadTooLarge):
             if not started:
-                await self._too_large(scope, receive, send)
+                await self._too_large(scope, receive, send, raw)
 
-    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _too_large(
+        self, scope: Scope, receive: Receive, send: Send, raw: RawBody | None = None
+    ) -> None:
+        if raw is not None:
+            refusal = PayloadTooLarge("body", raw.limit, raw.setting)
+            response = envelope(413, refusal.code, refusal.message, refusal.details)
+            await response(scope, receive, send)
+            return
         response = envelope(
             413,
             "payload_too_large",
@@ -253,6 +303,16 @@ def _int(value: bytes, invalid: int = 0) -> int:
         return int(value)
     except ValueError:
         return invalid
+
+
+def _is_raw(content_type: bytes | None) -> bool:
+    """`audio/<subtype>` or `application/octet-stream`, parameters ignored."""
+    if content_type is None:
+        return False
+    media_type = content_type.split(b";", 1)[0].strip().lower()
+    return media_type == b"application/octet-stream" or (
+        media_type.startswith(b"audio/") and len(media_type) > len(b"audio/")
+    )
 
 
 def _is_json(content_type: bytes | None) -> bool:

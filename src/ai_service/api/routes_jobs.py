@@ -23,6 +23,7 @@ from ai_service.api.deps import (
     known_query,
 )
 from ai_service.api.errors import responses
+from ai_service.api.job_audio import keep_audio_apart
 from ai_service.jobs import OUTAGE_CATEGORIES, PAYLOAD_COLUMNS, JobFilter, NewJob, is_retryable
 from ai_service.store import BulkOutcome, Completion, Store
 
@@ -61,13 +62,17 @@ def _merge(defaults: dict[str, Any], item: schemas.JobPatch, index: int) -> NewJ
 async def create_job(
     body: schemas.JobCreate,
     store: StoreDep,
+    settings: SettingsDep,
     metrics: MetricsDep,
     response: Response,
     principal: PrincipalDep,
 ) -> schemas.CreatedJobOut:
     scoped_owner(principal, body.owner_service, "owner_service")
+    new_jobs = await keep_audio_apart(
+        store, [_new_job(body)], ["input"], max_bytes=settings.audio_max_bytes
+    )
     try:
-        [outcome] = await store.create_jobs([_new_job(body)])
+        [outcome] = await store.create_jobs(new_jobs)
     except errors.IdempotencyConflict as exc:
         raise errors.IdempotencyConflict("idempotency_key", exc.job_id) from None
     response.headers["Location"] = f"/api/v1/jobs/{outcome.job.id}"
@@ -87,7 +92,11 @@ async def create_job(
     summary="Create up to 1000 jobs with shared defaults (all or nothing)",
 )
 async def create_batch(
-    body: schemas.JobBatchCreate, store: StoreDep, metrics: MetricsDep, principal: PrincipalDep
+    body: schemas.JobBatchCreate,
+    store: StoreDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    principal: PrincipalDep,
 ) -> Response:
     defaults = body.defaults.model_dump(exclude_none=True)
     new_jobs = [_merge(defaults, item, i) for i, item in enumerate(body.jobs)]
@@ -95,6 +104,12 @@ async def create_batch(
         for i, job in enumerate(new_jobs):
             # All or nothing, like validation: one foreign item refuses the batch.
             scoped_owner(principal, job.owner_service, f"jobs[{i}].owner_service")
+    new_jobs = await keep_audio_apart(
+        store,
+        new_jobs,
+        [f"jobs[{i}].input" for i in range(len(new_jobs))],
+        max_bytes=settings.audio_max_bytes,
+    )
     outcomes = await store.create_jobs(new_jobs)
     metrics.observe_created(o.job for o in outcomes if o.created)
     # `BatchOut`, built as plain JSON from the stored rows: nothing in it needs

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Self
 from uuid import UUID
 
 from pydantic import (
@@ -120,6 +120,10 @@ JsonObject = Annotated[
 ]
 RunAfter = Annotated[Timestamp, AfterValidator(_stored_time)]
 TimeoutSeconds = Annotated[int, Number, Field(ge=1, le=604800)]
+
+
+if TYPE_CHECKING:
+    from ai_service.store import AudioBlob
 
 
 class _Strict(BaseModel):
@@ -249,6 +253,28 @@ class BatchOut(BaseModel):
     created: int = Field(description="How many jobs were inserted.")
     existing: int = Field(description="How many items matched an existing idempotency key.")
     jobs: list[BatchItemOut]
+
+
+class AudioOut(BaseModel):
+    """A stored recording (`POST /api/v1/audio`): name it in a job's `input.audio_id`."""
+
+    audio_id: UUID
+    owner_service: str
+    content_type: str
+    bytes: int = Field(description="Size of the stored file.")
+    sha256: str = Field(description="SHA-256 of the stored file (hex).")
+    created_at: datetime
+
+    @classmethod
+    def of(cls, blob: AudioBlob) -> AudioOut:
+        return cls(
+            audio_id=blob.id,
+            owner_service=blob.owner_service,
+            content_type=blob.content_type,
+            bytes=blob.size,
+            sha256=blob.sha256,
+            created_at=blob.created_at,
+        )
 
 
 class JobSummaryOut(BaseModel):

@@ -1,25 +1,23 @@
-"""Audio the providers receive, made from the decoded PCM, and what the PCM holds.
+"""What a decoded recording holds: its channels apart, and whether it has sound.
 
 Servers that pipe the caller's file into ffmpeg cannot seek it: an M4A whose
 index sits at the end yields an empty transcript, a WAV with its `data` chunk
 before `fmt ` a 500 (see `shared/AI-SERVERS.md`). The worker has decoded the
-audio already, so it sends a normalised file instead: `WavStream` serves the
-16 kHz mono 16-bit PCM of an `AudioClip` as a WAV file without copying it.
+audio already, so providers send the normalised 16 kHz mono WAV on disk
+(`AudioClip.open_wav`) instead.
 
 `split_channels` decodes each channel of a recording on its own (call
-recordings keep agent and customer on separate channels); `speech_seconds`
-tells whether a clip carries sound at all, so an empty transcript of a clip
-that does can be flagged.
+recordings keep agent and customer on separate channels), frame by frame into
+one WAV file per channel; `speech_seconds` / `clip_speech_seconds` tell
+whether audio carries sound at all, so an empty transcript of a clip that does
+can be flagged.
 """
 
 from __future__ import annotations
 
-import io
-import struct
+from pathlib import Path
 
-import av
-
-from ai_service.providers.audio import SAMPLE_RATE, AudioClip, AudioDecodeError
+from ai_service.providers.audio import SAMPLE_RATE, AudioClip, decode_to_wav
 
 _SAMPLE_WIDTH = 2  # s16le
 BytesLike = bytes | bytearray | memoryview
@@ -29,119 +27,37 @@ BytesLike = bytes | bytearray | memoryview
 _FRAME_SECONDS = 0.05
 _VOICED_PEAK = 1000
 _STRIDE = 8
+# `clip_speech_seconds` reads a clip in pieces of this length (a multiple of
+# the 50 ms frame, so the pieces' counts add up exactly): 1.9 MB at a time.
+_SCAN_SECONDS = 60.0
 
 
-def wav_header(data_bytes: int, *, rate: int = SAMPLE_RATE, channels: int = 1) -> bytes:
-    """The 44-byte header of a 16-bit PCM WAV file holding `data_bytes` of samples."""
-    block = channels * _SAMPLE_WIDTH
-    return struct.pack(
-        "<4sI4s4sIHHIIHH4sI",
-        b"RIFF",
-        36 + data_bytes,
-        b"WAVE",
-        b"fmt ",
-        16,
-        1,  # PCM
-        channels,
-        rate,
-        rate * block,
-        block,
-        8 * _SAMPLE_WIDTH,
-        b"data",
-        data_bytes,
-    )
+def split_channels(
+    source: Path, *, workdir: Path, max_seconds: float | None = None
+) -> list[AudioClip]:
+    """Decode every channel of the file `source` on its own, each to 16 kHz mono s16le.
 
-
-class WavStream(io.RawIOBase):
-    """A read-only, seekable WAV file over 16 kHz mono s16le PCM, without a copy.
-
-    httpx sends it in 64 KiB reads and seeks back to the start for a retry on
-    the next instance; the PCM is only referenced.
+    Each channel becomes a WAV file in `workdir` (decoded frame by frame, like
+    `AudioClip.from_file`, within `max_seconds`); a mono file gives one clip.
+    Raises `AudioDecodeError` / `AudioTooLong` like `AudioClip.from_file`. The
+    clips carry no source file: providers send their WAV (`open_wav`).
     """
-
-    def __init__(self, pcm: BytesLike, *, rate: int = SAMPLE_RATE) -> None:
-        super().__init__()
-        self._pcm = memoryview(pcm).cast("B")
-        self._header = wav_header(len(self._pcm), rate=rate)
-        self._size = len(self._header) + len(self._pcm)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        """Always readable."""
-        return True
-
-    def seekable(self) -> bool:
-        """Always seekable (httpx measures the length by seeking to the end)."""
-        return True
-
-    def tell(self) -> int:
-        """The current position."""
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move to `offset` from the start, the current position or the end."""
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def read(self, size: int = -1) -> bytes:
-        """Up to `size` bytes (all the rest when negative) from the current position."""
-        if size is None or size < 0:
-            size = self._size - self._pos
-        end = min(self._size, self._pos + size)
-        header_len = len(self._header)
-        parts: list[bytes] = []
-        if self._pos < header_len:
-            parts.append(self._header[self._pos : min(end, header_len)])
-        if end > header_len:
-            start = max(self._pos, header_len) - header_len
-            parts.append(bytes(self._pcm[start : end - header_len]))
-        self._pos = max(self._pos, end)
-        return b"".join(parts)
-
-    def __len__(self) -> int:
-        return self._size
-
-
-def split_channels(data: bytes) -> list[AudioClip]:
-    """Decode every channel of `data` on its own, each to 16 kHz mono s16le.
-
-    Raises `AudioDecodeError` like `AudioClip.from_bytes`. A mono file gives
-    one clip. The clips carry no source file (send them with `WavStream`).
-    """
-    if not data:
-        raise AudioDecodeError("the audio is empty (0 bytes)")
-    try:
-        with av.open(io.BytesIO(data), mode="r") as container:
-            if not container.streams.audio:
-                raise AudioDecodeError("the file has no audio stream")
-            stream = container.streams.audio[0]
-            count = stream.codec_context.channels or 1
-            layout = stream.codec_context.layout.name if count > 1 else "mono"
-            # Planar output: plane n holds channel n.
-            resampler = av.AudioResampler(format="s16p", layout=layout, rate=SAMPLE_RATE)
-            channels: list[bytearray] = [bytearray() for _ in range(count)]
-            for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    _append_planes(out, channels)
-            for out in resampler.resample(None):
-                _append_planes(out, channels)
-    except av.FFmpegError as exc:
-        reason = exc.strerror or str(exc)
-        raise AudioDecodeError(f"the audio cannot be decoded: {reason}") from None
-    if not channels[0]:
-        raise AudioDecodeError("the audio contains no samples")
+    paths, frames, _, _ = decode_to_wav(source, workdir, max_seconds=max_seconds, split=True)
     return [
-        AudioClip(pcm=bytes(pcm), source=b"", source_format="wav", source_codec="pcm_s16le")
-        for pcm in channels
+        AudioClip(
+            wav_path=path,
+            frames=frames,
+            source_path=None,
+            source_format="wav",
+            source_codec="pcm_s16le",
+        )
+        for path in paths
     ]
 
 
-def _append_planes(frame: av.AudioFrame, channels: list[bytearray]) -> None:
-    # Plane buffers may be padded for alignment: keep only the real samples.
-    length = frame.samples * _SAMPLE_WIDTH
-    for index, plane in enumerate(frame.planes[: len(channels)]):
-        channels[index] += bytes(plane)[:length]
+def clip_speech_seconds(clip: AudioClip) -> float:
+    """`speech_seconds` of a clip, read from disk a minute at a time (never all of it)."""
+    return round(sum(speech_seconds(piece.pcm) for piece in clip.chunks(_SCAN_SECONDS)), 3)
 
 
 def speech_seconds(pcm: BytesLike, *, rate: int = SAMPLE_RATE) -> float:

@@ -8,7 +8,7 @@ type.
 The file sent is never the caller's: the server pipes uploads into ffmpeg,
 which cannot seek a pipe (an M4A with its index at the end yields an empty
 transcript, a WAV with `data` before `fmt ` a 500). The worker has decoded the
-audio, so every instance gets the same 16 kHz mono WAV (`audio_encode`).
+audio, so every instance gets the same 16 kHz mono WAV (`AudioClip.open_wav`).
 
 Reading is liberal: whisperx-asr-service answers the same endpoint but with
 `text` as a list of strings; words may lack `start`/`end`/`score` when
@@ -33,7 +33,7 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from typing import IO, Any, cast
+from typing import Any
 
 import httpx
 
@@ -41,7 +41,6 @@ from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory
 from ai_service.providers import http_errors
 from ai_service.providers.audio import AudioClip, Transcript
-from ai_service.providers.audio_encode import WavStream
 from ai_service.providers.gate import OPEN_GATE, Gate, settle
 from ai_service.redact import redact_url
 from ai_service.urls import request_target, url_path
@@ -123,11 +122,21 @@ class WhisperXClient:
             params["vad_filter"] = "true" if vad_filter else "false"
         if word_timestamps is not None:
             params["word_timestamps"] = "true" if word_timestamps else "false"
-        # One stream for every instance: httpx seeks it back to the start.
-        stream = cast(IO[bytes], WavStream(clip.pcm))  # read/seek/tell is all httpx uses
-        files = {"audio_file": ("audio.wav", stream, "audio/wav")}
         trace = tried if tried is not None else []
+        # The decoded WAV, streamed from disk: one file for every instance (httpx
+        # seeks it back to the start for each).
+        with clip.open_wav() as upload:
+            files = {"audio_file": ("audio.wav", upload, "audio/wav")}
+            return await self._post(files, params, start, trace)
 
+    async def _post(
+        self,
+        files: dict[str, Any],
+        params: dict[str, str],
+        start: int,
+        trace: list[dict[str, Any]],
+    ) -> Transcript:
+        """`transcribe`'s requests: each instance in turn from `start`, as it documents."""
         failure: JobFailure | None = None
         refused: JobFailure | None = None
         count = len(self._urls)

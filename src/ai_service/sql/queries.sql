@@ -1022,3 +1022,72 @@ SELECT now() AS now;
 -- name: db_ping
 -- Readiness probe: the server answers and accepts writes (not a standby).
 SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' AS ok;
+
+-- name: audio_begin
+-- A new upload (`POST /api/v1/audio`): the row exists before its bytes, which arrive as
+-- numbered chunks; size and sha256 stay NULL until audio_finish.
+INSERT INTO audio_blobs (id, owner_service, content_type)
+VALUES (%(id)s, %(owner_service)s, %(content_type)s)
+RETURNING *;
+
+-- name: audio_chunk_add
+-- One chunk of an upload's bytes (psycopg sends bytes as a binary parameter).
+INSERT INTO audio_chunks (audio_id, n, data) VALUES (%(audio_id)s, %(n)s, %(data)s);
+
+-- name: audio_finish
+-- The upload is complete: from now on jobs may name it.
+UPDATE audio_blobs SET size = %(size)s, sha256 = %(sha256)s, used_at = now()
+ WHERE id = %(id)s
+RETURNING *;
+
+-- name: audio_put
+-- A whole small recording at once (a job's audio_base64 moved out of its input), keyed by
+-- its content: the same bytes of the same owner_service get the same id, so the same
+-- request sent again names the same audio (idempotency keys still match). Returns the row
+-- only when it is new (then its chunks follow in the same transaction).
+INSERT INTO audio_blobs (id, owner_service, content_type, size, sha256)
+VALUES (%(id)s, %(owner_service)s, %(content_type)s, %(size)s, %(sha256)s)
+    ON CONFLICT (id) DO NOTHING
+RETURNING *;
+
+-- name: audio_use
+-- Jobs about to be created name these (audio_id, owner_service) pairs: the complete
+-- recordings among them, marked as used now (retention counts from the last use).
+UPDATE audio_blobs b SET used_at = now()
+  FROM unnest(%(ids)s::uuid[], %(owner_services)s::text[]) AS u(id, owner_service)
+ WHERE b.id = u.id AND b.owner_service = u.owner_service AND b.size IS NOT NULL
+RETURNING b.id, b.owner_service;
+
+-- name: audio_get
+-- One complete recording's description (not its bytes).
+SELECT * FROM audio_blobs WHERE id = %(id)s AND size IS NOT NULL;
+
+-- name: audio_chunks
+-- A recording's bytes, chunk by chunk in order (read row by row: never all at once).
+SELECT data FROM audio_chunks WHERE audio_id = %(id)s ORDER BY n;
+
+-- name: audio_delete
+-- An upload that failed or was refused: its chunks go with it.
+DELETE FROM audio_blobs WHERE id = %(id)s;
+
+-- name: audio_prune
+-- Retention: recordings unused for `retention` seconds that no pending or running job
+-- names (a failed job that names one may still be retried within that time), and
+-- uploads abandoned half-way (no size after `abandoned` seconds). Oldest first, rows
+-- another statement holds skipped; the chunks go with their row (ON DELETE CASCADE).
+WITH old AS (
+    SELECT id FROM audio_blobs b
+     WHERE (used_at < now() - make_interval(secs => %(retention)s::float8)
+            OR (size IS NULL
+                AND created_at < now() - make_interval(secs => %(abandoned)s::float8)))
+       AND NOT EXISTS (SELECT 1 FROM jobs j
+                        WHERE j.input ? 'audio_id' AND j.input->>'audio_id' = b.id::text
+                          AND j.status IN ('pending', 'running'))
+     ORDER BY used_at
+     LIMIT %(batch)s
+       FOR UPDATE SKIP LOCKED
+)
+DELETE FROM audio_blobs b
+ USING old
+ WHERE b.id = old.id
+RETURNING b.id, b.size;

@@ -2,15 +2,17 @@
 
 Each handler module (`llm.py`, `transcription.py`) exposes
 `spec(settings) -> HandlerSpec`. A handler never touches SQL: it turns a job's
-input into a result dict, or raises `errors.JobFailure` with a category.
+input into a result dict, or raises `errors.JobFailure` with a category (stored
+audio comes through `HandlerContext.audio`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+from uuid import UUID
 
 import httpx
 
@@ -19,7 +21,20 @@ from ai_service.jobs import Job
 from ai_service.providers.gate import OPEN_GATE, Gate
 
 if TYPE_CHECKING:
+    from ai_service.store import AudioBlob
     from ai_service.worker.breaker import Breakers
+
+
+class StoredAudio(Protocol):
+    """Read access to the recordings stored in PostgreSQL (`store.Store` is one)."""
+
+    async def get_audio(self, audio_id: UUID) -> AudioBlob:
+        """The recording's description; raises `errors.AudioNotFound`."""
+        ...
+
+    def audio_chunks(self, audio_id: UUID) -> AsyncIterator[bytes]:
+        """The recording's bytes, chunk by chunk."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -31,6 +46,8 @@ class HandlerContext:
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("ai_service.worker"))
     # The runner's circuit breakers; None (handlers called directly): no gating.
     breakers: Breakers | None = None
+    # Stored recordings (`input.audio_id`); the runner sets its store. None: unavailable.
+    audio: StoredAudio | None = None
 
     def gate(self, endpoint: str) -> Gate:
         """The circuit breaker of `endpoint` (`llm`, `whisperx#1`, ...), or an open gate."""

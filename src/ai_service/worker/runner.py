@@ -84,7 +84,7 @@ class Runner:
         self.store = store
         self.breakers = ctx.breakers or Breakers.from_settings(settings, ctx.http)
         self.breakers.on_change = self._breaker_changed
-        self.ctx = dataclasses.replace(ctx, breakers=self.breakers)
+        self.ctx = dataclasses.replace(ctx, breakers=self.breakers, audio=ctx.audio or store)
         self.outage_max = settings.provider_outage_max
         self.specs = specs
         self.enabled = [s for s in specs if s.enabled]

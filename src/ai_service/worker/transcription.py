@@ -2,7 +2,7 @@
 
 Input (`job.input`):
 
-    audio_url | audio_base64 (+ audio_format)   exactly one of them
+    audio_url | audio_id | audio_base64 (+ audio_format)   exactly one of them
     language, prompt, diarize, min_speakers, max_speakers   optional
     vad_filter, word_timestamps                 optional (WhisperX)
     min_confidence, drop_no_speech              optional segment filters
@@ -26,7 +26,12 @@ provider succeeds the job fails with the first provider error's category and
 message, and every attempt in `details["attempts"]`.
 
 `TRANSCRIPTION_TIMEOUT` bounds each provider attempt (all its requests
-together); `AUDIO_DOWNLOAD_TIMEOUT` and `AUDIO_MAX_BYTES` bound the download.
+together); `AUDIO_DOWNLOAD_TIMEOUT` and `AUDIO_MAX_BYTES` bound the download,
+`AUDIO_MAX_SECONDS` the decoded length.
+
+Memory: the audio goes to a per-job temporary directory (downloads and stored
+audio are streamed there), is decoded frame by frame into a WAV file beside
+it, and providers send files; the directory is removed when the job ends.
 `audio_url` may only lead to public addresses, or to what `AUDIO_URL_ALLOW`
 names (`ai_service.outbound`: checked at every connect and redirect).
 """
@@ -34,25 +39,26 @@ names (`ai_service.outbound`: checked at every connect and redirect).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import itertools
 import math
 import re
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import httpx
 
-from ai_service import outbound
+from ai_service import audio_input, errors, outbound
 from ai_service.config import TRANSCRIPTION_PROVIDER_NAMES, Settings
 from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory, Job
 from ai_service.languages import normalise_language
 from ai_service.providers.audio import AudioClip, AudioDecodeError, Transcript
-from ai_service.providers.audio_encode import speech_seconds, split_channels
+from ai_service.providers.audio_encode import clip_speech_seconds, split_channels
 from ai_service.providers.audio_llm import AudioChatClient
 from ai_service.providers.gate import settle
 from ai_service.providers.whisperx import WhisperXClient
@@ -93,6 +99,7 @@ class TranscriptionInput:
     audio_url: str | None
     audio_base64: str | None
     audio_format: str | None
+    audio_id: UUID | None
     language: str | None
     prompt: str | None
     diarize: bool | None
@@ -212,10 +219,13 @@ def parse_input(data: Any, settings: Settings) -> TranscriptionInput:
         raise _invalid("input must be a JSON object")
     audio_url = _optional_str(data, "audio_url")
     audio_base64 = _optional_str(data, "audio_base64")
-    if audio_url and audio_base64:
-        raise _invalid("give either input.audio_url or input.audio_base64, not both")
-    if not audio_url and not audio_base64:
-        raise _invalid("input.audio_url or input.audio_base64 is required")
+    audio_id = _optional_audio_id(data)
+    values = (audio_url, audio_base64, audio_id)
+    given = [f"input.{n}" for n, v in zip(audio_input.SOURCES, values, strict=True) if v]
+    if len(given) > 1:
+        raise _invalid(f"give only one audio source, not both {given[0]} and {given[1]}")
+    if not given:
+        raise _invalid("input.audio_url, input.audio_id or input.audio_base64 is required")
     if audio_url is not None:
         parts = urlsplit(audio_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -237,6 +247,7 @@ def parse_input(data: Any, settings: Settings) -> TranscriptionInput:
         audio_url=audio_url,
         audio_base64=audio_base64,
         audio_format=audio_format.lower() if audio_format else None,
+        audio_id=audio_id,
         language=_language(data),
         prompt=_optional_str(data, "prompt"),
         diarize=diarize,
@@ -252,6 +263,15 @@ def parse_input(data: Any, settings: Settings) -> TranscriptionInput:
         channels=channels,
         channel_speakers=_channel_speakers(data, channels),
     )
+
+
+def _optional_audio_id(data: dict[str, Any]) -> UUID | None:
+    if data.get("audio_id") is None:
+        return None
+    try:
+        return audio_input.parse_audio_id(data["audio_id"])
+    except audio_input.BadAudioInput as exc:
+        raise _invalid(f"input.audio_id {exc}") from None
 
 
 def _providers(value: Any, settings: Settings) -> tuple[str, ...]:
@@ -294,6 +314,12 @@ def _secrets(settings: Settings, audio_url: str | None) -> list[str | None]:
 
 async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
     """Transcribe the job's audio with the configured providers; see the module doc."""
+    with tempfile.TemporaryDirectory(prefix="ai-service-audio-") as scratch:
+        return await _handle(job, ctx, Path(scratch))
+
+
+async def _handle(job: Job, ctx: HandlerContext, scratch: Path) -> dict[str, Any]:
+    """`handle` with the job's temporary directory (audio files go there)."""
     settings = ctx.settings
     request = parse_input(job.input, settings)
     secrets = _secrets(settings, request.audio_url)
@@ -321,9 +347,8 @@ async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
             # Every provider it could use is down: not even the audio is fetched.
             raise ctx.gate(wanted[0]).refusal("transcription")
 
-    data = await _load_audio(request, ctx)
-    channels = await asyncio.to_thread(_decode, data, request)
-    del data  # the decoded PCM is all that is needed from here on
+    source = await _load_audio(request, ctx, job, scratch)
+    channels = await asyncio.to_thread(_decode, source, request, scratch, settings)
     duration = max(c.clip.duration for c in channels)
 
     attempts: list[dict[str, Any]] = []
@@ -370,13 +395,21 @@ async def handle(job: Job, ctx: HandlerContext) -> dict[str, Any]:
     return result
 
 
-def _decode(data: bytes, request: TranscriptionInput) -> list[Channel]:
-    """The audio to transcribe: one mixed clip, or one per channel (`channels: split`)."""
+def _decode(
+    source: Path, request: TranscriptionInput, scratch: Path, settings: Settings
+) -> list[Channel]:
+    """The audio to transcribe: one mixed clip, or one per channel (`channels: split`).
+
+    `source` is the file `_load_audio` wrote; the decoded WAV files go beside it
+    in `scratch`, decoded frame by frame within `AUDIO_MAX_SECONDS`.
+    """
     declared = f" (declared format {request.audio_format})" if request.audio_format else ""
+    max_seconds = settings.audio_max_seconds
     try:
         if not request.split:
-            return [Channel(AudioClip.from_bytes(data))]
-        clips = split_channels(data)
+            clip = AudioClip.from_file(source, workdir=scratch, max_seconds=max_seconds)
+            return [Channel(clip)]
+        clips = split_channels(source, workdir=scratch, max_seconds=max_seconds)
     except AudioDecodeError as exc:
         raise _invalid(f"audio{declared}: {exc}") from None
     if len(clips) < 2:
@@ -438,26 +471,74 @@ def _redacted(url: str | None) -> str | None:
 # -- audio input ------------------------------------------------------------
 
 
-async def _load_audio(request: TranscriptionInput, ctx: HandlerContext) -> bytes:
-    limit = ctx.settings.audio_max_bytes
+async def _load_audio(
+    request: TranscriptionInput, ctx: HandlerContext, job: Job, scratch: Path
+) -> Path:
+    """The job's audio, written to a file in `scratch` (streamed: never whole in memory)."""
+    source = scratch / "source"
+    with source.open("wb") as out:
+        await _fetch_audio(request, ctx, job, out)
+    return source
+
+
+async def _fetch_audio(
+    request: TranscriptionInput, ctx: HandlerContext, job: Job, out: BinaryIO
+) -> None:
+    """Write the job's audio file to `out`, from whichever source the input names."""
     if request.audio_url is not None:
-        return await _download(request.audio_url, ctx)
-    assert request.audio_base64 is not None  # parse_input guarantees one of them
-    text = request.audio_base64
-    if text.startswith("data:"):  # a data URL: keep what follows the comma
-        text = text.partition(",")[2]
-    text = "".join(text.split()).replace("-", "+").replace("_", "/")
-    if len(text) // 4 * 3 > limit + 3:
-        raise _too_large(limit, "input.audio_base64")
+        await _download(request.audio_url, ctx, out)
+    elif request.audio_id is not None:
+        await _copy_stored(request.audio_id, ctx, job, out)
+    else:
+        assert request.audio_base64 is not None  # parse_input guarantees one of them
+        out.write(_decode_base64(request.audio_base64, ctx.settings.audio_max_bytes))
+
+
+def _decode_base64(text: str, limit: int) -> bytes:
     try:
-        data = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        raise _invalid("input.audio_base64 is not valid base64") from None
-    if not data:
-        raise _invalid("input.audio_base64 is empty")
-    if len(data) > limit:
-        raise _too_large(limit, "input.audio_base64")
-    return data
+        return audio_input.decode_base64(text, limit)
+    except audio_input.AudioTooLarge:
+        raise _too_large(limit, "input.audio_base64") from None
+    except audio_input.BadAudioInput as exc:
+        raise _invalid(f"input.audio_base64 {exc}") from None
+
+
+async def _copy_stored(audio_id: UUID, ctx: HandlerContext, job: Job, out: BinaryIO) -> None:
+    """Stream a recording stored in PostgreSQL (`POST /api/v1/audio`) into `out`.
+
+    One chunk in memory at a time. A recording that is gone, or belongs to
+    another owner_service, is the job's `invalid_input`; a database that cannot
+    be read is a retryable failure.
+    """
+    gone = _invalid(
+        "input.audio_id: no stored recording with this id for this owner_service "
+        "(expired or deleted?)"
+    )
+    if ctx.audio is None:
+        raise JobFailure(
+            ErrorCategory.INTERNAL, "input.audio_id: stored audio is not available here"
+        )
+    limit = ctx.settings.audio_max_bytes
+    try:
+        blob = await ctx.audio.get_audio(audio_id)
+        if blob.owner_service != job.owner_service:
+            raise gone
+        if blob.size > limit:
+            raise _too_large(limit, "input.audio_id")
+        written = 0
+        async for chunk in ctx.audio.audio_chunks(audio_id):
+            out.write(chunk)
+            written += len(chunk)
+    except errors.AudioNotFound:
+        raise gone from None
+    except (errors.DatabaseUnavailable, errors.StatementTimeout) as exc:
+        raise JobFailure(
+            ErrorCategory.INTERNAL,
+            f"input.audio_id: cannot read the stored audio: {exc}",
+            retryable=True,
+        ) from None
+    if written != blob.size:  # deleted while being read
+        raise gone
 
 
 def _too_large(limit: int, what: str) -> JobFailure:
@@ -465,17 +546,18 @@ def _too_large(limit: int, what: str) -> JobFailure:
     return _invalid(f"{what}: the audio is larger than AUDIO_MAX_BYTES ({limit} bytes)")
 
 
-async def _download(url: str, ctx: HandlerContext) -> bytes:
-    """The bytes at a caller-supplied `url`, within the `AUDIO_URL_ALLOW` rules.
+async def _download(url: str, ctx: HandlerContext, out: BinaryIO) -> None:
+    """Write the bytes at a caller-supplied `url` to `out`, within the `AUDIO_URL_ALLOW` rules.
 
-    Messages are fixed texts: no URL (it may hold a presigned credential), no
-    resolved address, no reason phrase or body of the remote server (they
-    would turn the error into a probe of the internal network).
+    Streamed: one network read in memory at a time. Messages are fixed texts: no
+    URL (it may hold a presigned credential), no resolved address, no reason
+    phrase or body of the remote server (they would turn the error into a probe
+    of the internal network).
     """
     settings = ctx.settings
     limit = settings.audio_max_bytes
     deadline = settings.audio_download_timeout
-    buffer = bytearray()
+    size = 0
     try:
         # A client per download: no cookie, connection or redirect state is shared
         # between jobs (the TLS context, the costly part, is shared).
@@ -495,9 +577,10 @@ async def _download(url: str, ctx: HandlerContext) -> bytes:
             if declared.isdigit() and int(declared) > limit:
                 raise _too_large(limit, "audio_url")
             async for piece in response.aiter_bytes():
-                buffer += piece
-                if len(buffer) > limit:
+                size += len(piece)
+                if size > limit:
                     raise _too_large(limit, "audio_url")
+                out.write(piece)
     except outbound.DestinationNotAllowed:
         raise _invalid("audio_url: destination not allowed") from None
     except outbound.TooManyRedirects as exc:
@@ -508,9 +591,8 @@ async def _download(url: str, ctx: HandlerContext) -> bytes:
         ) from None
     except httpx.HTTPError as exc:
         raise _download_failure(exc) from None
-    if not buffer:
+    if not size:
         raise _invalid("audio_url: the server answered an empty body")
-    return bytes(buffer)
 
 
 def _download_failure(exc: httpx.HTTPError) -> JobFailure:
@@ -668,8 +750,8 @@ def _shape(
     heard_text = transcript.text or shape.joined_text(segments)
     warning = None
     if not heard_text.strip():
-        # Only then is the PCM scanned: a transcript with words needs no check.
-        sound = speech_seconds(channel.clip.pcm)
+        # Only then is the audio scanned: a transcript with words needs no check.
+        sound = clip_speech_seconds(channel.clip)
         warning = shape.empty_warning(provider, heard_text, sound, channel.speaker)
     return _Heard(transcript, kept, len(segments) - len(kept), warning)
 
