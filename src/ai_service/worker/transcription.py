@@ -10,6 +10,9 @@ Input (`job.input`):
     providers                                   optional order override
 
 Providers run in the order of `input.providers`, else `TRANSCRIPTION_PROVIDERS`.
+Voxtral is asked through chat with `input_audio` (`providers.audio_llm`), or
+with `VOXTRAL_API=transcriptions` through `POST /v1/audio/transcriptions`
+(`providers.audio_transcriptions`); the attempt has the same shape either way.
 `TRANSCRIPTION_MODE=compare` runs all of them (an A/B comparison);
 `fallback` stops at the first success. The result's `segments`, `text`,
 `language`, `provider`, `model`, `warnings` come from the first provider that
@@ -55,6 +58,7 @@ from ai_service.languages import normalise_language
 from ai_service.providers.audio import AudioClip, AudioDecodeError, Transcript
 from ai_service.providers.audio_encode import speech_seconds, split_channels
 from ai_service.providers.audio_llm import AudioChatClient
+from ai_service.providers.audio_transcriptions import AudioTranscriptionsClient
 from ai_service.providers.gate import settle
 from ai_service.providers.whisperx import InstancePicker, WhisperXClient
 from ai_service.redact import redact_text, redact_url, settings_secrets, url_secrets
@@ -728,18 +732,30 @@ async def _run(
         raise JobFailure(ErrorCategory.INVALID_INPUT, f"unknown provider {provider}")
     endpoint = settings.audio_llm(provider)
     assert endpoint.base_url is not None
-    client = AudioChatClient(
-        ctx.http,
-        provider=provider,
-        base_url=endpoint.base_url,
-        model=endpoint.model,
-        api_key=endpoint.api_key,
-        prompt=settings.audio_llm_prompt,
-        max_tokens=settings.audio_llm_max_tokens,
-        timeout=settings.transcription_timeout,
-        max_chunk_seconds=AUDIO_LLM_CHUNK_SECONDS[provider],
-        secrets=secrets,
-    )
+    client: AudioChatClient | AudioTranscriptionsClient
+    if provider == "voxtral-small" and settings.voxtral_api == "transcriptions":
+        client = AudioTranscriptionsClient(
+            ctx.http,
+            provider=provider,
+            base_url=endpoint.base_url,
+            model=endpoint.model,
+            api_key=endpoint.api_key,
+            timeout=settings.transcription_timeout,
+            secrets=secrets,
+        )
+    else:
+        client = AudioChatClient(
+            ctx.http,
+            provider=provider,
+            base_url=endpoint.base_url,
+            model=endpoint.model,
+            api_key=endpoint.api_key,
+            prompt=settings.audio_llm_prompt,
+            max_tokens=settings.audio_llm_max_tokens,
+            timeout=settings.transcription_timeout,
+            max_chunk_seconds=AUDIO_LLM_CHUNK_SECONDS[provider],
+            secrets=secrets,
+        )
     gate = ctx.gate(provider)
     if not gate.acquire():
         raise gate.refusal(provider)
