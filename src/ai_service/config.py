@@ -38,6 +38,9 @@ _UNIT_SECONDS = {
 
 TRANSCRIPTION_PROVIDER_NAMES = ("whisperx", "qwen2-audio", "voxtral-small")
 TRANSCRIPTION_MODES = ("compare", "fallback")
+# How Voxtral is asked: chat completions with an `input_audio` part (the seed's
+# contract), or vLLM's OpenAI-style `POST /v1/audio/transcriptions`.
+VOXTRAL_APIS = ("chat", "transcriptions")
 
 
 def parse_duration(text: str) -> float:
@@ -277,6 +280,7 @@ class Settings:
     voxtral_base_url: str | None = None
     voxtral_model: str = "mistralai/Voxtral-Small-24B-2507"
     voxtral_api_key: str | None = None
+    voxtral_api: str = "chat"  # VOXTRAL_APIS
     audio_llm_api_key: str | None = None
     audio_llm_prompt: str = (
         "Transcribe the audio verbatim. Return only the transcript text, without comments."
@@ -423,6 +427,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "VOXTRAL_BASE_URL": ("voxtral_base_url", _parse_optional),
     "VOXTRAL_MODEL": ("voxtral_model", _parse_str),
     "VOXTRAL_API_KEY": ("voxtral_api_key", _parse_optional),
+    "VOXTRAL_API": ("voxtral_api", _parse_str),
     "AUDIO_LLM_API_KEY": ("audio_llm_api_key", _parse_optional),
     "AUDIO_LLM_PROMPT": ("audio_llm_prompt", _parse_str),
     "AUDIO_LLM_MAX_TOKENS": ("audio_llm_max_tokens", _parse_int),
@@ -522,6 +527,7 @@ def _validate(s: Settings) -> None:
         "transcription_mode",
         f"must be one of {', '.join(TRANSCRIPTION_MODES)}",
     )
+    check(s.voxtral_api in VOXTRAL_APIS, "voxtral_api", f"must be one of {', '.join(VOXTRAL_APIS)}")
     check(bool(s.whisperx_model), "whisperx_model", "must not be empty")
     check(s.audio_llm_max_tokens >= 1, "audio_llm_max_tokens", "must be >= 1")
     check(s.audio_max_bytes >= 1, "audio_max_bytes", "must be >= 1")

@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import ApiFactory
 from tests.stubs import FileServer, closed_port_url
 from tests.stubs.vllm_metrics_server import VllmStub
-from tests.stubs.whisperx_server import WhisperXStub
+from tests.stubs.whisperx_server import WhisperXStub, start_transcription
 
 
 def rows(body: dict[str, Any]) -> dict[tuple[str, int | None], dict[str, Any]]:
@@ -146,6 +146,32 @@ async def test_whisperx_instances_are_probed_by_docs_or_health(api_factory: ApiF
     assert by_key[("whisperx", 3)]["detail"] == (
         "GET /docs answered HTTP 404; GET /health answered HTTP 404"
     )
+
+
+async def test_a_whisperx_instance_that_is_transcribing_is_busy_not_down(
+    api_factory: ApiFactory,
+) -> None:
+    with WhisperXStub("busy", latency=30.0) as busy, WhisperXStub("idle") as idle:
+        dead = closed_port_url()
+        urls = f"{busy.base_url},{idle.base_url},{dead}"
+        async with api_factory(WHISPERX_URL=urls, PROVIDER_PROBE_TIMEOUT="0.5s") as api:
+            transcribing = await start_transcription(busy)
+            body = (await api.get("/api/v1/providers/status")).json()
+            assert busy.busy  # its event loop stayed blocked through the probe
+            busy.stop()
+            await asyncio.gather(transcribing, return_exceptions=True)
+    by_key = rows(body)
+    working = by_key[("whisperx", 1)]
+    assert (working["ok"], working["busy"]) == (True, True)
+    assert working["detail"] == (
+        "busy: connected, but GET /docs did not answer within 0.5 s "
+        "(the server answers nothing while it transcribes)"
+    )
+    assert (by_key[("whisperx", 2)]["ok"], by_key[("whisperx", 2)]["busy"]) == (True, False)
+    down = by_key[("whisperx", 3)]
+    assert (down["ok"], down["busy"]) == (False, False)
+    assert down["detail"].startswith("connection failed")
+    assert by_key[("llm", None)]["busy"] is False  # the field is on every row
 
 
 async def test_a_second_call_within_the_cache_time_does_not_probe_again(

@@ -28,7 +28,7 @@ from ai_service.sidecar.app import create_app
 from tests.helpers import make_settings, serve
 from tests.stubs import FileServer, closed_port_url
 from tests.stubs.vllm_metrics_server import EXPECTED, VllmStub
-from tests.stubs.whisperx_server import WhisperXStub
+from tests.stubs.whisperx_server import WhisperXStub, start_transcription
 from tests.unit.test_sidecar_gpu import FakeGpu, FakeNvml
 
 TOKEN = "sidecar-token-0001"
@@ -285,6 +285,25 @@ async def test_whisperx_section_probes_docs_then_health(no_nvml: None) -> None:
     assert third["detail"].startswith("connection failed")
     assert health_only.hits["/docs"] == 1  # tried first, answered 404
     assert health_only.hits["/health"] == 1
+
+
+async def test_a_whisperx_instance_that_is_transcribing_is_reachable_and_busy(
+    no_nvml: None,
+) -> None:
+    with WhisperXStub("busy", latency=30.0) as busy:
+        dead = closed_port_url()
+        urls = f"{busy.base_url},{dead}"
+        async with sidecar(WHISPERX_URL=urls, PROVIDER_PROBE_TIMEOUT="0.5s") as client:
+            transcribing = await start_transcription(busy)
+            whisperx = (await client.get("/status")).json()["whisperx"]
+            assert busy.busy  # still transcribing: the probe got no answer
+            busy.stop()
+            await asyncio.gather(transcribing, return_exceptions=True)
+    working, down = whisperx["instances"]
+    assert (working["reachable"], working["busy"]) == (True, True)
+    assert working["detail"].startswith("busy: connected, but GET /docs did not answer")
+    assert (down["reachable"], down["busy"]) == (False, False)
+    assert down["detail"].startswith("connection failed")
 
 
 async def test_containers_section_lists_all_containers_with_health(

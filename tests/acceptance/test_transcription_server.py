@@ -490,7 +490,7 @@ async def test_every_instance_tried_is_recorded_and_logged(
     ):
         busy.fail_always("unavailable")
         settings = settings_for(dead, busy.base_url, ok.base_url)
-        transcription._whisperx_cursors.pop(settings.whisperx_url, None)  # start at the first
+        transcription._whisperx_pickers.pop(settings.whisperx_url, None)  # start at the first
         result = await run(settings, http, job_for(sine_wav(2.0)))
 
     instances = result["attempts"][0]["instances"]

@@ -21,7 +21,19 @@ for `hang_seconds`, then 504; use it with a client timeout shorter than that).
 Queued failures (`fail_next`) are consumed in arrival order, before
 `fail_always`.
 
-Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`.
+Endpoints: `POST /v1/chat/completions`, `POST /v1/audio/transcriptions`,
+`GET /v1/models`, `GET /health`.
+
+`/v1/audio/transcriptions` answers like vLLM serving Voxtral: multipart
+fields `file` (required), `model`, `language`, `prompt`, `response_format`
+(`json` default: `{"text": ..., "usage": {"type": "duration", "seconds":
+<int>}}`; `text`: the text as `text/plain`), `temperature`. Errors in vLLM's
+shape: no `file` 400, a file above `max_file_mb` (vLLM's
+`VLLM_MAX_AUDIO_CLIP_FILESIZE_MB`, 25) 400 "Maximum file size exceeded",
+undecodable audio 400 "Invalid or unsupported audio file.", an unknown model
+404. The recorded request's `route` is `transcriptions`, its `body` the form
+fields; the default text is `"transcript of 30.0 s"`. Latency, failures and
+the counters are shared with chat.
 
 Default answers: for a request with audio parts, `"chunk of 30.0 s"` (the
 duration of each audio part received, joined by "; "); for text, `"echo: <last
@@ -43,6 +55,7 @@ import base64
 import io
 import itertools
 import json
+import math
 import re
 import threading
 import time
@@ -57,7 +70,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from tests.stubs import StubServer
+from tests.stubs import StubServer, parse_multipart
 
 FAILURES = (
     "rate_limit",
@@ -86,6 +99,8 @@ class RecordedRequest:
     audio_formats: list[str] = field(default_factory=list)
     marker: str | None = None
     outcome: str = "pending"  # "ok" or the failure kind
+    route: str = "chat"  # or "transcriptions" (POST /v1/audio/transcriptions)
+    filename: str | None = None  # the uploaded file's name (transcriptions)
 
 
 def audio_seconds(data: bytes) -> float:
@@ -115,9 +130,11 @@ class OpenAIStub(StubServer):
         max_concurrency: int | None = None,
         reply: Callable[[RecordedRequest], str] | None = None,
         hang_seconds: float = 30.0,
+        max_file_mb: float = 25.0,
         port: int = 0,
     ) -> None:
         super().__init__(port)
+        self.max_file_mb = max_file_mb
         self.models = list(models) if models else None
         self.api_key = api_key
         self.latency = latency
@@ -213,9 +230,61 @@ class OpenAIStub(StubServer):
                     return await self._process(recorded, failure)
             return await self._process(recorded, failure)
 
+        async def transcriptions(request: Request) -> Response:
+            raw = await request.body()
+            with self._lock:
+                self.requests_received += 1
+                failure = self._next_failure()
+            recorded = RecordedRequest(
+                headers=dict(request.headers),
+                body={},
+                query=dict(request.query_params),
+                route="transcriptions",
+            )
+            with self._lock:
+                self.requests.append(recorded)
+            expected = f"Bearer {self.api_key}"
+            if self.api_key is not None and request.headers.get("authorization") != expected:
+                recorded.outcome = "unauthorized"
+                return JSONResponse({"error": "Unauthorized"}, status_code=401)
+            try:
+                parts = parse_multipart(raw, request.headers.get("content-type", ""))
+            except ValueError as exc:
+                recorded.outcome = "bad_request"
+                return _error(400, f"invalid request: {exc}", "BadRequestError")
+            recorded.body = {
+                name: part.data.decode("utf-8", "replace")
+                for name, part in parts.items()
+                if part.filename is None
+            }
+            upload = parts.get("file")
+            if upload is None or upload.filename is None:
+                recorded.outcome = "bad_request"
+                return _error(400, "Field required: file", "BadRequestError")
+            recorded.filename = upload.filename
+            model = recorded.body.get("model")
+            if self.models is not None and model not in self.models:
+                recorded.outcome = "not_found"
+                return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            if len(upload.data) / 1024**2 > self.max_file_mb:
+                recorded.outcome = "too_large"
+                return _error(400, "Maximum file size exceeded", "BadRequestError")
+            try:
+                recorded.audio_seconds.append(audio_seconds(upload.data))
+            except Exception:  # vLLM: librosa cannot read it
+                recorded.outcome = "undecodable"
+                return _error(400, "Invalid or unsupported audio file.", "BadRequestError")
+            recorded.audio_formats.append(upload.filename.rpartition(".")[2])
+            recorded.text = recorded.body.get("prompt", "")
+            if slots is not None:
+                async with slots:
+                    return await self._process(recorded, failure)
+            return await self._process(recorded, failure)
+
         return Starlette(
             routes=[
                 Route("/v1/chat/completions", chat, methods=["POST"]),
+                Route("/v1/audio/transcriptions", transcriptions, methods=["POST"]),
                 Route("/v1/models", models, methods=["GET"]),
                 Route("/health", health, methods=["GET"]),
                 Route("/stub/stats", stats, methods=["GET"]),
@@ -236,6 +305,8 @@ class OpenAIStub(StubServer):
                 return await self._fail(failure)
             content = self._content(recorded)
             body = recorded.body
+            if recorded.route == "transcriptions":
+                return self._transcription(recorded, content)
             prompt_tokens = max(1, len(recorded.text) // 4) + 50 * len(recorded.audio_seconds)
             completion_tokens = max(1, len(content) // 4)
             answer = {
@@ -266,9 +337,21 @@ class OpenAIStub(StubServer):
             with self._lock:
                 self.in_flight -= 1
 
+    def _transcription(self, recorded: RecordedRequest, text: str) -> Response:
+        """vLLM's answer to `/v1/audio/transcriptions` (json, or text when asked)."""
+        recorded.outcome = "ok"
+        with self._lock:
+            self.successes += 1
+        if recorded.body.get("response_format") == "text":
+            return Response(text, media_type="text/plain")
+        seconds = math.ceil(sum(recorded.audio_seconds))
+        return JSONResponse({"text": text, "usage": {"type": "duration", "seconds": seconds}})
+
     def _content(self, recorded: RecordedRequest) -> str:
         if self.reply is not None:
             return self.reply(recorded)
+        if recorded.route == "transcriptions":
+            return f"transcript of {recorded.audio_seconds[0]:.1f} s"
         if recorded.audio_seconds:
             return "; ".join(f"chunk of {seconds:.1f} s" for seconds in recorded.audio_seconds)
         last = recorded.text.rsplit("\n", 1)[-1] if recorded.text else ""

@@ -37,6 +37,13 @@ the word holding the number has no `start`/`end`/`score` (as when alignment
 fails); with `diarize=true` segments alternate `SPEAKER_00` / `SPEAKER_01`,
 unless `hf_token=False` (whisperx without `HF_TOKEN` ignores `diarize`).
 
+One request at a time, like the real server: it runs the model in its event
+loop's thread, so while a transcription runs (`latency` seconds, default 0)
+the loop is blocked: other `/asr` requests queue and even `GET /docs` waits
+(the connection is accepted, no answer comes). `busy` tells whether it is
+transcribing now; `stop()` still ends the wait at once;
+`start_transcription(stub)` keeps it busy from a test.
+
 `variant="asr-service"` imitates whisperx-asr-service instead: top-level
 `text` is a list of strings and `GET /health` exists.
 
@@ -49,6 +56,7 @@ empty text, whatever the audio: what an unseekable upload gets).
 from __future__ import annotations
 
 import array
+import asyncio
 import io
 import json
 import math
@@ -63,7 +71,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from tests.stubs import StubServer, parse_multipart
+from tests.stubs import StubServer, parse_multipart, sine_wav
 
 FAILURES = ("server_error", "unavailable", "garbage", "hang", "empty")
 ENGINES = ("whisperx", "faster_whisper")
@@ -139,6 +147,7 @@ class WhisperXStub(StubServer):
         self.language = language
         self.latency = latency
         self.hang_seconds = hang_seconds
+        self.busy = False  # a transcription is blocking the event loop now
         self.reset()
 
     def reset(self) -> None:
@@ -168,8 +177,6 @@ class WhisperXStub(StubServer):
                 self.requests_received += 1
                 self.requests.append(recorded)
                 failure = self._next_failure()
-            if self.latency:
-                await self.hang(self.latency)
             if failure is not None and failure != "empty":
                 recorded.outcome = failure
                 return await self._fail(failure)
@@ -197,6 +204,7 @@ class WhisperXStub(StubServer):
                 return Response("Internal Server Error", status_code=500, media_type="text/plain")
             recorded.audio_seconds = decoded.seconds
             recorded.sample_rate, recorded.channels = decoded.wav_rate, decoded.wav_channels
+            self._transcribing(self.latency)
             body = self._transcript(decoded, recorded.query, language)
             recorded.outcome = "ok"
             with self._lock:
@@ -211,6 +219,19 @@ class WhisperXStub(StubServer):
         if self.variant == "asr-service":
             routes.append(Route("/health", health, methods=["GET"]))
         return Starlette(routes=routes)
+
+    def _transcribing(self, seconds: float) -> None:
+        """Block the event loop for `seconds`, as the model does in the real server.
+
+        A blocking wait on purpose (not `await`): nothing else is served meanwhile.
+        """
+        if seconds <= 0:
+            return
+        self.busy = True
+        try:
+            self._stopping.wait(seconds)
+        finally:
+            self.busy = False
 
     def _spans(self, decoded: Decoded, vad: bool) -> list[tuple[float, float]]:
         """Where segments go: the sound regions (VAD), or 0.0 to the end of the sound."""
@@ -337,6 +358,28 @@ class WhisperXStub(StubServer):
             )
         await self.hang(self.hang_seconds)
         return Response(b"", status_code=504)
+
+
+async def start_transcription(stub: WhisperXStub, seconds: float = 1.0) -> asyncio.Task[Any]:
+    """POST `seconds` of audio to `stub`'s `/asr` in the background; returns once the
+    stub is transcribing it (its event loop blocked). The task gives the response.
+    """
+    import httpx  # the client side: only tests that drive the stub directly need it
+
+    async def post() -> httpx.Response:
+        async with httpx.AsyncClient(timeout=60) as http:
+            files = {"audio_file": ("a.wav", sine_wav(seconds), "audio/wav")}
+            return await http.post(f"{stub.base_url}/asr?output=json", files=files)
+
+    task = asyncio.create_task(post())
+    for _ in range(1000):
+        if stub.busy:
+            return task
+        if task.done():
+            raise AssertionError(f"the stub answered without blocking: {task.result()}")
+        await asyncio.sleep(0.01)
+    task.cancel()
+    raise AssertionError("the stub never started transcribing")
 
 
 def _noisy(seconds: float) -> float:

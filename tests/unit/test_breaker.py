@@ -1,7 +1,10 @@
-"""The circuit breaker's state machine, driven by a fake clock (no sleeping, no timing)."""
+"""The circuit breaker's state machine, driven by a fake clock (no sleeping, no timing),
+and its WhisperX probe against loopback stubs (busy is not down).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 
@@ -13,6 +16,8 @@ from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory
 from ai_service.providers.gate import OPEN_GATE, settle
 from ai_service.worker.breaker import Breaker, Breakers, BreakerState
+from tests.stubs import closed_port_url
+from tests.stubs.whisperx_server import WhisperXStub, start_transcription
 
 
 class Clock:
@@ -236,3 +241,38 @@ def test_one_breaker_per_configured_endpoint_and_a_handler_blocked_only_when_all
     assert breakers.admits(["llm"])
     assert breakers.admits([])  # a handler without providers is never blocked
     assert [s["state"] for s in breakers.status()] == ["closed", "open", "open"]
+
+
+async def test_a_busy_whisperx_instance_is_not_down_for_its_breaker() -> None:
+    # The instance is transcribing: its probe connects and gets no answer in time.
+    with WhisperXStub("wx", latency=30.0) as busy:
+        settings = load_settings(
+            {
+                "WHISPERX_URL": f"{busy.base_url},{closed_port_url()}",
+                "BREAKER_FAILURES": "1",
+                "PROVIDER_PROBE_TIMEOUT": "0.3s",
+            }
+        )
+        async with httpx.AsyncClient() as http:
+            transcribing = await start_transcription(busy)
+            breakers = Breakers.from_settings(settings, http)
+            working, dead = breakers.breakers["whisperx#1"], breakers.breakers["whisperx#2"]
+            working.failed("connection reset")  # opened, as after a crash
+            dead.failed("connection refused")
+            # While busy: the probe answers for the breaker, so it is no longer kept open...
+            await working.probe()
+            assert working.state is BreakerState.HALF_OPEN
+            # ...and a 500 meanwhile is the request's fault, not an outage.
+            crash = JobFailure(
+                ErrorCategory.PROVIDER_UNAVAILABLE, "HTTP 500", details={"status_code": 500}
+            )
+            settled = await settle(working, crash)
+            # What never connects keeps its breaker open.
+            await dead.probe()
+            busy.stop()
+            await asyncio.gather(transcribing, return_exceptions=True)
+    assert working.state is BreakerState.CLOSED
+    assert settled is not None
+    assert settled.category == ErrorCategory.PROVIDER_ERROR
+    assert dead.state is BreakerState.OPEN
+    assert str(dead.last_error).startswith("connection failed")

@@ -72,6 +72,7 @@ SEED_OVERRIDES: list[tuple[str, str, Any, str]] = [
     ("VOXTRAL_BASE_URL", "http://10.2.3.5:8004", "http://10.2.3.5:8004", "voxtral_base_url"),
     ("VOXTRAL_MODEL", "vox-x", "vox-x", "voxtral_model"),
     ("VOXTRAL_API_KEY", "vk", "vk", "voxtral_api_key"),
+    ("VOXTRAL_API", "transcriptions", "transcriptions", "voxtral_api"),
     ("AUDIO_LLM_API_KEY", "ak", "ak", "audio_llm_api_key"),
     ("AUDIO_LLM_PROMPT", "Transcribe.", "Transcribe.", "audio_llm_prompt"),
     ("AUDIO_LLM_MAX_TOKENS", "512", 512, "audio_llm_max_tokens"),
@@ -169,6 +170,7 @@ def test_parse_duration_result_is_finite_for_plain_seconds() -> None:
         ("LLM_BASE_URL", "ftp://x"),
         ("QWEN_AUDIO_BASE_URL", "10.2.3.5:8003"),
         ("VOXTRAL_BASE_URL", "https://"),
+        ("VOXTRAL_API", "completions"),
         ("WHISPERX_URL", "http://ok:9000,whisperx:9000"),
         ("WHISPERX_VAD_FILTER", "sometimes"),
         ("TRANSCRIPTION_PROVIDERS", "foo"),
@@ -480,3 +482,8 @@ def test_bad_outage_and_breaker_settings_name_the_variable(
     with pytest.raises(ConfigError) as info:
         load_settings(env)
     assert variable in str(info.value)
+
+
+def test_voxtral_api_defaults_to_the_chat_contract() -> None:
+    assert load_settings({}).voxtral_api == "chat"
+    assert describe_defaults()["VOXTRAL_API"] == "chat"

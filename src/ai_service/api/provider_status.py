@@ -5,7 +5,8 @@ One row per provider: the text LLM (`LLM_BASE_URL`), every WhisperX instance
 (`VOXTRAL_BASE_URL`). Unconfigured providers get a row too (`configured`
 false), so a dashboard shows what is missing instead of hiding it. The
 probes themselves (what each kind of server must answer) are
-`providers.probes`.
+`providers.probes`. A WhisperX instance that is transcribing accepts the
+connection but answers nothing: its row is `ok` and `busy`, not down.
 
 All probes run concurrently, each bounded by `PROVIDER_PROBE_TIMEOUT`.
 `ProviderStatusCache` keeps the last report for `PROVIDER_STATUS_CACHE`
@@ -67,6 +68,7 @@ class ProviderResult:
     model: str | None
     models: tuple[str, ...]
     detail: str
+    busy: bool = False  # a WhisperX instance that is transcribing (ok, but no answer)
 
 
 @dataclass(frozen=True)
@@ -144,17 +146,17 @@ async def probe_provider(
         )
     shown_url = redact_url(target.url)
     start = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            if target.kind == "openai":
+    if target.kind == "whisperx":
+        # Bounded by `timeout` itself: an outer deadline would hide a busy instance.
+        outcome = await probe_whisperx(client, target.url, timeout, secrets)
+    else:
+        try:
+            async with asyncio.timeout(timeout):
                 outcome = await probe_openai(
                     client, target.url, target.model, target.api_key, timeout, secrets
                 )
-            else:
-                ok, detail = await probe_whisperx(client, target.url, timeout, secrets)
-                outcome = ProbeOutcome(ok, detail)
-    except Exception as exc:  # a status row must describe any failure, never raise
-        outcome = ProbeOutcome(False, describe_error(exc, secrets, timeout))
+        except Exception as exc:  # a status row must describe any failure, never raise
+            outcome = ProbeOutcome(False, describe_error(exc, secrets, timeout))
     latency_ms = round((time.perf_counter() - start) * 1000, 1)
     if not outcome.ok:
         log.info(
@@ -174,6 +176,7 @@ async def probe_provider(
         model=target.model,
         models=outcome.models,
         detail=outcome.detail,
+        busy=outcome.busy,
     )
 
 

@@ -50,7 +50,13 @@ class ProviderStatusOut(BaseModel):
         description="1-based position in `WHISPERX_URL` for WhisperX instances, else null."
     )
     configured: bool
-    ok: bool = Field(description="Reachable and, for OpenAI-compatible servers, model listed.")
+    ok: bool = Field(
+        description="Reachable (or busy) and, for OpenAI-compatible servers, model listed."
+    )
+    busy: bool = Field(
+        description="A WhisperX instance that accepted the probe's connection but did not "
+        "answer in time: it is transcribing (it answers nothing meanwhile), not down."
+    )
     latency_ms: float | None = Field(description="Duration of the probe; null when not probed.")
     base_url: str | None = Field(description="Configured URL with credentials removed.")
     model: str | None = Field(description="Model the service expects the server to list.")
@@ -119,6 +125,7 @@ async def providers_status(
                 instance=p.instance,
                 configured=p.configured,
                 ok=p.ok,
+                busy=p.busy,
                 latency_ms=p.latency_ms,
                 base_url=p.base_url,
                 model=p.model,

@@ -104,7 +104,7 @@ class AudioChatClient:
         chunks: list[dict[str, Any]] | None = None
         model = self.model
         if self._max_chunk_seconds is None:
-            data, audio_format = _whole_file(clip)
+            data, audio_format = whole_file(clip)
             content, model = await self._complete(text_part, data, audio_format)
             segments.append({"start": 0.0, "end": round(clip.duration, 3), "text": content})
         else:
@@ -195,7 +195,11 @@ class AudioChatClient:
         return content.strip(), model or self.model
 
 
-def _whole_file(clip: AudioClip) -> tuple[bytes, str]:
+def whole_file(clip: AudioClip) -> tuple[bytes, str]:
+    """The file for a provider that takes the whole clip: the caller's own bytes when
+    they are PCM WAV or MP3 (`AudioClip.passthrough_format`), else the clip as WAV;
+    and its format (`wav` or `mp3`).
+    """
     passthrough = clip.passthrough_format
     if passthrough is not None and clip.source:
         return clip.source, passthrough

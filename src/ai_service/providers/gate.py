@@ -33,6 +33,10 @@ NOT_AN_OUTAGE = " (the server's probe answers: this request failed, not the serv
 class Gate(Protocol):
     """One endpoint's circuit breaker, as a provider client uses it."""
 
+    def admits(self) -> bool:
+        """Whether a request could go now (False: the circuit is open); takes nothing."""
+        ...
+
     def acquire(self) -> bool:
         """Whether a request may go to the endpoint now (False: the circuit is open)."""
         ...
@@ -60,6 +64,9 @@ class Gate(Protocol):
 
 class _OpenGate:
     """No breaker: every request goes through, every answer counts as it is."""
+
+    def admits(self) -> bool:
+        return True
 
     def acquire(self) -> bool:
         return True

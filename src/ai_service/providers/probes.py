@@ -3,7 +3,16 @@
     server kind          probe                                   ok when
     -------------------  --------------------------------------  ---------------------------
     OpenAI-compatible    GET {base}/v1/models (Bearer key)       200 and the model is listed
-    WhisperX             GET {base}/docs, else GET {base}/health  one of them answers 200
+    WhisperX             GET {base}/docs, else GET {base}/health  one of them answers 200, or
+                                                                 it is busy (below)
+
+A WhisperX server that is transcribing answers nothing at all:
+whisper-asr-webservice runs the model in its event loop's thread, so even
+`GET /docs` waits until the transcription ends. A probe that connected but
+got no answer in time is therefore `busy` (up, working), not down: `ok` and
+`busy` are both true. Down is what never connects: connection refused, a
+name that does not resolve, a connect timeout, or an HTTP answer other than
+200 (a proxy's 502).
 
 Used by the API's provider status (`api.provider_status`) and by the
 sidecar, which runs on the AI server as a program of its own: this module
@@ -17,6 +26,7 @@ base URL's query string, credentials embedded in a URL become HTTP Basic auth).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,6 +49,7 @@ class ProbeOutcome:
     ok: bool
     detail: str
     models: tuple[str, ...] = ()
+    busy: bool = False  # connected, but no answer in time: working, not down (WhisperX)
 
 
 def clean_text(text: str, secrets: Sequence[str | None]) -> str:
@@ -120,18 +131,45 @@ async def probe_openai(
 
 async def probe_whisperx(
     client: httpx.AsyncClient, url: str, timeout: float, secrets: Sequence[str | None] = ()
-) -> tuple[bool, str]:
-    """Reachability of one WhisperX instance: `/docs` 200, else `/health` 200.
+) -> ProbeOutcome:
+    """Reachability of one WhisperX instance: `/docs` 200, else `/health` 200, or busy.
 
     whisper-asr-webservice has no health endpoint (its FastAPI `/docs`
-    answers); whisperx-asr-service has `GET /health`. Returns `(ok, detail)`;
-    transport errors propagate to the caller.
+    answers); whisperx-asr-service has `GET /health`. The whole probe takes at
+    most `timeout` seconds and never raises: a failure is an outcome whose
+    detail says why (secret-free). An instance that accepted the connection
+    but did not answer within `timeout` is busy transcribing (see the module
+    doc): `ok=True, busy=True`.
     """
+    connected = False
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        # Headers go out only on an established connection (new or kept alive).
+        nonlocal connected
+        if event.endswith("send_request_headers.started"):
+            connected = True
+
     answers: list[str] = []
-    for path in ("/docs", "/health"):
-        target, headers = request_target(url, path)
-        response = await client.get(target, headers=headers, timeout=timeout)
-        if response.status_code == 200:
-            return True, f"reachable (GET {path} answered 200)"
-        answers.append(f"GET {path} answered HTTP {response.status_code}")
-    return False, clean_text("; ".join(answers), secrets)
+    path = "/docs"
+    try:
+        async with asyncio.timeout(timeout):
+            for path in ("/docs", "/health"):
+                target, headers = request_target(url, path)
+                response = await client.get(
+                    target, headers=headers, timeout=timeout, extensions={"trace": trace}
+                )
+                if response.status_code == 200:
+                    return ProbeOutcome(True, f"reachable (GET {path} answered 200)")
+                answers.append(f"GET {path} answered HTTP {response.status_code}")
+    except (TimeoutError, httpx.TimeoutException) as exc:
+        if connected and not isinstance(exc, httpx.ConnectTimeout):
+            return ProbeOutcome(
+                True,
+                f"busy: connected, but GET {path} did not answer within {timeout:g} s "
+                "(the server answers nothing while it transcribes)",
+                busy=True,
+            )
+        return ProbeOutcome(False, f"no connection within {timeout:g} s")
+    except Exception as exc:  # a probe reports any failure, never raises
+        return ProbeOutcome(False, describe_error(exc, secrets, timeout))
+    return ProbeOutcome(False, clean_text("; ".join(answers), secrets))

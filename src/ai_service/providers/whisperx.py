@@ -16,13 +16,18 @@ alignment failed; `speaker` appears only with diarization. Timings are rounded
 to milliseconds, word text loses Whisper's leading space, and per-segment
 `avg_logprob`/`no_speech_prob` and per-word `probability`/`score` are kept.
 
-Several instances can serve the same jobs: the caller picks the first one
-(`start`, a round-robin cursor) and an instance that cannot be reached or
-answers 5xx hands the request to the next one before the call fails. Each
-instance may have a circuit breaker (`gates`, `providers.gate`): an instance
-whose circuit is open is skipped; a 500 while its probe answers is the
-request's fault (undecodable audio), not the instance's, and is not handed on.
-Every instance tried is recorded in `tried` (`{url, status, error,
+Several instances can serve the same jobs. Which one a request goes to is
+decided by load (`InstancePicker`, one per instance list and process): the
+instance with the fewest requests in flight from this process, skipping
+those whose circuit breaker is open (`gates`, `providers.gate`), ties in
+turn (round robin). A whisper-asr-webservice instance transcribes one
+request at a time and answers nothing meanwhile, so a second request to a
+busy instance would only queue there while another one idles. An instance
+that cannot be reached or answers 5xx hands the request to the next one in
+that order before the call fails; instances whose circuit is open come last
+and are skipped. A 500 while the instance's probe answers is the request's
+fault (undecodable audio), not the instance's, and is not handed on. Every
+instance tried is recorded in `tried` (`{url, status, error,
 duration_ms}`), whatever the outcome.
 """
 
@@ -32,7 +37,8 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -50,6 +56,44 @@ PROVIDER = "whisperx"
 _SCORE_DIGITS = 4
 
 
+class InstancePicker:
+    """The order in which a request tries the instances of one `WHISPERX_URL` list.
+
+    Keeps the requests in flight per instance (this process only: other
+    workers' load is not seen) and a round-robin cursor for ties. Not
+    thread-safe; one event loop uses it.
+    """
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("at least one instance is required")
+        self.in_flight = [0] * count
+        self._turn = 0
+
+    def order(self, admitting: Sequence[bool]) -> list[int]:
+        """Instance indexes, best first: admitting ones (breaker not open) before the
+        rest, then fewest in flight, then in turn from a cursor that moves on each call.
+        """
+        count = len(self.in_flight)
+        if len(admitting) != count:
+            raise ValueError(f"{len(admitting)} gate states for {count} instances")
+        start = self._turn % count
+        self._turn += 1
+        return sorted(
+            range(count),
+            key=lambda i: (not admitting[i], self.in_flight[i], (i - start) % count),
+        )
+
+    @contextmanager
+    def sending(self, index: int) -> Iterator[None]:
+        """Count a request to instance `index` as in flight while the block runs."""
+        self.in_flight[index] += 1
+        try:
+            yield
+        finally:
+            self.in_flight[index] -= 1
+
+
 class WhisperXClient:
     """Client for one or more WhisperX `/asr` instances.
 
@@ -57,7 +101,9 @@ class WhisperXClient:
     connect phase is capped at 10 s so a dead instance fails over quickly);
     `secrets` are masked in error messages (passwords of the URLs); `model`
     is reported as the transcript's model unless the server names its own
-    (whisper-asr-webservice only names its engine, in `Asr-Engine`).
+    (whisper-asr-webservice only names its engine, in `Asr-Engine`);
+    `picker` orders the instances for each request (share one per URL list
+    and process so that the in-flight counts see every job).
     """
 
     def __init__(
@@ -69,12 +115,16 @@ class WhisperXClient:
         secrets: Sequence[str | None] = (),
         gates: Sequence[Gate] | None = None,
         model: str = PROVIDER,
+        picker: InstancePicker | None = None,
     ) -> None:
         if not urls:
             raise ValueError("at least one WhisperX URL is required")
         self._http = http
         self._urls = tuple(urls)
         self._gates = tuple(gates) if gates is not None else (OPEN_GATE,) * len(self._urls)
+        if len(self._gates) != len(self._urls):
+            raise ValueError("one gate per WhisperX URL is required")
+        self._picker = picker or InstancePicker(len(self._urls))
         self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._secrets = tuple(secrets)
         self._model = model
@@ -88,7 +138,6 @@ class WhisperXClient:
         self,
         clip: AudioClip,
         *,
-        start: int = 0,
         language: str | None = None,
         prompt: str | None = None,
         diarize: bool | None = None,
@@ -98,7 +147,7 @@ class WhisperXClient:
         word_timestamps: bool | None = None,
         tried: list[dict[str, Any]] | None = None,
     ) -> Transcript:
-        """Transcribe `clip` (sent as 16 kHz mono WAV), trying instances from `start` on.
+        """Transcribe `clip` (sent as 16 kHz mono WAV), trying instances in the picker's order.
 
         Raises `JobFailure`: the failure of the last instance tried when every
         instance was unavailable, or the first failure that is not about
@@ -127,21 +176,18 @@ class WhisperXClient:
         # seeks it back to the start for each).
         with clip.open_wav() as upload:
             files = {"audio_file": ("audio.wav", upload, "audio/wav")}
-            return await self._post(files, params, start, trace)
+            return await self._post(files, params, trace)
 
     async def _post(
         self,
         files: dict[str, Any],
         params: dict[str, str],
-        start: int,
         trace: list[dict[str, Any]],
     ) -> Transcript:
-        """`transcribe`'s requests: each instance in turn from `start`, as it documents."""
+        """`transcribe`'s requests: the instances in the picker's order, as it documents."""
         failure: JobFailure | None = None
         refused: JobFailure | None = None
-        count = len(self._urls)
-        for step in range(count):
-            index = (start + step) % count
+        for index in self._picker.order([gate.admits() for gate in self._gates]):
             url, gate = self._urls[index], self._gates[index]
             if not gate.acquire():
                 refusal = gate.refusal(f"{PROVIDER} instance {index + 1}")
@@ -156,9 +202,10 @@ class WhisperXClient:
                 # (a gateway's `?api_key=`) instead of adding to it.
                 target = httpx.URL(endpoint).copy_merge_params(params)
                 try:
-                    response = await self._http.post(
-                        target, files=files, headers=headers, timeout=self._timeout
-                    )
+                    with self._picker.sending(index):
+                        response = await self._http.post(
+                            target, files=files, headers=headers, timeout=self._timeout
+                        )
                 except asyncio.CancelledError:
                     # The attempt's deadline (TRANSCRIPTION_TIMEOUT) ran out here.
                     trace.append(_tried(url, "cancelled", None, _since(began)))

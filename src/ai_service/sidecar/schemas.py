@@ -92,7 +92,12 @@ class WhisperxInstance(BaseModel):
     """Reachability of one WhisperX instance."""
 
     url: str = Field(description="The instance URL, credentials removed.")
-    reachable: bool
+    reachable: bool = Field(description="It answered the probe, or it is busy.")
+    busy: bool = Field(
+        default=False,
+        description="It accepted the connection but answered nothing in time: it is "
+        "transcribing (whisper-asr-webservice answers nothing meanwhile), not down.",
+    )
     latency_ms: float | None = None
     detail: str
 

@@ -2,7 +2,8 @@
 
 whisper-asr-webservice has no health endpoint, so the probe is the one the
 API's provider status uses (`providers.probes.probe_whisperx`: `/docs` 200,
-else `/health` 200).
+else `/health` 200). An instance that accepts the connection but answers
+nothing in time is transcribing: `reachable` and `busy`, not down.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 
 import httpx
 
-from ai_service.providers.probes import describe_error, probe_whisperx
+from ai_service.providers.probes import probe_whisperx
 from ai_service.redact import redact_url, url_secrets
 from ai_service.sidecar.schemas import WhisperxInstance, WhisperxSection
 
@@ -22,16 +23,14 @@ async def check_whisperx(client: httpx.AsyncClient, url: str, timeout: float) ->
     """Probe one instance; failures become `reachable=False` with the reason."""
     secrets: list[str | None] = [*url_secrets(url)]
     start = time.perf_counter()
-    try:
-        async with asyncio.timeout(timeout):
-            reachable, detail = await probe_whisperx(client, url, timeout, secrets)
-    except Exception as exc:  # one unreachable instance must not hide the others
-        reachable, detail = False, describe_error(exc, secrets, timeout)
+    # Bounded by `timeout` and never raising: one instance cannot hide the others.
+    outcome = await probe_whisperx(client, url, timeout, secrets)
     return WhisperxInstance(
         url=redact_url(url),
-        reachable=reachable,
+        reachable=outcome.ok,
+        busy=outcome.busy,
         latency_ms=round((time.perf_counter() - start) * 1000, 1),
-        detail=detail,
+        detail=outcome.detail,
     )
 
 

@@ -12,9 +12,18 @@ handler whose endpoints are all open (`Breakers.admits`), and a job that reaches
 open endpoint anyway is deferred without spending an attempt (`Gate.refusal`). The
 endpoint is probed with the probe of `/providers/status` (`providers.probes`), first
 after `BREAKER_PROBE_INTERVAL`, then at doubling intervals up to `BREAKER_PROBE_MAX`.
-Half-open lets exactly one request through; its answer decides. Every state change
-is one log line and calls `Breakers.on_change` (the runner wakes its claim loop and
-sets the `ai_provider_up` gauge).
+Half-open lets exactly one request through; its answer decides.
+
+Busy is not down. A WhisperX instance that is transcribing accepts connections but
+answers nothing, not even its probe (`providers.probes.probe_whisperx`: `busy`).
+Such a probe counts as answering: it moves an open breaker to half-open and makes a
+500 the request's fault (`settle`), and a request that waits on a busy instance until
+its timeout counts as neither success nor failure. So being busy can neither open a
+breaker nor keep one open; only what never connects (refused, unresolvable, connect
+timeout) or a 5xx outage does.
+
+Every state change is one log line and calls `Breakers.on_change` (the runner wakes
+its claim loop and sets the `ai_provider_up` gauge).
 
 The state machine is synchronous and takes an injectable clock; only the probes are
 asynchronous. `BREAKER_FAILURES=0` keeps every breaker closed (the probes still serve
@@ -335,14 +344,16 @@ def _prober(
     assert url is not None
 
     async def probe() -> tuple[bool, str]:
+        if target.kind == "whisperx":
+            # Busy (connected, no answer while it transcribes) counts as up: ok is true.
+            outcome = await probe_whisperx(http, url, timeout, secrets)
+            return outcome.ok, outcome.detail
         try:
             async with asyncio.timeout(timeout):
-                if target.kind == "openai":
-                    outcome = await probe_openai(
-                        http, url, target.model, target.api_key, timeout, secrets
-                    )
-                    return outcome.ok, outcome.detail
-                return await probe_whisperx(http, url, timeout, secrets)
+                outcome = await probe_openai(
+                    http, url, target.model, target.api_key, timeout, secrets
+                )
+                return outcome.ok, outcome.detail
         except Exception as exc:  # a probe reports any failure, never raises
             return False, describe_error(exc, secrets, timeout)
 

@@ -10,12 +10,17 @@ Input (`job.input`):
     providers                                   optional order override
 
 Providers run in the order of `input.providers`, else `TRANSCRIPTION_PROVIDERS`.
+Voxtral is asked through chat with `input_audio` (`providers.audio_llm`), or
+with `VOXTRAL_API=transcriptions` through `POST /v1/audio/transcriptions`
+(`providers.audio_transcriptions`); the attempt has the same shape either way.
 `TRANSCRIPTION_MODE=compare` runs all of them (an A/B comparison);
 `fallback` stops at the first success. The result's `segments`, `text`,
 `language`, `provider`, `model`, `warnings` come from the first provider that
 succeeded (its attempt is `selected` and does not repeat them); `attempts` has
 one entry per provider (`ok`, `error` or `skipped`), a WhisperX attempt lists
-every instance it tried in `instances`.
+every instance it tried in `instances`. WhisperX instances are chosen by load
+(`providers.whisperx.InstancePicker`, one per process): fewest requests in
+flight from this worker, open breakers skipped, ties in turn.
 
 `channels: "split"` decodes each channel on its own and transcribes it with
 each provider; segments are labelled with the channel's speaker and merged by
@@ -39,7 +44,6 @@ names (`ai_service.outbound`: checked at every connect and redirect).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import math
 import re
 import tempfile
@@ -60,8 +64,9 @@ from ai_service.languages import normalise_language
 from ai_service.providers.audio import AudioClip, AudioDecodeError, Transcript
 from ai_service.providers.audio_encode import clip_speech_seconds, split_channels
 from ai_service.providers.audio_llm import AudioChatClient
+from ai_service.providers.audio_transcriptions import AudioTranscriptionsClient
 from ai_service.providers.gate import settle
-from ai_service.providers.whisperx import WhisperXClient
+from ai_service.providers.whisperx import InstancePicker, WhisperXClient
 from ai_service.redact import redact_text, redact_url, settings_secrets, url_secrets
 from ai_service.worker import transcript_shape as shape
 from ai_service.worker.breaker import whisperx_keys
@@ -81,10 +86,12 @@ MAX_SPEAKER_NAME = 64
 
 _AUDIO_FORMAT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,15}$")
 
-# Round-robin cursor over the WhisperX instances, per URL list. In-process
-# only: with several worker processes each one rotates on its own, which is
-# enough to spread the load.
-_whisperx_cursors: dict[tuple[str, ...], itertools.count[int]] = {}
+# The WhisperX instance picker per URL list (`providers.whisperx.InstancePicker`):
+# fewest requests in flight from this process, open breakers skipped, ties in turn.
+# One per process: every job of this worker shares it, so a second job goes to an
+# idle instance, not to the one transcribing the first (which answers nothing
+# meanwhile). Other worker processes' load is not seen.
+_whisperx_pickers: dict[tuple[str, ...], InstancePicker] = {}
 
 
 @dataclass(frozen=True)
@@ -781,7 +788,7 @@ async def _run(
     settings = ctx.settings
     if provider == "whisperx":
         urls = settings.whisperx_url
-        cursor = _whisperx_cursors.setdefault(urls, itertools.count())
+        picker = _whisperx_pickers.setdefault(urls, InstancePicker(len(urls)))
         whisperx = WhisperXClient(
             ctx.http,
             urls,
@@ -789,10 +796,10 @@ async def _run(
             secrets=secrets,
             gates=[ctx.gate(key) for key in whisperx_keys(len(urls))],
             model=settings.whisperx_model,
+            picker=picker,
         )
         return await whisperx.transcribe(
             clip,
-            start=next(cursor) % len(urls),
             language=request.language,
             prompt=request.prompt,
             # A split channel holds one speaker: the channel is the label.
@@ -807,18 +814,30 @@ async def _run(
         raise JobFailure(ErrorCategory.INVALID_INPUT, f"unknown provider {provider}")
     endpoint = settings.audio_llm(provider)
     assert endpoint.base_url is not None
-    client = AudioChatClient(
-        ctx.http,
-        provider=provider,
-        base_url=endpoint.base_url,
-        model=endpoint.model,
-        api_key=endpoint.api_key,
-        prompt=settings.audio_llm_prompt,
-        max_tokens=settings.audio_llm_max_tokens,
-        timeout=settings.transcription_timeout,
-        max_chunk_seconds=AUDIO_LLM_CHUNK_SECONDS[provider],
-        secrets=secrets,
-    )
+    client: AudioChatClient | AudioTranscriptionsClient
+    if provider == "voxtral-small" and settings.voxtral_api == "transcriptions":
+        client = AudioTranscriptionsClient(
+            ctx.http,
+            provider=provider,
+            base_url=endpoint.base_url,
+            model=endpoint.model,
+            api_key=endpoint.api_key,
+            timeout=settings.transcription_timeout,
+            secrets=secrets,
+        )
+    else:
+        client = AudioChatClient(
+            ctx.http,
+            provider=provider,
+            base_url=endpoint.base_url,
+            model=endpoint.model,
+            api_key=endpoint.api_key,
+            prompt=settings.audio_llm_prompt,
+            max_tokens=settings.audio_llm_max_tokens,
+            timeout=settings.transcription_timeout,
+            max_chunk_seconds=AUDIO_LLM_CHUNK_SECONDS[provider],
+            secrets=secrets,
+        )
     gate = ctx.gate(provider)
     if not gate.acquire():
         raise gate.refusal(provider)
