@@ -402,7 +402,9 @@ async def _llm_rate(llm_jobs: int, transcriptions: int, seconds: float) -> tuple
     audio = base64.b64encode(sine_wav(1.0)).decode()
     with (
         fresh_database("starve") as url,
+        # Two instances: each transcribes one request at a time, like the real server.
         WhisperXStub(latency=seconds) as whisperx,
+        WhisperXStub(latency=seconds) as whisperx_2,
         OpenAIStub(models=["qwen2.5-14b"], latency=0.2, max_concurrency=16) as llm,
     ):
         with psycopg.connect(url, autocommit=True) as conn:
@@ -425,7 +427,7 @@ async def _llm_rate(llm_jobs: int, transcriptions: int, seconds: float) -> tuple
                 LLM_CONCURRENCY="16",
                 TRANSCRIPTION_CONCURRENCY="2",
                 LLM_BASE_URL=llm.base_url,
-                WHISPERX_URL=f"{whisperx.base_url},{whisperx.base_url}",
+                WHISPERX_URL=f"{whisperx.base_url},{whisperx_2.base_url}",
             ):
                 await wait_until(
                     conn,
