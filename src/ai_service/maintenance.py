@@ -1,7 +1,6 @@
 """Background upkeep: independent services, each run by one elected leader.
 
-- rescuer: expired leases back to pending (or failed as `lease_expired`), and pending
-  jobs whose provider outage outlived `PROVIDER_OUTAGE_MAX` failed;
+- rescuer: expired leases back to pending (or failed as `lease_expired`);
 - counter compaction: trigger-written deltas folded into `job_counts` and
   into the finished-jobs rollups behind `/api/v1/stats`;
 - retention: finished jobs past their age deleted in batches, rollups
@@ -90,19 +89,8 @@ class Maintenance:
                 log.warning("rescued job %s with expired lease -> %s", job_id, status.value)
             moved += len(rows)
             if len(rows) < RESCUE_BATCH:
-                break
-        outage_max = self.settings.provider_outage_max
-        while outage_max > 0:
-            failed = await self.store.fail_outage_expired(outage_max)
-            for job_id in failed:
-                log.warning(
-                    "job %s failed: its provider outage outlived PROVIDER_OUTAGE_MAX", job_id
-                )
-            moved += len(failed)
-            if len(failed) < RESCUE_BATCH:
-                break
-        self.rescued += moved
-        return moved
+                self.rescued += moved
+                return moved
 
     async def compact(self) -> None:
         """One compaction pass: counters, then rollups (each its own statement and lock)."""

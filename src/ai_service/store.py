@@ -881,14 +881,6 @@ class Store:
         )
         return [(row["id"], JobStatus(row["status"])) for row in rows]
 
-    async def fail_outage_expired(self, outage_max: float, batch: int = RESCUE_BATCH) -> list[UUID]:
-        """Fail pending jobs whose provider outage began over `outage_max` seconds ago."""
-        rows = await self._fetch(
-            "job_fail_outage_expired",
-            {"outage_max": outage_max, "batch": batch, "errors_kept": ERRORS_KEPT},
-        )
-        return [row["id"] for row in rows]
-
     async def prune_finished(
         self, *, completed_seconds: float, failed_seconds: float, batch: int = 5000
     ) -> int:

@@ -17,7 +17,7 @@ import pytest
 
 from ai_service.config import Settings, load_settings
 from ai_service.errors import JobFailure
-from ai_service.jobs import is_retryable
+from ai_service.jobs import OUTAGE_CATEGORIES, is_retryable
 from ai_service.worker import transcription
 from ai_service.worker.handler import HandlerContext
 from tests.factories import make_job
@@ -635,8 +635,11 @@ async def test_audio_url_answering_500_is_retried(
 
     failure = await fail(settings, http, make_job(input={"audio_url": url}))
 
-    assert failure.category == "provider_unavailable"
+    # Retried while attempts remain, but the caller's server is not our provider:
+    # no outage (an outage would defer the job for free for hours).
+    assert failure.category == "provider_error"
     assert is_retryable(failure.category, failure.retryable)
+    assert failure.category not in OUTAGE_CATEGORIES
     assert failure.message == "audio_url: HTTP 500"
 
 
@@ -649,7 +652,8 @@ async def test_audio_url_unreachable_is_retried(
         settings, http, make_job(input={"audio_url": closed_port_url() + "/a.wav"})
     )
 
-    assert failure.category == "provider_unavailable"
+    assert failure.category == "provider_error"
+    assert is_retryable(failure.category, failure.retryable)
     assert failure.message == "audio_url: cannot connect"
 
 

@@ -88,38 +88,6 @@ async def test_rescue_returns_expired_jobs_with_attempts_left_to_pending(
     assert entry["message"] == "lease expired on worker w1"
 
 
-async def test_rescue_fails_pending_jobs_whose_outage_outlived_the_budget(
-    store: Store, database_url: str
-) -> None:
-    """Jobs held back by an open breaker are not claimed to meet the budget check:
-    the rescuer fails them once their outage is older than PROVIDER_OUTAGE_MAX."""
-    old, recent = await running_jobs(store, 2)
-    for job in (old, recent):
-        assert job.lease_token is not None
-        deferred = await store.defer(
-            job.id,
-            category="provider_unavailable",
-            message="connection refused",
-            lease_token=job.lease_token,
-            outage_max=3600,
-        )
-        assert (deferred.status, deferred.attempt) == (JobStatus.PENDING, 0)
-    await sql(
-        store,
-        "UPDATE jobs SET outage_since = now() - interval '61 minutes' WHERE id = %s",
-        [old.id],
-    )
-    assert await maintenance(store, database_url, PROVIDER_OUTAGE_MAX="1h").rescue() == 1
-    failed = await store.get_job(old.id)
-    assert (failed.status, failed.error_category) == (JobStatus.FAILED, "provider_unavailable")
-    assert "PROVIDER_OUTAGE_MAX" in (failed.error_message or "")
-    assert failed.errors[-1]["deferred"] is False
-    assert (await store.get_job(recent.id)).status is JobStatus.PENDING
-    # PROVIDER_OUTAGE_MAX=0 (outages spend attempts): nothing to enforce
-    await sql(store, "UPDATE jobs SET outage_since = now() - interval '9 hours'")
-    assert await maintenance(store, database_url, PROVIDER_OUTAGE_MAX="0").rescue() == 0
-
-
 async def test_rescue_fails_expired_jobs_whose_attempts_are_used(
     store: Store, database_url: str
 ) -> None:

@@ -217,6 +217,47 @@ async def test_past_the_outage_budget_the_job_fails_with_the_category(store: Sto
     assert retried.status is JobStatus.PENDING
 
 
+async def test_a_failure_that_is_no_outage_ends_the_outage(store: Store) -> None:
+    job = await create(store, max_attempts=5)
+    await defer(store, await claim(store, job))
+    assert (await store.get_job(job.id)).outage_since is not None
+    running = await claim(store, job)
+    failed = await store.fail(
+        job.id, category="timeout", message="slow", lease_token=token(running), retryable=True
+    )
+    assert (failed.status, failed.outage_since) == (JobStatus.PENDING, None)
+
+
+async def test_an_outage_long_ago_does_not_count_against_a_later_one(store: Store) -> None:
+    """A job deferred once, then left waiting (a long queue) for hours before its next
+    claim, meets a new outage: a new one begins, it is not failed for the old one."""
+    job = await create(store, max_attempts=5)
+    await defer(store, await claim(store, job))
+    # The job met its outage 7 hours ago and could run again a minute later, but was
+    # claimed only now.
+    await sql(
+        store,
+        "UPDATE jobs SET outage_since = now() - interval '7 hours',"
+        " run_after = now() - interval '7 hours' + interval '1 minute' WHERE id = %s",
+        [job.id],
+    )
+    [running] = await store.claim("w1", limit=1, lease_seconds=60)
+    again = await defer(store, running, outage_max=6 * 3600.0)
+    assert (again.status, again.attempt) == (JobStatus.PENDING, 0)
+    assert again.outage_since is not None
+    assert again.outage_since == again.updated_at  # a new outage, begun now
+    # Retried at once (claimed when due), the outage goes on and its age counts.
+    await sql(
+        store,
+        "UPDATE jobs SET outage_since = now() - interval '7 hours', run_after = now()"
+        " WHERE id = %s",
+        [job.id],
+    )
+    [running] = await store.claim("w1", limit=1, lease_seconds=60)
+    failed = await defer(store, running, outage_max=6 * 3600.0)
+    assert failed.status is JobStatus.FAILED
+
+
 async def test_defer_is_fenced_by_the_lease_and_recognises_its_repeat(store: Store) -> None:
     job = await create(store)
     running = await claim(store, job)

@@ -47,6 +47,15 @@ least(%(outage_backoff_max)s::float8,
                extract(epoch FROM now() - coalesce(outage_since, now()))::float8))
     * (0.5 + random() * 0.5)
 
+-- fragment: outage_start
+-- When the outage a deferred job meets began: its `outage_since`, unless the outage
+-- ended meanwhile. It goes on while the job is retried as soon as it may run again (its
+-- claim within 2 minutes of its run_after); a job that then waited longer (a long
+-- queue, a breaker held open) starts a new outage, so a short outage long ago never
+-- counts against the budget of a later one.
+CASE WHEN outage_since IS NULL OR started_at > run_after + interval '2 minutes'
+     THEN now() ELSE outage_since END
+
 -- name: job_create_many
 -- Insert jobs given as one JSON array of objects (one parameter, parsed by PostgreSQL:
 -- far cheaper than ten typed arrays); idempotency conflicts insert nothing.
@@ -429,6 +438,8 @@ UPDATE jobs
                         WITH ORDINALITY AS h(e, n)
                   WHERE h.n > jsonb_array_length(errors) + 1 - %(errors_kept)s),
        error_count = error_count + 1,
+       -- a failure that is no outage: the provider answered, the outage is over
+       outage_since = NULL,
        lease_expires_at = NULL,
        updated_at = now()
  WHERE id = %(id)s
@@ -442,20 +453,21 @@ RETURNING *;
 -- the same number again), after `delay` seconds (a Retry-After, or 0 for a job the worker
 -- did not even send) or the outage backoff. The history gets an entry marked `deferred`;
 -- `error_count` counts it like any failure. `outage_since` keeps when the outage began
--- for this job (cleared by a completion or a manual retry); once it is more than
--- `outage_max` seconds old, the job fails with the category instead (`deferred` false).
+-- for this job (outage_start; cleared by a completion, a failure that is no outage, a
+-- rescue or a manual retry); once it is more than `outage_max` seconds old, the job fails
+-- with the category instead (`deferred` false).
 -- Fenced by the lease token like job_fail; the token stays, so a repeat is recognised.
 UPDATE jobs
-   SET status = CASE WHEN coalesce(outage_since, now()) > now() - make_interval(secs => %(outage_max)s)
+   SET status = CASE WHEN /*outage_start*/ > now() - make_interval(secs => %(outage_max)s)
                      THEN 'pending' ELSE 'failed' END,
-       attempt = CASE WHEN coalesce(outage_since, now()) > now() - make_interval(secs => %(outage_max)s)
+       attempt = CASE WHEN /*outage_start*/ > now() - make_interval(secs => %(outage_max)s)
                       THEN greatest(attempt - 1, 0) ELSE attempt END,
-       run_after = CASE WHEN coalesce(outage_since, now()) > now() - make_interval(secs => %(outage_max)s)
+       run_after = CASE WHEN /*outage_start*/ > now() - make_interval(secs => %(outage_max)s)
                         THEN now() + make_interval(secs => coalesce(%(delay)s::float8, /*outage_backoff*/))
                         ELSE run_after END,
-       finished_at = CASE WHEN coalesce(outage_since, now()) > now() - make_interval(secs => %(outage_max)s)
+       finished_at = CASE WHEN /*outage_start*/ > now() - make_interval(secs => %(outage_max)s)
                           THEN NULL ELSE now() END,
-       outage_since = coalesce(outage_since, now()),
+       outage_since = /*outage_start*/,
        error_category = %(category)s,
        error_message = %(message)s,
        error_details = %(details)s,
@@ -463,7 +475,7 @@ UPDATE jobs
                    FROM jsonb_array_elements(errors || jsonb_build_array(jsonb_build_object(
                             'attempt', attempt, 'category', %(category)s::text,
                             'message', %(message)s::text, 'worker', worker_id, 'at', now(),
-                            'deferred', coalesce(outage_since, now())
+                            'deferred', /*outage_start*/
                                         > now() - make_interval(secs => %(outage_max)s))))
                         WITH ORDINALITY AS h(e, n)
                   WHERE h.n > jsonb_array_length(errors) + 1 - %(errors_kept)s),
@@ -710,6 +722,7 @@ UPDATE jobs j
                         WITH ORDINALITY AS h(e, n)
                   WHERE h.n > jsonb_array_length(j.errors) + 1 - %(errors_kept)s),
        error_count = j.error_count + 1,
+       outage_since = NULL,
        lease_token = NULL,
        lease_expires_at = NULL,
        updated_at = now()
@@ -718,39 +731,6 @@ UPDATE jobs j
    AND j.status = 'running'
    AND j.lease_expires_at < now()
 RETURNING j.id, j.status;
-
--- name: job_fail_outage_expired
--- Fail pending jobs whose provider outage began more than `outage_max` seconds ago: jobs
--- of a provider whose breaker stays open are not claimed, so they never meet the budget
--- check of job_defer; the rescuer applies it. Oldest outage first from jobs_outage_idx.
-WITH expired AS (
-    SELECT id
-      FROM jobs
-     WHERE status = 'pending' AND outage_since IS NOT NULL
-       AND outage_since < now() - make_interval(secs => %(outage_max)s)
-     ORDER BY outage_since
-     LIMIT %(batch)s
-       FOR UPDATE SKIP LOCKED
-)
-UPDATE jobs j
-   SET status = 'failed',
-       finished_at = now(),
-       error_message = 'the provider outage outlived PROVIDER_OUTAGE_MAX ('
-                       || %(outage_max)s::text || 's); last error: '
-                       || coalesce(j.error_message, ''),
-       errors = (SELECT coalesce(jsonb_agg(h.e ORDER BY h.n), '[]'::jsonb)
-                   FROM jsonb_array_elements(j.errors || jsonb_build_array(jsonb_build_object(
-                            'attempt', j.attempt, 'category', j.error_category,
-                            'message', 'the provider outage outlived PROVIDER_OUTAGE_MAX',
-                            'worker', NULL, 'at', now(), 'deferred', false)))
-                        WITH ORDINALITY AS h(e, n)
-                  WHERE h.n > jsonb_array_length(j.errors) + 1 - %(errors_kept)s),
-       error_count = j.error_count + 1,
-       updated_at = now()
-  FROM expired e
- WHERE j.id = e.id
-   AND j.status = 'pending'
-RETURNING j.id;
 
 -- name: job_prune_finished
 -- Delete a batch of finished jobs older than their retention (database clock); never pending

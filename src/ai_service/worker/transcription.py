@@ -577,7 +577,7 @@ async def _download(url: str, ctx: HandlerContext, out: BinaryIO) -> None:
         ):
             status = response.status_code
             if status >= 500:
-                raise JobFailure(ErrorCategory.PROVIDER_UNAVAILABLE, f"audio_url: HTTP {status}")
+                raise _source_failure(f"audio_url: HTTP {status}")
             if not response.is_success:
                 raise _invalid(f"audio_url: HTTP {status}")
             declared = response.headers.get("content-length", "")
@@ -607,10 +607,17 @@ def _download_failure(exc: httpx.HTTPError) -> JobFailure:
     if isinstance(exc, httpx.TimeoutException):
         return JobFailure(ErrorCategory.TIMEOUT, "audio_url: the server did not answer in time")
     if isinstance(exc, httpx.ConnectError):
-        return JobFailure(ErrorCategory.PROVIDER_UNAVAILABLE, "audio_url: cannot connect")
+        return _source_failure("audio_url: cannot connect")
     if isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError):
-        return JobFailure(ErrorCategory.PROVIDER_UNAVAILABLE, "audio_url: connection failed")
+        return _source_failure("audio_url: connection failed")
     return _invalid("audio_url: the URL cannot be fetched")
+
+
+def _source_failure(message: str) -> JobFailure:
+    """The caller's audio server failed: retried while attempts remain, but no outage
+    of ours (an outage would defer the job for free, up to PROVIDER_OUTAGE_MAX, and a
+    dead URL would hold a transcription slot every minute for hours)."""
+    return JobFailure(ErrorCategory.PROVIDER_ERROR, message, retryable=True)
 
 
 # -- providers ----------------------------------------------------------------
