@@ -128,6 +128,20 @@ async def test_jobs_scheduled_later_are_not_claimed_by_fair_share(store: Store) 
     assert {j.owner_service for j in claimed} == {"a-service"}
 
 
+async def test_owners_with_only_later_jobs_do_not_hide_a_runnable_one(store: Store) -> None:
+    # More owners than one claim reads, all with jobs scheduled for later, ahead of
+    # the one owner with a runnable job: the cursor moves on until it is found.
+    await store.create_jobs(
+        [
+            new_job(owner_service=f"a{i:03d}", owner_ref="later", run_after=_later())
+            for i in range(150)
+        ]
+    )
+    await _backlog(store, "zzz", 1)
+    claimed = [j for _ in range(10) for j in await _claim(store, 1)]
+    assert [j.owner_service for j in claimed] == ["zzz"]
+
+
 async def test_claim_cost_does_not_grow_with_the_owners_or_the_backlog(store: Store) -> None:
     """Buffers the claim touches (EXPLAIN ANALYZE): a claim of 8 reads about as much
     with 2 owners as with 400, and with 200 pending jobs as with 20,000."""

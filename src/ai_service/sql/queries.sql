@@ -350,11 +350,21 @@ SELECT claimed.*, s.seen, s.truncated, f.fair_owner, f.fair_used
                EXISTS (SELECT 1 FROM offered WHERE r = quota)
                OR EXISTS (SELECT 1 FROM owners WHERE listed >= %(owners)s) AS truncated) AS s
   LEFT JOIN LATERAL (
-        SELECT c.o AS fair_owner, mod(c.r - 1 + c.used, c.w) + 1 AS fair_used
-          FROM candidates c
-         WHERE c.id IN (SELECT id FROM claimed)
-         ORDER BY c.pr, c.round DESC, c.pos DESC, c.r DESC
-         LIMIT 1) AS f ON true
+        (SELECT c.o AS fair_owner, mod(c.r - 1 + c.used, c.w) + 1 AS fair_used
+           FROM candidates c
+          WHERE c.id IN (SELECT id FROM claimed)
+          ORDER BY c.pr, c.round DESC, c.pos DESC, c.r DESC
+          LIMIT 1)
+        UNION ALL
+        -- Nothing claimed from a level that has more owners than were read (those read
+        -- have only jobs scheduled for later, or locked ones): the cursor moves past the
+        -- last owner read, so the next claim reads the next owners.
+        (SELECT o.o, o.w
+           FROM owners o
+          WHERE NOT EXISTS (SELECT 1 FROM claimed) AND o.listed >= %(owners)s
+          ORDER BY o.pr DESC, o.pos DESC
+          LIMIT 1)
+        LIMIT 1) AS f ON true
   LEFT JOIN claimed ON true;
 
 -- name: job_complete
