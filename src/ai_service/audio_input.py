@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from uuid import UUID
 
 SOURCES = ("audio_url", "audio_base64", "audio_id")
@@ -67,6 +68,10 @@ def parse_audio_id(value: object) -> UUID:
 
 def content_type(audio_format: object) -> str:
     """The media type to store inline audio under, from the job's `audio_format` hint."""
-    if isinstance(audio_format, str) and audio_format.strip().isalnum():
+    # ASCII only and short: the type is served back as a header (latin-1).
+    if isinstance(audio_format, str) and _FORMAT.fullmatch(audio_format.strip()):
         return f"audio/{audio_format.strip().lower()}"
     return "application/octet-stream"
+
+
+_FORMAT = re.compile(r"[A-Za-z0-9]{1,16}")

@@ -1049,18 +1049,29 @@ class Store:
             "size": len(data),
             "sha256": sha256,
         }
-        async with self._conn() as conn, conn.transaction():
-            cur = await conn.execute(self._q["audio_put"], params)
-            row = await cur.fetchone()
-            if row is not None:  # new: its chunks in the same transaction
-                for n, start in enumerate(range(0, len(data), AUDIO_CHUNK_BYTES)):
-                    chunk = data[start : start + AUDIO_CHUNK_BYTES]
-                    await conn.execute(
-                        self._q["audio_chunk_add"], {"audio_id": audio_id, "n": n, "data": chunk}
-                    )
-        if row is None:  # stored before: mark it used again
+        # Twice at most: a recording stored before may be pruned between this insert
+        # (which then inserts nothing) and the read that follows; the retry stores it.
+        for _ in range(2):
+            async with self._conn() as conn, conn.transaction():
+                cur = await conn.execute(self._q["audio_put"], params)
+                row = await cur.fetchone()
+                if row is not None:  # new: its chunks in the same transaction
+                    for n, start in enumerate(range(0, len(data), AUDIO_CHUNK_BYTES)):
+                        chunk = data[start : start + AUDIO_CHUNK_BYTES]
+                        await conn.execute(
+                            self._q["audio_chunk_add"],
+                            {"audio_id": audio_id, "n": n, "data": chunk},
+                        )
+            if row is not None:
+                break
+            # stored before: mark it used again
             await self.use_audio([(audio_id, owner_service)])
-            row = (await self._fetch("audio_get", {"id": audio_id}))[0]
+            rows = await self._fetch("audio_get", {"id": audio_id})
+            if rows:
+                row = rows[0]
+                break
+        if row is None:
+            raise errors.DatabaseUnavailable("the recording could not be stored; try again")
         return AudioBlob.from_row(row)
 
     async def use_audio(self, refs: Sequence[tuple[UUID, str]]) -> set[tuple[UUID, str]]:
