@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import io
+import threading
+import uuid
 import wave
 from pathlib import Path
 
 import av
 import pytest
 
-from ai_service.providers.audio import SAMPLE_RATE, AudioClip, AudioDecodeError, AudioTooLong
+from ai_service.providers.audio import (
+    SAMPLE_RATE,
+    AudioClip,
+    AudioDecodeError,
+    AudioTooLong,
+    DecodeStopped,
+    decode_to_wav,
+)
+from ai_service.worker import transcription
+from tests.helpers import make_settings
 from tests.stubs import sine_wav, stereo_call_wav, transcode
 
 
@@ -177,3 +189,33 @@ def test_a_clip_without_workdir_removes_its_files_when_dropped() -> None:
     del chunks
     gc.collect()
     assert not folder.exists()
+
+
+def test_a_decode_asked_to_stop_stops_before_the_next_frame(tmp_path: Path) -> None:
+    source = tmp_path / "call.wav"
+    source.write_bytes(sine_wav(60.0))
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(DecodeStopped):
+        decode_to_wav(source, tmp_path, stop=stop)
+
+
+async def test_a_cancelled_job_waits_for_its_decoding_thread_to_stop(tmp_path: Path) -> None:
+    """The job's files are removed right after a cancellation: the thread decoding into
+    them must have stopped by then (and no decoding goes on beyond the slots)."""
+    source = tmp_path / "source"
+    source.write_bytes(stereo_call_wav(1800.0))
+    settings = make_settings(AUDIO_MAX_SECONDS="4h")
+    request = transcription.parse_input({"audio_id": str(uuid.uuid4())}, settings)
+    task = asyncio.ensure_future(
+        transcription._decode_in_thread(source, request, tmp_path, settings)
+    )
+    await asyncio.sleep(0.2)  # well into the 30 minutes
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    output = tmp_path / "source.16k.wav"
+    size = output.stat().st_size
+    await asyncio.sleep(0.3)
+    assert output.stat().st_size == size  # nothing writes any more
+    assert size < 1800 * SAMPLE_RATE * 2  # it was stopped, not finished

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import shutil
 import tempfile
+import threading
 import wave
 import weakref
 from contextlib import ExitStack
@@ -59,6 +60,10 @@ class AudioTooLong(AudioDecodeError):
         lasts = f"lasts {declared:.0f} s, " if declared is not None else "is "
         super().__init__(f"the audio {lasts}longer than AUDIO_MAX_SECONDS ({max_seconds:g} s)")
         self.max_seconds = max_seconds
+
+
+class DecodeStopped(AudioDecodeError):
+    """The decoding was asked to stop (`decode_to_wav(stop=...)`)."""
 
 
 class _Scratch:
@@ -98,7 +103,12 @@ class AudioClip:
 
     @classmethod
     def from_file(
-        cls, path: Path, *, workdir: Path | None = None, max_seconds: float | None = None
+        cls,
+        path: Path,
+        *,
+        workdir: Path | None = None,
+        max_seconds: float | None = None,
+        stop: threading.Event | None = None,
     ) -> AudioClip:
         """Decode the file at `path` into a 16 kHz mono WAV in `workdir`.
 
@@ -112,7 +122,7 @@ class AudioClip:
             keep = _Scratch()
             workdir = keep.path
         [target], frames, format_name, codec_name = decode_to_wav(
-            path, workdir, max_seconds=max_seconds
+            path, workdir, max_seconds=max_seconds, stop=stop
         )
         return cls(
             wav_path=target,
@@ -212,7 +222,12 @@ def _frames_in(path: Path) -> int:
 
 
 def decode_to_wav(
-    source: Path, workdir: Path, *, max_seconds: float | None = None, split: bool = False
+    source: Path,
+    workdir: Path,
+    *,
+    max_seconds: float | None = None,
+    split: bool = False,
+    stop: threading.Event | None = None,
 ) -> tuple[list[Path], int, str, str]:
     """Decode `source` frame by frame into 16 kHz mono s16le WAV files in `workdir`.
 
@@ -220,7 +235,9 @@ def decode_to_wav(
     one per channel (`{stem}.ch{n}.16k.wav`, in channel order). Returns (the
     files, samples in each, demuxer name, codec name). Only one frame's samples
     and at most `_FLUSH_BYTES` of output per file are in memory at a time.
-    Raises `AudioDecodeError` / `AudioTooLong` like `AudioClip.from_file`.
+    Raises `AudioDecodeError` / `AudioTooLong` like `AudioClip.from_file`, and
+    `DecodeStopped` as soon as `stop` is set (the job ended: its files are about
+    to be removed).
     """
     if source.stat().st_size == 0:
         raise AudioDecodeError("the audio is empty (0 bytes)")
@@ -257,6 +274,8 @@ def decode_to_wav(
                 out.setframerate(SAMPLE_RATE)
             pending = [bytearray() for _ in targets]
             for frame in _frames(container, stream):
+                if stop is not None and stop.is_set():
+                    raise DecodeStopped("the decoding was stopped: the job ended")
                 for resampled in resampler.resample(frame):
                     for index, plane in enumerate(_planes(resampled, count)):
                         pending[index] += plane

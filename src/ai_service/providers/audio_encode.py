@@ -15,6 +15,7 @@ can be flagged.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from ai_service.providers.audio import SAMPLE_RATE, AudioClip, decode_to_wav
@@ -33,7 +34,11 @@ _SCAN_SECONDS = 60.0
 
 
 def split_channels(
-    source: Path, *, workdir: Path, max_seconds: float | None = None
+    source: Path,
+    *,
+    workdir: Path,
+    max_seconds: float | None = None,
+    stop: threading.Event | None = None,
 ) -> list[AudioClip]:
     """Decode every channel of the file `source` on its own, each to 16 kHz mono s16le.
 
@@ -42,7 +47,9 @@ def split_channels(
     Raises `AudioDecodeError` / `AudioTooLong` like `AudioClip.from_file`. The
     clips carry no source file: providers send their WAV (`open_wav`).
     """
-    paths, frames, _, _ = decode_to_wav(source, workdir, max_seconds=max_seconds, split=True)
+    paths, frames, _, _ = decode_to_wav(
+        source, workdir, max_seconds=max_seconds, split=True, stop=stop
+    )
     return [
         AudioClip(
             wav_path=path,

@@ -44,9 +44,11 @@ names (`ai_service.outbound`: checked at every connect and redirect).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import re
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -355,7 +357,7 @@ async def _handle(job: Job, ctx: HandlerContext, scratch: Path) -> dict[str, Any
             raise ctx.gate(wanted[0]).refusal("transcription")
 
     source = await _load_audio(request, ctx, job, scratch)
-    channels = await asyncio.to_thread(_decode, source, request, scratch, settings)
+    channels = await _decode_in_thread(source, request, scratch, settings)
     duration = max(c.clip.duration for c in channels)
 
     attempts: list[dict[str, Any]] = []
@@ -402,8 +404,32 @@ async def _handle(job: Job, ctx: HandlerContext, scratch: Path) -> dict[str, Any
     return result
 
 
-def _decode(
+async def _decode_in_thread(
     source: Path, request: TranscriptionInput, scratch: Path, settings: Settings
+) -> list[Channel]:
+    """`_decode` in a thread that ends with the job: a job cancelled (its deadline, a
+    lost lease, shutdown) stops the decoding at the next frame and waits for the
+    thread, so that nothing writes into its files once they are removed and no
+    decoding goes on beyond the handler's slots."""
+    stop = threading.Event()
+    work = asyncio.ensure_future(
+        asyncio.to_thread(_decode, source, request, scratch, settings, stop)
+    )
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        stop.set()
+        with contextlib.suppress(Exception):
+            await work
+        raise
+
+
+def _decode(
+    source: Path,
+    request: TranscriptionInput,
+    scratch: Path,
+    settings: Settings,
+    stop: threading.Event | None = None,
 ) -> list[Channel]:
     """The audio to transcribe: one mixed clip, or one per channel (`channels: split`).
 
@@ -414,9 +440,9 @@ def _decode(
     max_seconds = settings.audio_max_seconds
     try:
         if not request.split:
-            clip = AudioClip.from_file(source, workdir=scratch, max_seconds=max_seconds)
+            clip = AudioClip.from_file(source, workdir=scratch, max_seconds=max_seconds, stop=stop)
             return [Channel(clip)]
-        clips = split_channels(source, workdir=scratch, max_seconds=max_seconds)
+        clips = split_channels(source, workdir=scratch, max_seconds=max_seconds, stop=stop)
     except AudioDecodeError as exc:
         raise _invalid(f"audio{declared}: {exc}") from None
     if len(clips) < 2:
