@@ -26,22 +26,74 @@ from typing import Any
 
 import httpx
 
+from ai_service.errors import JobFailure
 from ai_service.providers import http_errors
 from ai_service.providers.audio import AudioClip, Transcript
 from ai_service.urls import join_url, url_path
 
 
-def chat_completions_url(base_url: str) -> str:
-    """`{base}/v1/chat/completions`, whether or not `base_url` ends with `/v1`.
-
-    A query string of `base_url` stays at the end (`join_url`).
-    """
+def openai_endpoint(base_url: str, endpoint: str) -> str:
+    """`{base}/v1{endpoint}`, whether or not `base_url` ends with `/v1` or already
+    names the endpoint. A query string of `base_url` stays at the end (`join_url`)."""
     path = url_path(base_url)
-    if path.endswith("/chat/completions"):
+    if path.endswith(endpoint):
         return join_url(base_url, "")
-    return join_url(
-        base_url, "/chat/completions" if path.endswith("/v1") else "/v1/chat/completions"
-    )
+    return join_url(base_url, endpoint if path.endswith("/v1") else f"/v1{endpoint}")
+
+
+def chat_completions_url(base_url: str) -> str:
+    """`{base}/v1/chat/completions` (see `openai_endpoint`)."""
+    return openai_endpoint(base_url, "/chat/completions")
+
+
+class AudioEndpoint:
+    """One model behind an OpenAI-style endpoint: the request plumbing that the chat
+    and transcription clients share.
+
+    `provider` names it in results and error messages; `api_key`, when set, goes
+    only into the `Authorization` header (and is masked in messages); `timeout`
+    bounds each request.
+    """
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        provider: str,
+        url: str,
+        model: str,
+        api_key: str | None,
+        timeout: float,
+        secrets: Sequence[str | None] = (),
+    ) -> None:
+        self._http = http
+        self.provider = provider
+        self.model = model
+        self._url = url
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+        self._secrets = (api_key, *secrets)
+
+    async def _post(self, **content: Any) -> tuple[Any, httpx.Response]:
+        """POST `content` (json=, or data= and files=): the JSON body and the answer;
+        `JobFailure` for a failed request, an error answer or a body that is no JSON."""
+        try:
+            response = await self._http.post(
+                self._url, headers=self._headers, timeout=self._timeout, **content
+            )
+        except httpx.HTTPError as exc:
+            raise http_errors.failure_from_exception(
+                self.provider, exc, secrets=self._secrets
+            ) from None
+        if not response.is_success:
+            raise http_errors.failure_from_response(self.provider, response, secrets=self._secrets)
+        try:
+            return response.json(), response
+        except (ValueError, UnicodeDecodeError):
+            raise self._malformed("the body is not JSON", response) from None
+
+    def _malformed(self, what: str, response: httpx.Response) -> JobFailure:
+        return http_errors.malformed_response(self.provider, what, response, secrets=self._secrets)
 
 
 def instruction(prompt: str, *, language: str | None, context: str | None) -> str:
@@ -54,13 +106,8 @@ def instruction(prompt: str, *, language: str | None, context: str | None) -> st
     return "\n".join(part for part in parts if part)
 
 
-class AudioChatClient:
-    """Transcribes audio with one OpenAI-compatible audio chat model.
-
-    `provider` names it in results and error messages; `api_key`, when set,
-    goes only into the `Authorization` header (and is masked in messages);
-    `timeout` bounds each request.
-    """
+class AudioChatClient(AudioEndpoint):
+    """Transcribes audio with one OpenAI-compatible audio chat model (`AudioEndpoint`)."""
 
     def __init__(
         self,
@@ -76,16 +123,18 @@ class AudioChatClient:
         max_chunk_seconds: float | None,
         secrets: Sequence[str | None] = (),
     ) -> None:
-        self._http = http
-        self.provider = provider
-        self.model = model
-        self._url = chat_completions_url(base_url)
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        super().__init__(
+            http,
+            provider=provider,
+            url=chat_completions_url(base_url),
+            model=model,
+            api_key=api_key,
+            timeout=timeout,
+            secrets=secrets,
+        )
         self._prompt = prompt
         self._max_tokens = max_tokens
-        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
         self._max_chunk_seconds = max_chunk_seconds
-        self._secrets = (api_key, *secrets)
 
     async def transcribe(
         self,
@@ -148,35 +197,12 @@ class AudioChatClient:
                 }
             ],
         }
-        try:
-            response = await self._http.post(
-                self._url, json=payload, headers=self._headers, timeout=self._timeout
-            )
-        except httpx.HTTPError as exc:
-            raise http_errors.failure_from_exception(
-                self.provider, exc, secrets=self._secrets
-            ) from None
-        if not response.is_success:
-            raise http_errors.failure_from_response(self.provider, response, secrets=self._secrets)
-        return self._content(response)
-
-    def _content(self, response: httpx.Response) -> tuple[str, str]:
-        try:
-            body: Any = response.json()
-        except (ValueError, UnicodeDecodeError):
-            raise http_errors.malformed_response(
-                self.provider, "the body is not JSON", response, secrets=self._secrets
-            ) from None
+        body, response = await self._post(json=payload)
         try:
             message = body["choices"][0]["message"]
             content = message.get("content")
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise http_errors.malformed_response(
-                self.provider,
-                "no choices[0].message in the answer",
-                response,
-                secrets=self._secrets,
-            ) from None
+            raise self._malformed("no choices[0].message in the answer", response) from None
         if isinstance(content, list):
             # Some servers answer content parts: keep their text.
             content = "".join(
@@ -185,12 +211,7 @@ class AudioChatClient:
         if content is None:
             content = ""
         if not isinstance(content, str):
-            raise http_errors.malformed_response(
-                self.provider,
-                "choices[0].message.content is not text",
-                response,
-                secrets=self._secrets,
-            )
+            raise self._malformed("choices[0].message.content is not text", response)
         model = body.get("model") if isinstance(body.get("model"), str) else None
         return content.strip(), model or self.model
 

@@ -25,38 +25,23 @@ json answer names neither model nor language).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import httpx
 
-from ai_service.providers import http_errors
 from ai_service.providers.audio import AudioClip, Transcript
-from ai_service.providers.audio_llm import whole_file
-from ai_service.urls import join_url, url_path
+from ai_service.providers.audio_llm import AudioEndpoint, openai_endpoint, whole_file
 
 _CONTENT_TYPES = {"wav": "audio/wav", "mp3": "audio/mpeg"}
 
 
 def transcriptions_url(base_url: str) -> str:
-    """`{base}/v1/audio/transcriptions`, whether or not `base_url` ends with `/v1`.
-
-    A query string of `base_url` stays at the end (`join_url`).
-    """
-    path = url_path(base_url)
-    if path.endswith("/audio/transcriptions"):
-        return join_url(base_url, "")
-    return join_url(
-        base_url, "/audio/transcriptions" if path.endswith("/v1") else "/v1/audio/transcriptions"
-    )
+    """`{base}/v1/audio/transcriptions` (see `audio_llm.openai_endpoint`)."""
+    return openai_endpoint(base_url, "/audio/transcriptions")
 
 
-class AudioTranscriptionsClient:
-    """Transcribes audio with one model behind an OpenAI-style transcription endpoint.
-
-    `provider` names it in results and error messages; `api_key`, when set,
-    goes only into the `Authorization` header (and is masked in messages);
-    `timeout` bounds the request.
-    """
+class AudioTranscriptionsClient(AudioEndpoint):
+    """Transcribes audio with one model behind an OpenAI-style transcription endpoint
+    (`AudioEndpoint`)."""
 
     def __init__(
         self,
@@ -69,13 +54,15 @@ class AudioTranscriptionsClient:
         timeout: float,
         secrets: Sequence[str | None] = (),
     ) -> None:
-        self._http = http
-        self.provider = provider
-        self.model = model
-        self._url = transcriptions_url(base_url)
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = httpx.Timeout(timeout, connect=min(timeout, 10.0))
-        self._secrets = (api_key, *secrets)
+        super().__init__(
+            http,
+            provider=provider,
+            url=transcriptions_url(base_url),
+            model=model,
+            api_key=api_key,
+            timeout=timeout,
+            secrets=secrets,
+        )
 
     async def transcribe(
         self,
@@ -94,34 +81,14 @@ class AudioTranscriptionsClient:
         files = {
             "file": (f"audio.{audio_format}", data, _CONTENT_TYPES.get(audio_format, "audio/wav"))
         }
-        try:
-            response = await self._http.post(
-                self._url, data=fields, files=files, headers=self._headers, timeout=self._timeout
-            )
-        except httpx.HTTPError as exc:
-            raise http_errors.failure_from_exception(
-                self.provider, exc, secrets=self._secrets
-            ) from None
-        if not response.is_success:
-            raise http_errors.failure_from_response(self.provider, response, secrets=self._secrets)
-        text = self._text(response)
+        body, response = await self._post(data=fields, files=files)
+        text = body.get("text") if isinstance(body, dict) else None
+        if not isinstance(text, str):
+            raise self._malformed("no `text` string in the answer", response)
+        text = text.strip()
         return Transcript(
             text=text,
             segments=[{"start": 0.0, "end": round(clip.duration, 3), "text": text}],
             model=self.model,
             language=language,
         )
-
-    def _text(self, response: httpx.Response) -> str:
-        try:
-            body: Any = response.json()
-        except (ValueError, UnicodeDecodeError):
-            raise http_errors.malformed_response(
-                self.provider, "the body is not JSON", response, secrets=self._secrets
-            ) from None
-        text = body.get("text") if isinstance(body, dict) else None
-        if not isinstance(text, str):
-            raise http_errors.malformed_response(
-                self.provider, "no `text` string in the answer", response, secrets=self._secrets
-            )
-        return text.strip()
