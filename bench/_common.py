@@ -134,25 +134,36 @@ def service_process(
         )
     if pids is not None:
         pids.append(proc.pid)
-    base = f"http://127.0.0.1:{port}"
+    with running_process(
+        proc, f"http://127.0.0.1:{port}", "/readyz", f"ai-service {command}", stop_wait=30
+    ) as base:
+        yield base
+
+
+@contextmanager
+def running_process(
+    proc: subprocess.Popen[bytes], base: str, ready_path: str, what: str, *, stop_wait: float
+) -> Iterator[str]:
+    """Yield `base` once `GET {base}{ready_path}` answers 200 (30 s at most); then stop
+    `proc` with SIGTERM, killing it after `stop_wait` seconds."""
     try:
         deadline = time.monotonic() + 30
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"ai-service {command} exited with {proc.returncode}")
+                raise RuntimeError(f"{what} exited with {proc.returncode}")
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{base}{ready_path}", timeout=1).status_code == 200:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
-                raise RuntimeError(f"ai-service {command} did not become ready")
-            time.sleep(0.1)
+                raise RuntimeError(f"{what} did not become ready")
+            time.sleep(0.05)
         yield base
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(30)
+            proc.wait(stop_wait)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

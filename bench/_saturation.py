@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -27,10 +26,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-import httpx
 import psycopg
 
-from bench._common import fresh_database, header, service_process
+from bench._common import fresh_database, header, running_process, service_process
 from tests.helpers import PEAK_LEASES, free_port
 
 MODEL = "qwen2.5-14b"
@@ -65,28 +63,8 @@ def stub_process(module: str, *args: str) -> Iterator[str]:
         stdout=subprocess.DEVNULL,
         env=dict(os.environ),
     )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{module} exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{module} did not start")
-            time.sleep(0.05)
+    with running_process(proc, f"http://127.0.0.1:{port}", "/health", module, stop_wait=10) as base:
         yield base
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def seed_llm_jobs(url: str, jobs: int, *, owner: str = "bench", priority: int = 0) -> None:
