@@ -42,6 +42,7 @@ from ai_service.jobs import (
     ERRORS_KEPT,
     MAX_ATTEMPTS,
     OUTAGE_BACKOFF_CAP,
+    OUTAGE_CATEGORIES,
     PAYLOAD_COLUMNS,
     Job,
     JobFilter,
@@ -691,8 +692,30 @@ class Store:
         details: dict[str, Any] | None = None,
         lease_token: UUID | None = None,
         retryable: bool = False,
+        outage_max: float = 0.0,
+        retry_after: float | None = None,
     ) -> Job:
-        """Record a failed attempt; retryable failures with attempts left go back to pending."""
+        """Record a failed attempt; retryable failures with attempts left go back to pending.
+
+        With an outage budget (`outage_max` > 0, `PROVIDER_OUTAGE_MAX`), a retryable
+        provider outage of a running attempt is deferred instead (`defer`: no attempt
+        spent), after `retry_after` seconds when the provider asked (at most the budget).
+        """
+        if (
+            category in OUTAGE_CATEGORIES
+            and retryable
+            and outage_max > 0
+            and lease_token is not None
+        ):
+            return await self.defer(
+                job_id,
+                category=category,
+                message=message,
+                details=details,
+                lease_token=lease_token,
+                outage_max=outage_max,
+                delay=None if retry_after is None else min(retry_after, outage_max),
+            )
         job = await self._one_job(
             "job_fail",
             {

@@ -24,7 +24,7 @@ from ai_service.api.deps import (
 )
 from ai_service.api.errors import responses
 from ai_service.api.job_audio import keep_audio_apart
-from ai_service.jobs import OUTAGE_CATEGORIES, PAYLOAD_COLUMNS, JobFilter, NewJob, is_retryable
+from ai_service.jobs import PAYLOAD_COLUMNS, JobFilter, NewJob, is_retryable
 from ai_service.store import BulkOutcome, Completion, Store
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -338,31 +338,17 @@ async def fail_job(
     metrics: MetricsDep,
     settings: SettingsDep,
 ) -> schemas.JobOut:
-    retryable = is_retryable(body.category, body.retryable)
-    outage_max = settings.provider_outage_max
-    if body.category in OUTAGE_CATEGORIES and retryable and outage_max > 0 and body.lease_token:
-        # An external worker met a provider outage: as for the built-in workers, the
-        # attempt is not spent, within the job's PROVIDER_OUTAGE_MAX budget.
-        job = await store.defer(
-            job_id,
-            category=body.category,
-            message=body.message,
-            details=body.details,
-            lease_token=body.lease_token,
-            outage_max=outage_max,
-            delay=min(body.retry_after_seconds, outage_max)
-            if body.retry_after_seconds is not None
-            else None,
-        )
-    else:
-        job = await store.fail(
-            job_id,
-            category=body.category,
-            message=body.message,
-            details=body.details,
-            lease_token=body.lease_token,
-            retryable=retryable,
-        )
+    # An external worker's provider outage spends no attempt, as the built-in workers'.
+    job = await store.fail(
+        job_id,
+        category=body.category,
+        message=body.message,
+        details=body.details,
+        lease_token=body.lease_token,
+        retryable=is_retryable(body.category, body.retryable),
+        outage_max=settings.provider_outage_max,
+        retry_after=body.retry_after_seconds,
+    )
     metrics.observe_finished(
         job.task_type, job.model_profile, "failed", job.started_at, job.updated_at, body.category
     )

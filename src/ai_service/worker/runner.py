@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ai_service import errors
-from ai_service.jobs import OUTAGE_CATEGORIES, ErrorCategory, Job, is_retryable
+from ai_service.jobs import ErrorCategory, Job, is_retryable
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.redact import settings_redactor
@@ -430,34 +430,18 @@ class Runner:
         message = _storable(self._redactor.text(failure.message))
         # Details quote provider messages too (transcription attempts).
         details = self._redactor.data(failure.details) if failure.details else None
-        outage = (
-            failure.category in OUTAGE_CATEGORIES
-            and retryable
-            and self.outage_max > 0
-            and job.lease_token is not None
-        )
         while True:
             try:
-                if outage:
-                    assert job.lease_token is not None
-                    updated = await self.store.defer(
-                        job.id,
-                        category=failure.category,
-                        message=message,
-                        details=details,
-                        lease_token=job.lease_token,
-                        outage_max=self.outage_max,
-                        delay=self._outage_delay(failure),
-                    )
-                else:
-                    updated = await self.store.fail(
-                        job.id,
-                        category=failure.category,
-                        message=message,
-                        details=details,
-                        lease_token=job.lease_token,
-                        retryable=retryable,
-                    )
+                updated = await self.store.fail(
+                    job.id,
+                    category=failure.category,
+                    message=message,
+                    details=details,
+                    lease_token=job.lease_token,
+                    retryable=retryable,
+                    outage_max=self.outage_max,
+                    retry_after=_retry_after(failure),
+                )
                 break
             except (errors.LeaseLost, errors.InvalidTransition, errors.JobNotFound):
                 self._discard(job, "it was cancelled, retried or rescued meanwhile")
@@ -472,7 +456,7 @@ class Runner:
                 else:  # not even the bare failure can be written: the lease will expire
                     log.error("could not record the failure of job %s: %s", job.id, exc)
                     return
-        if outage and updated.status == "pending":
+        if updated.status == "pending" and updated.attempt < job.attempt:  # deferred
             self.counters.deferred += 1
             log.info(
                 "job %s attempt %d deferred, not counted (%s): %s",
@@ -504,14 +488,6 @@ class Runner:
             ", will retry" if updated.status == "pending" else "",
             failure.message,
         )
-
-    def _outage_delay(self, failure: errors.JobFailure) -> float | None:
-        """The wait a provider asked for (Retry-After, an open circuit), at most the
-        outage budget; None: the outage backoff."""
-        wait = (failure.details or {}).get("retry_after")
-        if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
-            return min(float(wait), self.outage_max)
-        return None
 
     def _breaker_changed(self, breaker: Breaker) -> None:
         self.metrics.set_provider_up(breaker.key, breaker.state is not BreakerState.OPEN)
@@ -608,3 +584,11 @@ def _held(pool: slots.Pool) -> Callable[[], int]:
 def _storable(text: str) -> str:
     """Text PostgreSQL accepts: no NUL, no lone surrogates (from provider messages)."""
     return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+
+
+def _retry_after(failure: errors.JobFailure) -> float | None:
+    """The wait a provider asked for (Retry-After, an open circuit), if any."""
+    wait = (failure.details or {}).get("retry_after")
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
+        return float(wait)
+    return None
