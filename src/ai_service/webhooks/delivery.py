@@ -2,7 +2,7 @@
 
 One round (`Deliverer.step`, run by the `webhooks` maintenance service in the one
 process that leads it, about every second) takes due pending deliveries in batches
-(`Store.claim_deliveries`: each taken for the length of an attempt, so a deliverer
+(`Store.claim_deliveries`: taken for as long as a batch may take, so a deliverer
 that dies mid-way leaves them due again), POSTs a batch concurrently (at most
 `CONCURRENCY` at once, each within `WEBHOOK_TIMEOUT`) and records the outcomes in
 one statement.
@@ -51,7 +51,9 @@ CONCURRENCY = 16  # POSTs in flight at once
 FIRST_DELAY = 2.0  # seconds before the first retry (jittered into 1-2 s)
 ATTEMPTS_KEPT = 50  # newest attempts kept per delivery (`attempts` counts them all)
 EXCERPT_BYTES = 200  # bytes of a receiver's answer kept with a failed attempt
-LEASE_MARGIN = 30.0  # seconds a taken delivery stays taken beyond the attempt's timeout
+# Seconds a taken delivery stays taken beyond the time its batch may need (each of the
+# BATCH / CONCURRENCY waves of POSTs within WEBHOOK_TIMEOUT).
+LEASE_MARGIN = 30.0
 # The payload's keys in the documented order (jsonb keeps its own).
 PAYLOAD_ORDER = ("type", "job_id", "owner_service", "owner_ref", "status", "timestamp")
 USER_AGENT = "ai-service-webhooks/1"
@@ -98,6 +100,11 @@ class Deliverer:
         self.delivered = 0
         self.failed = 0
 
+    @property
+    def lease(self) -> float:
+        """Seconds the deliveries of one batch stay taken (they are due again after it)."""
+        return self.settings.webhook_timeout * -(-BATCH // CONCURRENCY) + LEASE_MARGIN
+
     async def close(self) -> None:
         """Close the outbound connections."""
         await self.client.aclose()
@@ -106,9 +113,7 @@ class Deliverer:
         """Attempt every due delivery once; returns how many attempts were made."""
         attempted = 0
         while True:
-            batch = await self.store.claim_deliveries(
-                batch=BATCH, lease=self.settings.webhook_timeout + LEASE_MARGIN
-            )
+            batch = await self.store.claim_deliveries(batch=BATCH, lease=self.lease)
             if not batch:
                 return attempted
             limit = asyncio.Semaphore(CONCURRENCY)
@@ -183,6 +188,9 @@ class Deliverer:
             error = f"no answer within {self.settings.webhook_timeout:g}s"
         except httpx.HTTPError as exc:
             error = f"connection failed: {type(exc).__name__}: {exc}"[:300]
+        except Exception as exc:  # one odd answer must not stop the batch's records
+            log.exception("webhook %s: unexpected error", webhook_id(delivery.id))
+            error = f"internal error: {type(exc).__name__}"
         duration_ms = round((time.perf_counter() - started) * 1000)
         ok = error is None
         redactor = redactor_for([*self._secrets, *url_secrets(delivery.url)])
