@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import openai
 
+from ai_service import tracing
 from ai_service.config import Settings
 from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory, Job
@@ -159,6 +160,7 @@ class LLMHandler:
             for _ in range(client_shards(settings))
         ]
         self._in_flight = [0] * len(self.clients)
+        self._chat_url = join_url(self.base_url, "chat/completions")
 
     async def close(self) -> None:
         for client in self.clients:
@@ -184,9 +186,19 @@ class LLMHandler:
                 shard = min(range(len(self.clients)), key=self._in_flight.__getitem__)
                 self._in_flight[shard] += 1
                 try:
-                    completion = await self.clients[shard].post(
-                        "/chat/completions", body=body, cast_to=object
-                    )
+                    # The request continues the job's trace (its own client span).
+                    with tracing.provider_span("POST", self._chat_url) as headers:
+                        try:
+                            completion = await self.clients[shard].post(
+                                "/chat/completions",
+                                body=body,
+                                cast_to=object,
+                                options={"headers": headers},
+                            )
+                        except openai.APIStatusError as exc:
+                            tracing.status_code(exc.status_code)
+                            raise
+                        tracing.status_code(200)
                 finally:
                     self._in_flight[shard] -= 1
             except openai.APIStatusError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Iterator
 
@@ -12,7 +13,7 @@ import httpx
 import uvicorn
 import uvloop
 
-from ai_service import outbound
+from ai_service import outbound, tracing
 from ai_service.claim_policy import ClaimPolicy
 from ai_service.config import Settings
 from ai_service.maintenance import Maintenance
@@ -46,7 +47,10 @@ def provider_client(settings: Settings) -> httpx.AsyncClient:
     concurrency = slots.plan(settings, {slots.LLM, slots.TRANSCRIPTION}).total
     limits = httpx.Limits(max_connections=concurrency + 16, max_keepalive_connections=concurrency)
     return httpx.AsyncClient(
-        limits=limits, follow_redirects=False, cookies=outbound.cookieless_jar()
+        # Traced: a job's provider requests continue its caller's trace.
+        transport=tracing.transport(limits),
+        follow_redirects=False,
+        cookies=outbound.cookieless_jar(),
     )
 
 
@@ -147,7 +151,12 @@ def run(settings: Settings) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await serve(settings, stop)
+        # Opt-in export (`OTEL_*`); the spans still buffered go out at the end.
+        traces = tracing.configure(os.environ, "ai-service-worker")
+        try:
+            await serve(settings, stop)
+        finally:
+            await asyncio.to_thread(traces.shutdown)
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())

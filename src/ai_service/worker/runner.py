@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ai_service import errors
+from ai_service import errors, tracing
 from ai_service.jobs import ErrorCategory, Job, is_retryable
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
@@ -359,7 +359,10 @@ class Runner:
             try:
                 began = time.monotonic()
                 async with asyncio.timeout(deadline) as scope:
-                    result = await flight.spec.handle(job, self.ctx)
+                    with tracing.job_span(
+                        f"{job.task_type} job", job.traceparent, self._span_attributes(job)
+                    ):
+                        result = await flight.spec.handle(job, self.ctx)
                 limiter = self.pools[flight.spec.name].limiter
                 if limiter is not None:
                     # The latency-gradient fallback learns from the provider's answers.
@@ -409,6 +412,17 @@ class Runner:
             self.leases.remove(flight)
             if not flight.refilled:
                 self._wake.set()  # the slot is free for the next job
+
+    def _span_attributes(self, job: Job) -> dict[str, str | int]:
+        """What the job's span says about the attempt (no input, no result)."""
+        return {
+            "ai_service.job.id": str(job.id),
+            "ai_service.job.task_type": job.task_type,
+            "ai_service.job.model_profile": job.model_profile,
+            "ai_service.job.owner_service": job.owner_service,
+            "ai_service.job.attempt": job.attempt,
+            "ai_service.worker.id": self.worker_id,
+        }
 
     def _crash(self, flight: InFlight, exc: Exception) -> errors.JobFailure:
         """An unexpected exception of a handler, as a permanent `internal` failure."""
