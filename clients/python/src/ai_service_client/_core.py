@@ -512,6 +512,33 @@ def mirror_job(job: NewJob, local_timeout: float) -> NewJob:
     return mirrored
 
 
+def finished_before(job: models.Job) -> bool:
+    """Whether `run` met a job its idempotency key had already finished (its outcome is
+    returned as is: the local function does not run again)."""
+    return job.terminal and not (isinstance(job, models.CreatedJob) and job.created)
+
+
+def mirrored_earlier(conflict: errors.IdempotencyConflict) -> Call[models.Job] | None:
+    """The job an idempotency key names, to read when a mirrored create conflicts.
+
+    A mirrored job's `run_after` differs on every call, so the service sees a
+    repeat of `run` with the same key as another request (409); `same_request`
+    then tells whether the job is this one.
+    """
+    job_id = conflict.details.get("job_id")
+    return get(str(job_id)) if job_id else None
+
+
+def same_request(job: models.Job, new: NewJob) -> bool:
+    """Whether `job` was created for `new` (every field but `run_after` equal)."""
+    return (
+        job.task_type == new["task_type"]
+        and job.owner_ref == new["owner_ref"]
+        and job.model_profile == new["model_profile"]
+        and job.input == new["input"]
+    )
+
+
 def local_result(value: Any) -> dict[str, Any]:
     """The local function's return value as a job result (a JSON object)."""
     if not isinstance(value, dict):

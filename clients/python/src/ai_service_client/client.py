@@ -257,25 +257,37 @@ class Client:
         `wait_timeout`). Local: create the job not runnable before `local_timeout`
         from now, call `local(input)`, store its result on the job (the mirror path)
         and return it; an exception of `local` is recorded with `fail`
-        (`local_error`) and raised again.
+        (`local_error`) and raised again. With an `idempotency_key` whose job has
+        finished already, its outcome is returned without running `local` again.
         """
         job = _run_job(task_type, owner_ref, model_profile, input, owner_service, options)
         if _core.is_remote(self.config, task_type):
             created = self.create(**job)
             return _core.remote_result(self.wait(created.id, wait_timeout))
-        created = self.create(**_core.mirror_job(job, local_timeout))
+        mirrored: models.Job
+        try:
+            mirrored = self.create(**_core.mirror_job(job, local_timeout))
+        except errors.IdempotencyConflict as conflict:
+            earlier = _core.mirrored_earlier(conflict)
+            if earlier is None:
+                raise
+            mirrored = self.send(earlier)
+            if not _core.same_request(mirrored, job):
+                raise
+        if _core.finished_before(mirrored):
+            return _core.remote_result(mirrored)
         try:
             result = _core.local_result(local(input))
         except Exception as exc:
             try:
-                self.send(_core.local_failure(created.id, exc))
+                self.send(_core.local_failure(mirrored.id, exc))
             except errors.AIServiceError as recording:
-                _log_unrecorded(created.id, recording)
+                _log_unrecorded(mirrored.id, recording)
             raise
         try:
-            self.complete(created.id, result)
+            self.complete(mirrored.id, result)
         except errors.Conflict as exc:
-            _log_taken(created.id, exc)
+            _log_taken(mirrored.id, exc)
         return result
 
 
@@ -503,7 +515,18 @@ class AsyncClient:
         if _core.is_remote(self.config, task_type):
             created = await self.create(**job)
             return _core.remote_result(await self.wait(created.id, wait_timeout))
-        created = await self.create(**_core.mirror_job(job, local_timeout))
+        mirrored: models.Job
+        try:
+            mirrored = await self.create(**_core.mirror_job(job, local_timeout))
+        except errors.IdempotencyConflict as conflict:
+            earlier = _core.mirrored_earlier(conflict)
+            if earlier is None:
+                raise
+            mirrored = await self.send(earlier)
+            if not _core.same_request(mirrored, job):
+                raise
+        if _core.finished_before(mirrored):
+            return _core.remote_result(mirrored)
         try:
             if inspect.iscoroutinefunction(local):
                 value = await local(input)
@@ -513,16 +536,16 @@ class AsyncClient:
                     value = await value
             result = _core.local_result(value)
         except Exception as exc:
-            failure = _core.local_failure(created.id, exc)
+            failure = _core.local_failure(mirrored.id, exc)
             try:
                 await self.send(failure)
             except errors.AIServiceError as recording:
-                _log_unrecorded(created.id, recording)
+                _log_unrecorded(mirrored.id, recording)
             raise
         try:
-            await self.complete(created.id, result)
+            await self.complete(mirrored.id, result)
         except errors.Conflict as exc:
-            _log_taken(created.id, exc)
+            _log_taken(mirrored.id, exc)
         return result
 
 
