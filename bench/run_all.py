@@ -24,6 +24,7 @@ from bench import (
     scale,
     scheduling,
     throughput,
+    wait,
 )
 from bench._common import header
 
@@ -55,6 +56,7 @@ async def main(quick: bool) -> None:
     await drain.main(jobs, [16, 64, 256, 1000], baseline=not quick)
     await http_path.main(http_path.OLD_COMMIT, 1 if quick else 3, 2 * jobs, jobs // 2)
     await pickup.main(100 if quick else 300)
+    await wait.main(200 if quick else 1000, 20, 0.02)
     await api_latency.main(3 if quick else 10, 32)
     await scale.main(100_000 if quick else 10_000_000)
     await llm_saturation.main(1000 if quick else 3000, 64, 0.2)

@@ -12,6 +12,13 @@ Receiving (`JobNotifier`): one dedicated `LISTEN` connection per process; any
 number of waiters, each for the task types it can take (or all). When the
 connection drops it reconnects with a short backoff and wakes every waiter
 once, so that nothing sleeps through jobs created while it was away.
+
+Finished jobs go on a second channel, `ai_service_finished`, in the same way:
+the store announces the ids of jobs that became completed, failed or
+cancelled after their commit (debounced, many ids per payload), and a
+`JobNotifier` built with `on_finished` (the API's, for
+`GET /jobs/{id}?wait_seconds=`) passes them on. `*` stands for "any job may
+have finished" (a bulk cancel, a reconnect).
 """
 
 from __future__ import annotations
@@ -27,6 +34,10 @@ from typing import Any
 import psycopg
 
 CHANNEL = "ai_service_jobs"
+FINISHED_CHANNEL = "ai_service_finished"
+FINISHED_ANY = "*"
+# A NOTIFY payload must stay under 8,000 bytes: 200 ids of 36 characters and a comma.
+IDS_PER_PAYLOAD = 200
 # A LISTEN connection only reads: without keepalives a silently dropped one (a NAT or
 # failover) would never be noticed, and workers would fall back to polling for good.
 CONNECT_OPTIONS: dict[str, Any] = {
@@ -38,6 +49,19 @@ CONNECT_OPTIONS: dict[str, Any] = {
 }
 
 log = logging.getLogger("ai_service.notifier")
+
+
+def finished_payloads(ids: list[str]) -> list[str]:
+    """`ids` as NOTIFY payloads: comma-separated, `IDS_PER_PAYLOAD` at most in each."""
+    if FINISHED_ANY in ids:
+        return [FINISHED_ANY]
+    return [",".join(ids[i : i + IDS_PER_PAYLOAD]) for i in range(0, len(ids), IDS_PER_PAYLOAD)]
+
+
+def parse_finished(payload: str) -> set[str] | None:
+    """The job ids of a finished-jobs payload; None when any job may have finished."""
+    ids = {part for part in payload.split(",") if part}
+    return None if FINISHED_ANY in ids or not ids else ids
 
 
 class Announcer:
@@ -79,8 +103,15 @@ class Announcer:
 class JobNotifier:
     """Broadcasts "new runnable jobs may exist" to coroutines waiting in `wait`."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        on_finished: Callable[[set[str] | None], None] | None = None,
+    ) -> None:
+        """`on_finished` (optional) gets the ids of each finished-jobs notification
+        (None: any job may have finished, also after a reconnect)."""
         self._url = database_url
+        self._on_finished = on_finished
         # Interest (None: every task type) -> the event its next wake-up sets. Weak:
         # an interest nobody waits for any more disappears by itself.
         self._events: weakref.WeakValueDictionary[frozenset[str] | None, asyncio.Event] = (
@@ -140,11 +171,17 @@ class JobNotifier:
                 )
                 async with conn:
                     await conn.execute(f"LISTEN {CHANNEL}")
+                    if self._on_finished is not None:
+                        await conn.execute(f"LISTEN {FINISHED_CHANNEL}")
+                        self._on_finished(None)
                     self.connected.set()
                     self._wake()  # catch up on anything missed while disconnected
                     delay = 0.1
                     async for notify in conn.notifies():
-                        self._wake(notify.payload or None)
+                        if notify.channel == CHANNEL:
+                            self._wake(notify.payload or None)
+                        elif self._on_finished is not None:
+                            self._on_finished(parse_finished(notify.payload))
             except asyncio.CancelledError:
                 raise
             except (psycopg.Error, OSError) as exc:

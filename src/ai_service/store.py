@@ -51,7 +51,7 @@ from ai_service.jobs import (
     new_job_ids,
     retry_allowed,
 )
-from ai_service.notifier import Announcer
+from ai_service.notifier import FINISHED_ANY, Announcer, finished_payloads
 from ai_service.sql import queries
 
 FILTER_BATCH = 5000
@@ -334,6 +334,8 @@ class Store:
         self.backoff_max = backoff_max
         self._q = queries()
         self.announcer = Announcer(self._send_wakeups)
+        # Jobs that became completed, failed or cancelled, for `GET /jobs/{id}?wait_seconds=`.
+        self.finished = Announcer(self._send_finished)
 
     @classmethod
     async def open(
@@ -356,10 +358,18 @@ class Store:
 
     async def close(self) -> None:
         await self.announcer.close()
+        await self.finished.close()
         await self.pool.close()
 
     async def _send_wakeups(self, task_types: list[str]) -> None:
         await self._fetch("jobs_notify", {"task_types": task_types})
+
+    async def _send_finished(self, ids: list[str]) -> None:
+        await self._fetch("jobs_notify_finished", {"payloads": finished_payloads(ids)})
+
+    def _announce_finished(self, job_ids: Iterable[UUID | str]) -> None:
+        """Announce, after their commit, jobs that reached a final status."""
+        self.finished.announce(str(job_id) for job_id in job_ids)
 
     def _conn(self) -> contextlib.AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         return db.connection(self.pool)
@@ -510,6 +520,11 @@ class Store:
         """Wake the claimers of the new jobs that can run now (not scheduled for later)."""
         self.announcer.announce({j.task_type for j in jobs if j.run_after <= j.created_at})
 
+    async def get_jobs(self, job_ids: Sequence[UUID]) -> list[Job]:
+        """The jobs with these ids, in no particular order (unknown ids are left out)."""
+        rows = await self._fetch("job_get_many", {"ids": list(job_ids)})
+        return [Job.from_row(row) for row in rows]
+
     async def get_job(self, job_id: UUID) -> Job:
         job = await self._one_job("job_get", {"id": job_id})
         if job is None:
@@ -615,6 +630,7 @@ class Store:
                 *self._claim_statements(request, request.limit, request.first_scan),
             ],
         )
+        self._announce_finished(row["id"] for row in done)
         jobs = _claimed_jobs(taken)
         self.policy.advance(request.key, taken[0])
         jobs.sort(key=_claim_order)
@@ -650,6 +666,7 @@ class Store:
             ):
                 return current  # a repeat of the completion that finished it
             raise await self._explain_miss(job_id, "complete", lease_token, current)
+        self._announce_finished([job.id])
         return job
 
     async def complete_many(self, completions: Sequence[Completion]) -> dict[UUID, dict[str, Any]]:
@@ -661,6 +678,7 @@ class Store:
         if not completions:
             return {}
         rows = await self._fetch("job_complete_many", _completions_params(completions))
+        self._announce_finished(row["id"] for row in rows)
         return {row["id"]: row for row in rows}
 
     async def complete_fresh(self, completions: Sequence[Completion]) -> dict[UUID, dict[str, Any]]:
@@ -681,7 +699,9 @@ class Store:
                 (self._q["job_complete_many"], _completions_params(completions)),
             ],
         )
-        return {row["id"]: row for row in rows if row["finished_at"] == clock["now"]}
+        fresh = {row["id"]: row for row in rows if row["finished_at"] == clock["now"]}
+        self._announce_finished(fresh)
+        return fresh
 
     async def fail(
         self,
@@ -741,6 +761,8 @@ class Store:
             ):
                 return current  # a repeat of the failure that ended this attempt
             raise await self._explain_miss(job_id, "fail", lease_token, current)
+        if job.status.is_terminal:
+            self._announce_finished([job.id])
         return job
 
     async def defer(
@@ -787,6 +809,8 @@ class Store:
             raise await self._explain_miss(job_id, "fail", lease_token, current)
         if job.status is JobStatus.PENDING and delay is not None and delay <= 0:
             self.announcer.announce([job.task_type])  # runnable at once: tell the others
+        if job.status.is_terminal:
+            self._announce_finished([job.id])  # past the outage budget
         return job
 
     async def heartbeat(
@@ -841,6 +865,7 @@ class Store:
         job = await self._one_job("job_cancel", {"id": job_id})
         if job is None:
             raise await self._explain_miss(job_id, "cancel", None)
+        self._announce_finished([job.id])
         return job
 
     async def retry_by_filter(
@@ -883,6 +908,9 @@ class Store:
             )
             if action == "retry":
                 self.announcer.announce(row["task_types"])
+            elif row["changed"]:
+                # Only a sample of the ids comes back: every waiter looks again.
+                self.finished.announce([FINISHED_ANY])
             count += row["changed"]
             ids.extend(row["sample"])
             if row["seen"] < FILTER_BATCH:
@@ -902,7 +930,9 @@ class Store:
                 "errors_kept": ERRORS_KEPT,
             },
         )
-        return [(row["id"], JobStatus(row["status"])) for row in rows]
+        rescued = [(row["id"], JobStatus(row["status"])) for row in rows]
+        self._announce_finished(job_id for job_id, status in rescued if status.is_terminal)
+        return rescued
 
     async def prune_finished(
         self, *, completed_seconds: float, failed_seconds: float, batch: int = 5000

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
 
-from ai_service.jobs import JobStatus
-from ai_service.notifier import JobNotifier
-from ai_service.store import Store
+from ai_service.jobs import Job, JobFilter, JobStatus
+from ai_service.notifier import FINISHED_ANY, JobNotifier, finished_payloads, parse_finished
+from ai_service.store import ClaimRequest, Completion, Store
 from tests.helpers import new_job
 
 QUIET = 0.3  # how long "nothing happened" is watched
@@ -147,3 +150,132 @@ async def test_bursts_of_creates_are_announced_in_few_statements(
         received = [n.payload async for n in listener.notifies(timeout=0.5)]
     assert set(received) == {"llm_chat"}
     assert 1 <= len(received) < 50
+
+
+class Finished:
+    """What a notifier built with `on_finished` passed on."""
+
+    def __init__(self) -> None:
+        self.ids: set[str] = set()
+        self.any = 0
+        self.event = asyncio.Event()
+
+    def __call__(self, ids: set[str] | None) -> None:
+        if ids is None:
+            self.any += 1
+        else:
+            self.ids |= ids
+        self.event.set()
+
+    async def seen(self, job_id: UUID) -> bool:
+        deadline = asyncio.get_running_loop().time() + 5
+        while str(job_id) not in self.ids:
+            self.event.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.event.wait(), remaining)
+        return True
+
+
+@pytest.fixture
+async def finished(database_url: str) -> AsyncIterator[Finished]:
+    seen = Finished()
+    n = JobNotifier(database_url, on_finished=seen)
+    n.start()
+    await asyncio.wait_for(n.connected.wait(), 5)
+    assert seen.any == 1  # a (re)connect: any job may have finished meanwhile
+    yield seen
+    await n.stop()
+
+
+async def running_job(store: Store, **overrides: Any) -> Job:
+    [created] = await store.create_jobs([new_job(**overrides)])
+    [job] = await store.claim("w", limit=1, lease_seconds=60, task_types=[created.job.task_type])
+    assert job.id == created.job.id
+    return job
+
+
+async def test_every_way_to_a_final_status_announces_the_job(
+    finished: Finished, store: Store
+) -> None:
+    completed = await running_job(store, task_type="f-complete")
+    assert completed.lease_token is not None
+    await store.complete(completed.id, {}, completed.lease_token)
+    assert await finished.seen(completed.id)
+
+    many = await running_job(store, task_type="f-many")
+    assert many.lease_token is not None
+    await store.complete_many([Completion(many.id, many.lease_token, {})])
+    assert await finished.seen(many.id)
+
+    together = await running_job(store, task_type="f-together")
+    assert together.lease_token is not None
+    request = ClaimRequest.of("w", 1, 60, task_types=["none"])
+    await store.complete_and_claim([Completion(together.id, together.lease_token, {})], request)
+    assert await finished.seen(together.id)
+
+    failed = await running_job(store, task_type="f-fail")
+    await store.fail(failed.id, category="bad_input", message="no", lease_token=failed.lease_token)
+    assert await finished.seen(failed.id)
+
+    [pending] = await store.create_jobs([new_job(task_type="f-cancel")])
+    await store.cancel(pending.job.id)
+    assert await finished.seen(pending.job.id)
+
+    [mirrored] = await store.create_jobs([new_job(task_type="f-mirror")])
+    await store.complete(mirrored.job.id, {"done": "locally"})
+    assert await finished.seen(mirrored.job.id)
+
+    expired = await running_job(store, task_type="f-rescue", max_attempts=1)
+    async with store.pool.connection() as conn:
+        await conn.execute(
+            "UPDATE jobs SET lease_expires_at = now() - interval '1 second' WHERE id = %s",
+            [expired.id],
+        )
+    assert (expired.id, JobStatus.FAILED) in await store.rescue_expired()
+    assert await finished.seen(expired.id)
+
+
+async def test_a_retry_in_backoff_is_not_final_and_not_announced(
+    finished: Finished, store: Store
+) -> None:
+    retried = await running_job(store, task_type="f-retry", max_attempts=3)
+    job = await store.fail(
+        retried.id,
+        category="timeout",
+        message="slow",
+        lease_token=retried.lease_token,
+        retryable=True,
+    )
+    assert job.status is JobStatus.PENDING
+    # A final job afterwards is announced; the retried one never was.
+    marker = await running_job(store, task_type="f-marker")
+    await store.cancel(marker.id)
+    assert await finished.seen(marker.id)
+    assert str(retried.id) not in finished.ids
+
+
+async def test_a_bulk_cancel_announces_that_any_job_may_have_finished(
+    finished: Finished, store: Store
+) -> None:
+    await store.create_jobs([new_job(task_type="f-bulk", owner_ref=str(i)) for i in range(3)])
+    before = finished.any
+    outcome = await store.cancel_by_filter(JobFilter(task_type="f-bulk"))
+    assert outcome.count == 3
+    for _ in range(100):
+        if finished.any > before:
+            break
+        await asyncio.sleep(0.05)
+    assert finished.any == before + 1
+
+
+def test_finished_ids_travel_in_payloads_under_the_notify_limit() -> None:
+    ids = [str(uuid4()) for _ in range(450)]
+    payloads = finished_payloads(ids)
+    assert len(payloads) == 3
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    assert set().union(*(parse_finished(p) or set() for p in payloads)) == set(ids)
+    assert finished_payloads([*ids[:3], FINISHED_ANY]) == [FINISHED_ANY]
+    assert parse_finished(FINISHED_ANY) is None

@@ -23,6 +23,7 @@ from ai_service.api.routes_audio import router as audio_router
 from ai_service.api.routes_infra import router as infra_router
 from ai_service.api.routes_jobs import router as jobs_router
 from ai_service.api.routes_ops import probes, stats_router
+from ai_service.api.waits import JobWaits
 from ai_service.claim_policy import ClaimPolicy
 from ai_service.config import Settings
 from ai_service.maintenance import Maintenance
@@ -52,7 +53,9 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
             backoff_max=settings.retry_backoff_max,
             policy=ClaimPolicy.of(settings.model_profile_limits, settings.owner_weights),
         )
-        notifier = JobNotifier(database_url)
+        waits = JobWaits(store)
+        waits.start()
+        notifier = JobNotifier(database_url, on_finished=waits.finished)
         notifier.start()
         maintenance = Maintenance(store, settings, metrics)
         if run_maintenance:
@@ -66,6 +69,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
         app.state.store = store
         app.state.completions = CompletionBatcher(store)
         app.state.notifier = notifier
+        app.state.waits = waits
         app.state.maintenance = maintenance
         app.state.http = http
         try:
@@ -73,6 +77,7 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
         finally:
             await maintenance.stop()
             await notifier.stop()
+            await waits.stop()
             await http.aclose()
             await store.close()
             metrics.close()

@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 from ai_service import errors
 from ai_service.api.auth import Principal
 from ai_service.api.completions import CompletionBatcher
+from ai_service.api.waits import JobWaits
 from ai_service.config import Settings
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
@@ -45,6 +46,11 @@ async def get_notifier(request: Request) -> JobNotifier | None:
     return notifier
 
 
+async def get_waits(request: Request) -> JobWaits:
+    waits: JobWaits = request.app.state.waits
+    return waits
+
+
 async def get_http(request: Request) -> httpx.AsyncClient:
     client: httpx.AsyncClient = request.app.state.http
     return client
@@ -61,6 +67,7 @@ async def get_principal(request: Request) -> Principal:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+WaitsDep = Annotated[JobWaits, Depends(get_waits)]
 CompletionsDep = Annotated[CompletionBatcher, Depends(get_completions)]
 NotifierDep = Annotated[JobNotifier | None, Depends(get_notifier)]
 HttpDep = Annotated[httpx.AsyncClient, Depends(get_http)]

@@ -20,6 +20,7 @@ from ai_service.api.deps import (
     PrincipalDep,
     SettingsDep,
     StoreDep,
+    WaitsDep,
     known_query,
 )
 from ai_service.api.errors import responses
@@ -283,13 +284,29 @@ async def complete_many(
     "/jobs/{job_id}",
     response_model=schemas.JobOut,
     responses=responses(404),
-    summary="Technical state and result of one job",
-    dependencies=[known_query()],
+    summary="Technical state and result of one job (optionally waiting for it to finish)",
+    dependencies=[known_query("wait_seconds")],
 )
-async def get_job(job_id: UUID, store: StoreDep, principal: PrincipalDep) -> schemas.JobOut:
+async def get_job(
+    job_id: UUID,
+    store: StoreDep,
+    principal: PrincipalDep,
+    waits: WaitsDep,
+    wait_seconds: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=30,
+            description="Wait up to this long for the job to become completed, failed or "
+            "cancelled; the answer comes as soon as it is, else the state after the wait.",
+        ),
+    ] = 0,
+) -> schemas.JobOut:
     job = await store.get_job(job_id)
     if not principal.owns(job.owner_service):
         raise errors.JobNotFound(job_id)  # the same 404 as a missing job: existence not revealed
+    if wait_seconds > 0 and not job.status.is_terminal:
+        job = await waits.wait(job_id, wait_seconds)
     return schemas.JobOut.of(job)
 
 

@@ -1005,6 +1005,14 @@ SELECT m.minute,
 -- Wake the listeners of these task types (payload: the task type).
 SELECT pg_notify('ai_service_jobs', t) FROM unnest(%(task_types)s::text[]) AS t;
 
+-- name: jobs_notify_finished
+-- Tell the waiters which jobs finished (payload: comma-separated ids, or `*`: look again).
+SELECT pg_notify('ai_service_finished', p) FROM unnest(%(payloads)s::text[]) AS p;
+
+-- name: job_get_many
+-- The jobs with these ids (those that exist).
+SELECT * FROM jobs WHERE id = ANY(%(ids)s::uuid[]);
+
 -- name: db_now
 -- The transaction's timestamp: what now() gives every statement of it.
 SELECT now() AS now;
