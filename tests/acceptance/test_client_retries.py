@@ -95,7 +95,17 @@ async def test_idempotent_calls_are_retried_through_a_database_restart_and_a_bar
             asyncio.to_thread(client.create, **{**JOB, "owner_ref": "keyed"}, idempotency_key="k")
         )
         read = asyncio.create_task(asyncio.to_thread(client.get, existing.id))
-        await asyncio.sleep(max(OUTAGE - (time.monotonic() - stopped), 0))
+
+        def both_refused() -> bool:
+            # Each call met a 503 at least once (an attempt may also wait out the outage
+            # in the API's connection pool), and the outage lasted OUTAGE seconds.
+            return (
+                503 in transport.count("POST", "/api/v1/jobs")[2:]
+                and 503 in transport.count("GET", f"/api/v1/jobs/{existing.id}")
+                and time.monotonic() - stopped >= OUTAGE
+            )
+
+        await wait_for(both_refused, timeout=30, what="503s for the retried calls")
         assert not keyed.done()
         assert not read.done()
         await asyncio.to_thread(restartable.start)
