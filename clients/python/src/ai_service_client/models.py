@@ -104,6 +104,8 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     outage_since: datetime | None = None
+    callback_url: str | None = None  # query values masked by the service
+    traceparent: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -161,6 +163,8 @@ class JobSummary:
     error_details: dict[str, Any] | None = None
     errors: list[dict[str, Any]] | None = None
     outage_since: datetime | None = None
+    callback_url: str | None = None
+    traceparent: str | None = None
 
     @classmethod
     def from_json(cls, data: Any) -> Self:
