@@ -22,6 +22,7 @@ from ai_service.errors import ConfigError
 from ai_service.outbound import UrlPolicy
 from ai_service.redact import redact_url
 from ai_service.urls import has_userinfo
+from ai_service.webhooks import destinations, sign
 
 T = TypeVar("T")
 
@@ -151,6 +152,39 @@ def _parse_token(text: str) -> str | None:
             "without auth (local development only)"
         )
     return text.strip() or None
+
+
+def _parse_webhook_secret(text: str) -> str | None:
+    """`WEBHOOK_SECRET`: a Standard Webhooks secret, checked now (its text is kept)."""
+    if not text.strip():
+        return None
+    sign.parse_secret(text)  # raises ValueError without quoting the value
+    return text.strip()
+
+
+def _parse_webhook_urls(text: str) -> tuple[tuple[str, str], ...]:
+    """`owner_service=url,owner_service=url`: each owner's default callback URL.
+
+    Split at the first `=` (a URL's query may hold more). Messages name an entry by
+    its number and owner, and show URLs redacted (a query may hold a token).
+    """
+    pairs: dict[str, str] = {}
+    for number, entry in enumerate((e.strip() for e in text.split(",")), start=1):
+        if not entry:
+            continue  # a trailing comma
+        owner, sep, url = entry.partition("=")
+        owner, url = owner.strip(), url.strip()
+        if not sep or not owner or not url:
+            raise ValueError(f"entry {number} must be owner_service=https://...")
+        if len(owner) > 100 or "\x00" in owner:
+            raise ValueError(f"entry {number}: owner_service must be 1 to 100 characters")
+        problem = destinations.syntax_problem(url)
+        if problem is not None:
+            raise ValueError(f"entry {number} ({owner}): {redact_url(url)!r} {problem}")
+        if owner in pairs:
+            raise ValueError(f"entry {number} repeats owner_service {owner!r}")
+        pairs[owner] = url
+    return tuple(pairs.items())
 
 
 class Role(StrEnum):
@@ -291,6 +325,13 @@ class Settings:
     audio_retention: float = 7 * 86400.0  # stored audio unused this long is deleted
     audio_download_timeout: float = 60.0
     audio_url_allow: UrlPolicy = field(default_factory=UrlPolicy)
+    # Completion webhooks (see ai_service.webhooks)
+    webhook_secret: str | None = field(default=None, repr=False)
+    webhook_urls: tuple[tuple[str, str], ...] = ()  # owner_service -> default callback URL
+    webhook_url_allow: UrlPolicy = field(default_factory=UrlPolicy)
+    webhook_timeout: float = 10.0
+    webhook_retry_max_delay: float = 600.0
+    webhook_max_age: float = 86400.0
     transcription_timeout: float = 1800.0
     transcription_concurrency: int = 0  # 0: a small share of WORKER_CONCURRENCY
     # Worker
@@ -386,6 +427,10 @@ class Settings:
             )
         raise KeyError(name)
 
+    def default_callback_url(self, owner_service: str) -> str | None:
+        """The callback URL of `WEBHOOK_URLS` for jobs of `owner_service` (None: none)."""
+        return dict(self.webhook_urls).get(owner_service)
+
     def require_database_url(self) -> str:
         """Return `DATABASE_URL` or stop with a message naming it."""
         if not self.database_url:
@@ -436,6 +481,12 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "AUDIO_RETENTION": ("audio_retention", parse_duration),
     "AUDIO_DOWNLOAD_TIMEOUT": ("audio_download_timeout", parse_duration),
     "AUDIO_URL_ALLOW": ("audio_url_allow", UrlPolicy.from_setting),
+    "WEBHOOK_SECRET": ("webhook_secret", _parse_webhook_secret),
+    "WEBHOOK_URLS": ("webhook_urls", _parse_webhook_urls),
+    "WEBHOOK_URL_ALLOW": ("webhook_url_allow", UrlPolicy.from_setting),
+    "WEBHOOK_TIMEOUT": ("webhook_timeout", parse_duration),
+    "WEBHOOK_RETRY_MAX_DELAY": ("webhook_retry_max_delay", parse_duration),
+    "WEBHOOK_MAX_AGE": ("webhook_max_age", parse_duration),
     "TRANSCRIPTION_TIMEOUT": ("transcription_timeout", parse_duration),
     "TRANSCRIPTION_CONCURRENCY": ("transcription_concurrency", _parse_int),
     "WORKER_ID": ("worker_id", _parse_str),
@@ -473,7 +524,7 @@ ENV_NAMES: dict[str, str] = {field_name: env for env, (field_name, _) in _VARIAB
 
 # Parsers that see blank values themselves (the others keep the default).
 _BLANK_AWARE: frozenset[Callable[[str], Any]] = frozenset(
-    {_parse_optional, _parse_token, _parse_scoped_tokens}
+    {_parse_optional, _parse_token, _parse_scoped_tokens, _parse_webhook_secret}
 )
 
 
@@ -534,6 +585,21 @@ def _validate(s: Settings) -> None:
     check(s.audio_max_seconds >= 1, "audio_max_seconds", "must be at least 1s")
     check(s.audio_retention >= 60, "audio_retention", "must be at least 60s")
     check(0 < len(s.worker_id) <= 200, "worker_id", "must be 1 to 200 characters")
+    check(
+        not s.webhook_urls or s.webhook_secret is not None,
+        "webhook_urls",
+        "needs WEBHOOK_SECRET: webhooks are always signed (Standard Webhooks)",
+    )
+    for number, (owner, url) in enumerate(s.webhook_urls, start=1):
+        problem = destinations.config_problem(url, s.webhook_url_allow)
+        check(problem is None, "webhook_urls", f"entry {number} ({owner}): {problem}")
+    check(0.5 <= s.webhook_timeout <= 60, "webhook_timeout", "must be between 0.5s and 60s")
+    check(
+        1 <= s.webhook_retry_max_delay <= 86400,
+        "webhook_retry_max_delay",
+        "must be between 1s and 24h",
+    )
+    check(s.webhook_max_age >= 1, "webhook_max_age", "must be at least 1s")
     check(
         s.log_level.upper() in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         "log_level",

@@ -132,6 +132,9 @@ class Job:
     finished_at: datetime | None
     # When the job first met a provider outage since it last completed (job_defer).
     outage_since: datetime | None = None
+    # Where its terminal event is POSTed (webhooks), and the W3C trace it belongs to.
+    callback_url: str | None = None
+    traceparent: str | None = None
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Job:
@@ -177,18 +180,23 @@ class NewJob:
     run_after: datetime | None = None
     idempotency_key: str | None = None
     timeout_seconds: int | None = None
+    callback_url: str | None = None
+    # From the request's `traceparent` header: not part of what the request asks for.
+    traceparent: str | None = None
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the job this request asks for, to detect a reused idempotency key.
 
         Every field counts, after defaults and batch merging, so the same request sent
-        again matches and any difference (another input, priority, ...) does not. Object
+        again matches and any difference (another input, priority, ...) does not. The
+        `traceparent` does not: a retry of the request in a new trace is the same request. Object
         keys are sorted: JSON objects with the same members are the same request.
         """
-        request = {f.name: getattr(self, f.name) for f in fields(self)}
-        if self.timeout_seconds is None:
-            # Fields added later count only when set: stored fingerprints stay valid.
-            del request["timeout_seconds"]
+        request = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "traceparent"}
+        for name in ("timeout_seconds", "callback_url"):
+            if request[name] is None:
+                # Fields added later count only when set: stored fingerprints stay valid.
+                del request[name]
         if self.run_after is not None:
             request["run_after"] = self.run_after.isoformat()
         try:

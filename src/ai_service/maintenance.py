@@ -5,7 +5,9 @@
   into the finished-jobs rollups behind `/api/v1/stats`;
 - retention: finished jobs past their age deleted in batches, rollups
   older than 8 days, and stored audio unused for `AUDIO_RETENTION` that no
-  pending or running job names.
+  pending or running job names;
+- webhooks: due completion webhooks delivered (`webhooks.delivery`), in the
+  processes configured with `WEBHOOK_SECRET` only.
 
 Every API and worker process runs a `Maintenance`, but each service runs only
 in the process that leads it (`leader.Leadership`: an advisory lock per
@@ -29,13 +31,21 @@ from ai_service.config import Settings
 from ai_service.leader import Leadership
 from ai_service.metrics import Metrics
 from ai_service.store import RESCUE_BATCH, Store
+from ai_service.webhooks.delivery import Deliverer
 
 log = logging.getLogger("ai_service.maintenance")
 
 COMPACT_INTERVAL = 2.0
 # Advisory lock keys of the services ("AISM" + a number), distinct from the
 # compaction statement's own transaction lock.
-SERVICE_KEYS = {"rescuer": 0x4149534D01, "compaction": 0x4149534D02, "retention": 0x4149534D03}
+SERVICE_KEYS = {
+    "rescuer": 0x4149534D01,
+    "compaction": 0x4149534D02,
+    "retention": 0x4149534D03,
+    "webhooks": 0x4149534D04,
+}
+# Seconds between two rounds of the webhook deliverer: a new event waits at most this.
+WEBHOOK_INTERVAL = 1.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +74,11 @@ class Maintenance:
             Service("compaction", COMPACT_INTERVAL, self.compact),
             Service("retention", settings.retention_interval, self.prune),
         ]
+        # Only a process that can sign competes for the deliverer's lead.
+        self.deliverer: Deliverer | None = None
+        if settings.webhook_secret is not None:
+            self.deliverer = Deliverer(store, settings, self.metrics)
+            self.services.append(Service("webhooks", WEBHOOK_INTERVAL, self.deliverer.step))
 
     def start(self) -> None:
         self._tasks = [
@@ -79,6 +94,8 @@ class Maintenance:
                 await task
         self._tasks = []
         await self.leadership.close()
+        if self.deliverer is not None:
+            await self.deliverer.close()
 
     async def rescue(self) -> int:
         """One rescuer pass; returns how many jobs it moved."""

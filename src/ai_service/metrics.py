@@ -144,6 +144,14 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+        self.webhook_deliveries = Counter(
+            "ai_webhook_deliveries",
+            "Webhook delivery attempts by outcome: delivered (2xx), retried (failed, "
+            "tried again later), failed (failed for good: WEBHOOK_MAX_AGE reached).",
+            ("outcome",),
+            registry=self.registry,
+        )
+
         self.provider_up = Gauge(
             "ai_provider_up",
             "1 while the worker's circuit breaker of a provider endpoint is closed or "

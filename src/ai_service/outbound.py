@@ -414,20 +414,23 @@ class OutboundClient:
         *,
         timeout: float,
         headers: Mapping[str, str] | None = None,
+        content: bytes | None = None,
+        follow_redirects: bool = True,
     ) -> AsyncIterator[httpx.Response]:
         """The final response (after redirects) to `method url`, its body not read yet.
 
-        Raises `DestinationNotAllowed` (scheme, host or address refused, at any
-        hop), `TooManyRedirects`, or httpx's transport errors.
+        With `follow_redirects=False` a redirect is the response (webhooks never
+        follow one). Raises `DestinationNotAllowed` (scheme, host or address
+        refused, at any hop), `TooManyRedirects`, or httpx's transport errors.
         """
         request = self._client.build_request(
-            method, self.policy.check_url(url), headers=headers, timeout=timeout
+            method, self.policy.check_url(url), headers=headers, content=content, timeout=timeout
         )
         hops = 0
         while True:
             response = await self._client.send(request, stream=True)
             following = response.next_request
-            if following is None:
+            if following is None or not follow_redirects:
                 break
             await response.aclose()
             hops += 1

@@ -130,6 +130,9 @@ def settings_secrets(settings: Settings) -> list[str | None]:
         settings.sidecar_token,
         *(scoped.token for scoped in settings.ai_service_tokens),
     ]
+    if settings.webhook_secret is not None:
+        # The whole `whsec_...` text and its base64 part (the key's own text).
+        secrets += [settings.webhook_secret, settings.webhook_secret.removeprefix("whsec_")]
     urls = [
         settings.database_url,
         settings.llm_base_url,
@@ -138,6 +141,7 @@ def settings_secrets(settings: Settings) -> list[str | None]:
         settings.infra_status_url,
         *settings.whisperx_url,
         *settings.vllm_metrics_urls,
+        *(url for _, url in settings.webhook_urls),
     ]
     for url in urls:
         secrets.extend(url_secrets(url))

@@ -163,6 +163,53 @@ class AudioBlob:
 
 
 @dataclass(frozen=True)
+class Delivery:
+    """One webhook event of the outbox (`webhook_deliveries`).
+
+    `id` is the event's webhook-id (the same on every attempt); `payload` was fixed
+    when the job changed state. `attempt_log` holds the newest attempts, oldest first.
+    """
+
+    id: UUID
+    job_id: UUID
+    event_type: str
+    url: str
+    payload: dict[str, Any]
+    traceparent: str | None
+    attempts: int
+    created_at: datetime
+    status: str = "pending"
+    next_attempt_at: datetime | None = None
+    delivered_at: datetime | None = None
+    last_error: str | None = None
+    attempt_log: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Delivery:
+        names = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in row.items() if name in names})
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What one delivery attempt gave, for `Store.record_deliveries`.
+
+    `ok`: the receiver answered 2xx. Otherwise `delay` is the wait before the next
+    attempt, and `http_status` or `error` says what went wrong; `response` is a short,
+    redacted excerpt of the receiver's answer.
+    """
+
+    delivery_id: UUID
+    ok: bool
+    at: datetime
+    duration_ms: int
+    http_status: int | None = None
+    error: str | None = None
+    response: str | None = None
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
 class ClaimRequest:
     """What one claim asks for: `job_claim`'s parameters but the candidate scan."""
 
@@ -256,6 +303,8 @@ def _inserted(row: dict[str, Any], new: NewJob) -> Job:
         started_at=None,
         finished_at=None,
         outage_since=None,
+        callback_url=new.callback_url,
+        traceparent=new.traceparent,
     )
 
 
@@ -438,6 +487,8 @@ class Store:
                 "idempotency_key": j.idempotency_key,
                 "request_hash": request_hash,
                 "timeout_seconds": j.timeout_seconds,
+                "callback_url": j.callback_url,
+                "traceparent": j.traceparent,
             }
             for job_id, j, request_hash in zip(ids, new_jobs, hashes, strict=True)
         ]
@@ -946,6 +997,47 @@ class Store:
             total += len(rows)
             if len(rows) < batch:
                 return total
+
+    # -- webhook deliveries (the outbox the jobs_webhook_event trigger fills) -----------
+
+    async def claim_deliveries(self, *, batch: int, lease: float) -> list[Delivery]:
+        """Take up to `batch` due pending deliveries for `lease` seconds (see webhook_claim)."""
+        rows = await self._fetch("webhook_claim", {"batch": batch, "lease": lease})
+        return [Delivery.from_row(row) for row in rows]
+
+    async def record_deliveries(
+        self, outcomes: Sequence[DeliveryOutcome], *, max_age: float, attempts_kept: int
+    ) -> dict[UUID, str]:
+        """Record attempts; returns each changed delivery's new status by id.
+
+        A failed attempt is retried after its `delay`, until `max_age` seconds after
+        the event; then the delivery is `failed`.
+        """
+        if not outcomes:
+            return {}
+        records = [
+            {
+                "id": str(o.delivery_id),
+                "ok": o.ok,
+                "at": o.at.isoformat(),
+                "http_status": o.http_status,
+                "error": o.error,
+                "response": o.response,
+                "duration_ms": o.duration_ms,
+                "delay": o.delay,
+            }
+            for o in outcomes
+        ]
+        rows = await self._fetch(
+            "webhook_record",
+            {"outcomes": db.jsonb(records), "max_age": max_age, "attempts_kept": attempts_kept},
+        )
+        return {row["id"]: row["status"] for row in rows}
+
+    async def list_deliveries(self, job_id: UUID) -> list[Delivery]:
+        """A job's webhook deliveries, oldest first."""
+        rows = await self._fetch("webhook_list", {"job_id": job_id})
+        return [Delivery.from_row(row) for row in rows]
 
     async def compact_counts(self) -> None:
         """Fold trigger-written counter deltas into `job_counts`."""

@@ -114,6 +114,7 @@ async def exercise(
     b = batch.json()["jobs"][0]["id"]
     await call("GET", f"{API}/jobs", f"{API}/jobs")
     await call("GET", f"{API}/jobs/{a}", f"{API}/jobs/{{id}}")
+    await call("GET", f"{API}/jobs/{a}/deliveries", f"{API}/jobs/{{id}}/deliveries")
     claimed = await call(
         "POST", f"{API}/jobs/claim", f"{API}/jobs/claim", json={"worker_id": "w", "limit": 1}
     )
@@ -348,6 +349,7 @@ MATRIX: dict[tuple[str, str], tuple[int, set[str]]] = {
     ("POST", "/api/v1/jobs/batch"): (201, {"submitter"}),
     ("GET", "/api/v1/jobs"): (200, {"submitter", "worker", "reader"}),
     ("GET", "/api/v1/jobs/{job_id}"): (200, {"submitter", "worker", "reader"}),
+    ("GET", "/api/v1/jobs/{job_id}/deliveries"): (200, {"submitter", "worker", "reader"}),
     ("POST", "/api/v1/jobs/retry"): (200, {"submitter"}),
     ("POST", "/api/v1/jobs/cancel"): (200, {"submitter"}),
     ("POST", "/api/v1/jobs/{job_id}/retry"): (200, {"submitter"}),
@@ -475,6 +477,11 @@ async def _get(admin: Admin) -> Request:
     return f"{API}/jobs/{job_id}", None
 
 
+async def _deliveries(admin: Admin) -> Request:
+    job_id, _ = await admin.job()
+    return f"{API}/jobs/{job_id}/deliveries", None
+
+
 async def _bulk_retry(admin: Admin) -> Request:
     _, task_type = await admin.running()
     return f"{API}/jobs/retry", {"owner_service": OWNER, "task_type": task_type}
@@ -547,6 +554,7 @@ REQUESTS: dict[tuple[str, str], Callable[[Admin], Awaitable[Request]]] = {
     ("POST", "/api/v1/jobs/batch"): _batch,
     ("GET", "/api/v1/jobs"): _list,
     ("GET", "/api/v1/jobs/{job_id}"): _get,
+    ("GET", "/api/v1/jobs/{job_id}/deliveries"): _deliveries,
     ("POST", "/api/v1/jobs/retry"): _bulk_retry,
     ("POST", "/api/v1/jobs/cancel"): _bulk_cancel,
     ("POST", "/api/v1/jobs/{job_id}/retry"): _retry,
@@ -743,6 +751,7 @@ async def test_a_submitter_acts_only_for_its_own_owner_service(api_factory: ApiF
         crm = bearer(OTHER_SUBMITTER)
         assert (await client.get(f"{API}/jobs/{theirs}", headers=crm)).status_code == 200
         assert (await client.get(f"{API}/jobs/{ours}", headers=crm)).status_code == 404
+        assert (await client.get(f"{API}/jobs/{ours}/deliveries", headers=crm)).status_code == 404
     record.assert_never_shows(*ALL_TOKENS)
 
 

@@ -16,13 +16,26 @@ import pytest
 
 import ai_service_client as sdk
 from tests.conftest import ApiFactory
+from tests.helpers import wait_for
+from tests.stubs.webhook_receiver import WebhookReceiver
 
 TOKEN = f"tok-{uuid.uuid4().hex}"
 READER = f"read-{uuid.uuid4().hex}"
-AUTH = {"AI_SERVICE_TOKEN": TOKEN, "AI_SERVICE_TOKENS": f"{READER}:reader"}
+AUTH = {
+    "AI_SERVICE_TOKEN": TOKEN,
+    "AI_SERVICE_TOKENS": f"{READER}:reader",
+    "WEBHOOK_URL_ALLOW": "127.0.0.1",
+    "WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+}
 JOB: dict[str, Any] = {
     "owner_service": "telephony",
     "owner_ref": "call-1",
+    "task_type": "call_analysis",
+    "model_profile": "qwen2.5-14b",
+    "input": {"text": "hello"},
+}
+BATCH_DEFAULTS: sdk.JobSpec = {
+    "owner_service": "telephony",
     "task_type": "call_analysis",
     "model_profile": "qwen2.5-14b",
     "input": {"text": "hello"},
@@ -134,6 +147,32 @@ async def test_async_client_every_method_against_the_api(client: sdk.AsyncClient
 
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_callback_url_and_traceparent_and_the_webhook_verifies(
+    client: sdk.AsyncClient,
+) -> None:
+    """The service's signed webhook passes `verify_webhook` (and a tampered one does not)."""
+    secret = AUTH["WEBHOOK_SECRET"]
+    with WebhookReceiver(secret) as receiver:
+        url = receiver.url("/done") + "?token=receiver-secret"
+        job = await client.create(**JOB, callback_url=url, traceparent=TRACEPARENT)
+        stored = await client.get(job.id)
+        assert stored.traceparent == TRACEPARENT  # the header was stored with the job
+        assert stored.callback_url is not None
+        assert stored.callback_url.startswith(receiver.url("/done"))
+        assert "receiver-secret" not in stored.callback_url  # masked by the service
+        await client.cancel(job.id)
+        await wait_for(receiver.delivered, timeout=15, what="the webhook")
+        [got] = receiver.received
+    payload = sdk.verify_webhook(got.headers, got.body, secret)
+    assert (payload["job_id"], payload["status"]) == (job.id, "cancelled")
+    with pytest.raises(sdk.WebhookVerificationError):
+        sdk.verify_webhook(got.headers, got.body.replace(b"cancelled", b"completed"), secret)
+    batch = await client.create_batch(
+        [{"owner_ref": "b"}], defaults=BATCH_DEFAULTS, traceparent=TRACEPARENT
+    )
+    assert (await client.get(batch.jobs[0].id)).traceparent == TRACEPARENT
 
 
 async def test_wait_returns_as_soon_as_another_client_completes_the_job(

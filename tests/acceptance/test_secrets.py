@@ -50,14 +50,19 @@ AMZ_CREDENTIAL = "AKIAEXAMPLE0018/20240101/us-east-1/s3/aws4_request"
 AMZ_SIGNATURE = "a1b2c3d4e5f60019"
 JOB_JWT = "eyJjb2JqLmp3dA.job/jwt+0020"
 DOWNLOAD_PASSWORD = "dl/Pass+0021"
+# The signing key of completion webhooks (its base64 part is the key's text), and the
+# caller's token in its callback URL's query.
+WEBHOOK_KEY = base64.b64encode(b"webhook-signing-key/0022+xyz??").decode()
+WEBHOOK_SECRET = "whsec_" + WEBHOOK_KEY
+HOOK_TOKEN = "hook-query/Tok+0023"
 
 CONFIGURED = [
     SERVICE_TOKEN, LLM_KEY, QWEN_KEY, VOXTRAL_KEY, AUDIO_LLM_KEY, INFRA_TOKEN, SIDECAR_TOKEN,
     DB_PASSWORD, LLM_JWT, WX_PASSWORD, WX_QUERY, QWEN_SIG, VOXTRAL_QUERY, INFRA_PASSWORD,
-    INFRA_QUERY, METRICS_PASSWORD, METRICS_QUERY,
+    INFRA_QUERY, METRICS_PASSWORD, METRICS_QUERY, WEBHOOK_SECRET, WEBHOOK_KEY,
 ]  # fmt: skip
 PAIRS = [("wxuser", WX_PASSWORD), ("side", INFRA_PASSWORD), ("vm", METRICS_PASSWORD)]
-CALLER = [AMZ_CREDENTIAL, AMZ_SIGNATURE, JOB_JWT, DOWNLOAD_PASSWORD]
+CALLER = [AMZ_CREDENTIAL, AMZ_SIGNATURE, JOB_JWT, DOWNLOAD_PASSWORD, HOOK_TOKEN]
 
 
 def q(value: str) -> str:
@@ -127,6 +132,8 @@ async def test_no_secret_in_any_response_log_line_or_job_error(
             ),
             "DOCKER_SOCKET": str(tmp_path / "no-docker.sock"),
             "AUDIO_URL_ALLOW": "127.0.0.1",
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "WEBHOOK_URL_ALLOW": "127.0.0.1",
             "PROVIDER_PROBE_TIMEOUT": "2s",
             "LOG_LEVEL": "debug",
         }
@@ -206,6 +213,25 @@ async def exercise(
             job_texts[name] = json.dumps(
                 {k: job[k] for k in ("error_message", "errors", "error_category")}
             )
+        # A webhook to the echo, which answers 401 quoting its URL (the caller's token)
+        # back: the attempt is recorded with that answer's excerpt, masked.
+        hooked = await api.post(
+            "/api/v1/jobs",
+            json=job_body(owner_ref="hook", callback_url=f"{base}/hooks?token={q(HOOK_TOKEN)}"),
+        )
+        assert hooked.status_code == 201, hooked.text
+        hook_id = hooked.json()["id"]
+        assert (await api.post(f"/api/v1/jobs/{hook_id}/cancel")).status_code == 200
+        for _ in range(300):
+            found = (await api.get(f"/api/v1/jobs/{hook_id}/deliveries")).json()["deliveries"]
+            if found and found[0]["attempts"]:
+                break
+            await asyncio.sleep(0.05)
+        assert found[0]["attempt_log"][0]["http_status"] == 401, found
+        texts["webhook deliveries"] = job_texts["webhook deliveries"] = json.dumps(found)
+        texts["webhook job"] = job_texts["webhook job"] = (
+            await api.get(f"/api/v1/jobs/{hook_id}")
+        ).text
         for path in (
             "/api/v1/providers/status",
             "/api/v1/infra/status",

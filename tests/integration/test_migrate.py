@@ -160,3 +160,47 @@ def test_0006_counts_existing_jobs_per_owner_exactly_and_downgrades_back(
     assert {
         (r["owner_service"], r["status"]): r["n"] for r in rows(empty_database, OWNER_COUNTERS)
     }[("ops", "pending")] == 2
+
+
+def test_0009_adds_the_webhook_columns_to_existing_jobs_and_downgrades_back(
+    empty_database: str,
+) -> None:
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0008")
+    insert = (
+        "INSERT INTO jobs (owner_service, owner_ref, task_type, model_profile, input)"
+        " VALUES ('telephony', %s, 't', 'p', '{}') RETURNING id"
+    )
+    [old] = rows(empty_database, insert, ["before"])
+    command.upgrade(config, "0009")
+    [row] = rows(
+        empty_database, "SELECT callback_url, traceparent FROM jobs WHERE id = %s", [old["id"]]
+    )
+    assert row == {"callback_url": None, "traceparent": None}
+    # A job given a callback (as the API stores it) gets its event when it finishes.
+    run(
+        empty_database,
+        "UPDATE jobs SET callback_url = 'https://hooks.example.com/x', status = 'cancelled',"
+        " finished_at = now() WHERE id = %s",
+        [old["id"]],
+    )
+    [event] = rows(empty_database, "SELECT event_type, payload FROM webhook_deliveries")
+    assert event["event_type"] == "job.cancelled"
+    assert event["payload"]["job_id"] == str(old["id"])
+    # The new CHECKs hold for rows written from now on.
+    with pytest.raises(psycopg.errors.CheckViolation):
+        run(
+            empty_database, "UPDATE jobs SET traceparent = 'not-a-trace' WHERE id = %s", [old["id"]]
+        )
+
+    command.downgrade(config, "0008")
+    columns = {
+        c["column_name"]
+        for c in rows(
+            empty_database,
+            "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs'",
+        )
+    }
+    assert not columns & {"callback_url", "traceparent"}
+    assert rows(empty_database, "SELECT to_regclass('webhook_deliveries') AS t") == [{"t": None}]
+    migrate.upgrade(empty_database)  # and up again

@@ -19,10 +19,6 @@ from ai_service.api.app import create_app
 from ai_service_client import _core, models
 from tests.helpers import make_settings
 
-# Fields of the webhook work (callback_url, traceparent) the client knows before the
-# service's schemas have them; pinned exactly once they do.
-CLIENT_AHEAD = {"callback_url", "traceparent"}
-
 
 @cache
 def openapi() -> dict[str, Any]:
@@ -57,8 +53,7 @@ def field_names(cls: type[Any]) -> set[str]:
     ],
 )
 def test_client_model_fields_are_the_schema_properties(model: type[Any], schema: str) -> None:
-    fields = field_names(model)
-    assert fields == properties(schema) | (fields & CLIENT_AHEAD)
+    assert field_names(model) == properties(schema)
 
 
 @pytest.mark.parametrize(
@@ -79,11 +74,11 @@ def test_fields_the_schema_requires_are_required_in_the_model(
 
 def test_new_job_keys_are_the_job_create_properties() -> None:
     keys = set(typing.get_type_hints(_core.NewJob)) - {"traceparent"}  # a header
-    assert keys == properties("JobCreate") | {"callback_url"}
+    assert keys == properties("JobCreate")
 
 
 def test_job_spec_keys_are_the_job_patch_properties() -> None:
-    assert set(typing.get_type_hints(models.JobSpec)) == properties("JobPatch") | {"callback_url"}
+    assert set(typing.get_type_hints(models.JobSpec)) == properties("JobPatch")
 
 
 def test_job_filters_are_the_list_query_parameters() -> None:

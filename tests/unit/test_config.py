@@ -487,3 +487,107 @@ def test_bad_outage_and_breaker_settings_name_the_variable(
 def test_voxtral_api_defaults_to_the_chat_contract() -> None:
     assert load_settings({}).voxtral_api == "chat"
     assert describe_defaults()["VOXTRAL_API"] == "chat"
+
+
+# -- completion webhooks ---------------------------------------------------------------
+
+WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+def test_webhooks_are_off_by_default_with_a_24_hour_retry_window() -> None:
+    settings = load_settings({})
+    assert settings.webhook_secret is None
+    assert settings.webhook_urls == ()
+    assert (settings.webhook_max_age, settings.webhook_retry_max_delay) == (86400, 600)
+    assert settings.webhook_timeout == 10
+
+
+def test_webhook_settings_are_read() -> None:
+    settings = load_settings(
+        {
+            "WEBHOOK_SECRET": f" {WEBHOOK_SECRET} ",
+            "WEBHOOK_URLS": "telephony=https://tel.example.com/hooks?k=a=b, crm=http://10.0.0.7/h",
+            "WEBHOOK_URL_ALLOW": "10.0.0.0/8",
+            "WEBHOOK_RETRY_MAX_DELAY": "30s",
+            "WEBHOOK_MAX_AGE": "2h",
+            "WEBHOOK_TIMEOUT": "5s",
+        }
+    )
+    assert settings.webhook_secret == WEBHOOK_SECRET
+    assert settings.default_callback_url("telephony") == "https://tel.example.com/hooks?k=a=b"
+    assert settings.default_callback_url("crm") == "http://10.0.0.7/h"
+    assert settings.default_callback_url("other") is None
+    assert (settings.webhook_retry_max_delay, settings.webhook_max_age) == (30, 7200)
+    assert settings.webhook_timeout == 5
+
+
+@pytest.mark.parametrize(
+    "secret",
+    ["whsec_not-base64!!", "whsec_" + "QUJD", "plainpassword-but-long-enough-to-matter"],
+)
+def test_a_malformed_webhook_secret_stops_the_start_without_showing_it(secret: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WEBHOOK_SECRET": secret})
+    assert info.value.variable == "WEBHOOK_SECRET"
+    assert secret.removeprefix("whsec_") not in str(info.value)
+
+
+def test_the_webhook_secret_is_kept_out_of_repr_and_masked_in_logs() -> None:
+    settings = load_settings({"WEBHOOK_SECRET": WEBHOOK_SECRET})
+    assert "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw" not in repr(settings)
+    from ai_service.redact import settings_redactor
+
+    text = f"secret={WEBHOOK_SECRET} key=MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    assert settings_redactor(settings).text(text) == "secret=*** key=***"
+
+
+def test_default_webhook_urls_need_the_secret() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WEBHOOK_URLS": "telephony=https://tel.example.com/hooks"})
+    assert info.value.variable == "WEBHOOK_URLS"
+    assert "WEBHOOK_SECRET" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("telephony", "entry 1 must be owner_service=https://..."),
+        ("telephony=ftp://x/y", "entry 1 (telephony)"),
+        ("a=https://x.example/1,a=https://x.example/2", "repeats owner_service 'a'"),
+        ("a=https://u:pw-secret@x.example/1", "user:password@"),
+        ("a=https://x.example/1,b=http://127.0.0.1:9/x", "entry 2 (b): is an internal"),
+        ("a=http://169.254.169.254/latest", "entry 1 (a): is an internal"),
+    ],
+)
+def test_bad_default_webhook_urls_name_the_entry(raw: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"WEBHOOK_SECRET": WEBHOOK_SECRET, "WEBHOOK_URLS": raw})
+    assert info.value.variable == "WEBHOOK_URLS"
+    assert expected in str(info.value)
+    assert "pw-secret" not in str(info.value)
+
+
+def test_an_allowed_internal_default_webhook_url_is_accepted() -> None:
+    settings = load_settings(
+        {
+            "WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "WEBHOOK_URLS": "a=http://127.0.0.1:9/x",
+            "WEBHOOK_URL_ALLOW": "127.0.0.1",
+        }
+    )
+    assert settings.default_callback_url("a") == "http://127.0.0.1:9/x"
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("WEBHOOK_URL_ALLOW", "http://10.0.0.1/"),
+        ("WEBHOOK_RETRY_MAX_DELAY", "0s"),
+        ("WEBHOOK_TIMEOUT", "5m"),
+        ("WEBHOOK_MAX_AGE", "0"),
+    ],
+)
+def test_bad_webhook_limits_name_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({variable: raw})
+    assert info.value.variable == variable

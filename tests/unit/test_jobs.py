@@ -232,6 +232,8 @@ def _row(**overrides: Any) -> dict[str, Any]:
         "started_at": None,
         "finished_at": None,
         "outage_since": None,
+        "callback_url": None,
+        "traceparent": None,
     }
     row.update(overrides)
     return row
@@ -276,6 +278,7 @@ def test_fingerprint_changes_with_any_field() -> None:
         {"max_attempts": 4},
         {"run_after": datetime(2030, 1, 1, 0, 0, 1, tzinfo=UTC)},
         {"idempotency_key": "k"},
+        {"callback_url": "https://hooks.example.com/done"},
     ]
     prints = {base.fingerprint()}
     for change in changes:
@@ -286,6 +289,12 @@ def test_fingerprint_changes_with_any_field() -> None:
         } | change  # fmt: skip
         prints.add(new_job(**fields).fingerprint())
     assert len(prints) == len(changes) + 1
+
+
+def test_fingerprint_leaves_out_the_trace_context() -> None:
+    # A retry of the same request from a new trace is the same request.
+    traced = new_job(idempotency_key="k", traceparent="00-" + "a" * 32 + "-" + "b" * 16 + "-01")
+    assert traced.fingerprint() == new_job(idempotency_key="k").fingerprint()
 
 
 def test_fingerprint_of_integers_beyond_64_bits() -> None:

@@ -145,6 +145,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/jobs/batch"): Rule(_SUBMIT, 403),
     ("GET", "/api/v1/jobs"): Rule(ALL_ROLES, 403),
     ("GET", "/api/v1/jobs/{job_id}"): Rule(ALL_ROLES, 404),
+    ("GET", "/api/v1/jobs/{job_id}/deliveries"): Rule(ALL_ROLES, 404),
     ("POST", "/api/v1/jobs/retry"): Rule(_SUBMIT, 403),
     ("POST", "/api/v1/jobs/cancel"): Rule(_SUBMIT, 403),
     ("POST", "/api/v1/jobs/{job_id}/retry"): Rule(_SUBMIT, 404),

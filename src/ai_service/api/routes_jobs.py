@@ -25,6 +25,7 @@ from ai_service.api.deps import (
 )
 from ai_service.api.errors import responses
 from ai_service.api.job_audio import keep_audio_apart
+from ai_service.api.job_callbacks import apply_callbacks
 from ai_service.jobs import PAYLOAD_COLUMNS, JobFilter, NewJob, is_retryable
 from ai_service.store import BulkOutcome, Completion, Store
 
@@ -50,6 +51,22 @@ def _merge(defaults: dict[str, Any], item: schemas.JobPatch, index: int) -> NewJ
     return NewJob(**merged)
 
 
+# The W3C trace context header of the creates, read from the request (a declared
+# header parameter would take the creates off the lean path) and documented here.
+_TRACEPARENT_HEADER = {
+    "parameters": [
+        {
+            "name": "traceparent",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": "W3C Trace Context: stored with the job (`traceparent`) and sent "
+            "with its webhook. An invalid value is ignored (a new trace), not refused.",
+        }
+    ]
+}
+
+
 @router.post(
     "/jobs",
     status_code=status.HTTP_201_CREATED,
@@ -59,8 +76,10 @@ def _merge(defaults: dict[str, Any], item: schemas.JobPatch, index: int) -> NewJ
         **responses(409, body=True),
     },
     summary="Create one job",
+    openapi_extra=_TRACEPARENT_HEADER,
 )
 async def create_job(
+    request: Request,
     body: schemas.JobCreate,
     store: StoreDep,
     settings: SettingsDep,
@@ -69,8 +88,11 @@ async def create_job(
     principal: PrincipalDep,
 ) -> schemas.CreatedJobOut:
     scoped_owner(principal, body.owner_service, "owner_service")
+    new_jobs = await apply_callbacks(
+        settings, [_new_job(body)], ["callback_url"], request.headers.get("traceparent")
+    )
     new_jobs = await keep_audio_apart(
-        store, [_new_job(body)], ["input"], max_bytes=settings.audio_max_bytes
+        store, new_jobs, ["input"], max_bytes=settings.audio_max_bytes
     )
     try:
         [outcome] = await store.create_jobs(new_jobs)
@@ -91,8 +113,10 @@ async def create_job(
     response_model=schemas.BatchOut,
     responses=responses(409, body=True),
     summary="Create up to 1000 jobs with shared defaults (all or nothing)",
+    openapi_extra=_TRACEPARENT_HEADER,
 )
 async def create_batch(
+    request: Request,
     body: schemas.JobBatchCreate,
     store: StoreDep,
     settings: SettingsDep,
@@ -105,6 +129,12 @@ async def create_batch(
         for i, job in enumerate(new_jobs):
             # All or nothing, like validation: one foreign item refuses the batch.
             scoped_owner(principal, job.owner_service, f"jobs[{i}].owner_service")
+    new_jobs = await apply_callbacks(
+        settings,
+        new_jobs,
+        [f"jobs[{i}].callback_url" for i in range(len(new_jobs))],
+        request.headers.get("traceparent"),
+    )
     new_jobs = await keep_audio_apart(
         store,
         new_jobs,
@@ -407,3 +437,20 @@ async def retry_job(job_id: UUID, store: StoreDep, principal: PrincipalDep) -> s
 async def cancel_job(job_id: UUID, store: StoreDep, principal: PrincipalDep) -> schemas.JobOut:
     await _require_visible(store, principal, job_id)
     return schemas.JobOut.of(await store.cancel(job_id))
+
+
+@router.get(
+    "/jobs/{job_id}/deliveries",
+    response_model=schemas.DeliveriesOut,
+    responses=responses(404),
+    summary="The job's webhook events and every delivery attempt",
+    dependencies=[known_query()],
+)
+async def list_deliveries(
+    job_id: UUID, store: StoreDep, principal: PrincipalDep
+) -> schemas.DeliveriesOut:
+    job = await store.get_job(job_id)
+    if not principal.owns(job.owner_service):
+        raise errors.JobNotFound(job_id)  # as for GET /jobs/{id}: existence not revealed
+    deliveries = await store.list_deliveries(job_id)
+    return schemas.DeliveriesOut(deliveries=[schemas.DeliveryOut.of(d) for d in deliveries])

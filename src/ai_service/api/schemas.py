@@ -28,6 +28,9 @@ from ai_service.jobs import (
     JobFilter,
     JobStatus,
 )
+from ai_service.redact import redact_url
+from ai_service.webhooks.destinations import MAX_URL_LENGTH
+from ai_service.webhooks.sign import webhook_id
 
 # Non-empty, at least one visible character, no NUL (PostgreSQL text cannot hold it).
 _TEXT = r"^[^\x00]*[^\s\x00][^\x00]*$"
@@ -120,10 +123,22 @@ JsonObject = Annotated[
 ]
 RunAfter = Annotated[Timestamp, AfterValidator(_stored_time)]
 TimeoutSeconds = Annotated[int, Number, Field(ge=1, le=604800)]
+CallbackUrl = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_URL_LENGTH),
+    Field(
+        description="Where to POST the job's terminal event (completed, failed, cancelled), "
+        "signed per Standard Webhooks; default: the owner_service's URL in WEBHOOK_URLS. "
+        "http(s) only, no user:password@, no internal destination unless WEBHOOK_URL_ALLOW "
+        "lists it. See README, Webhooks."
+    ),
+]
+_CALLBACK_OUT = "The callback URL (query values masked), or null when the job has none."
+_TRACEPARENT_OUT = "The W3C `traceparent` the job was created with (its webhook carries it)."
 
 
 if TYPE_CHECKING:
-    from ai_service.store import AudioBlob
+    from ai_service.store import AudioBlob, Delivery
 
 
 class _Strict(BaseModel):
@@ -154,6 +169,7 @@ class JobCreate(_Strict):
         description="Unique per owner_service; the same request again returns the existing "
         "job, another request with the key is refused (409 idempotency_conflict).",
     )
+    callback_url: CallbackUrl | None = None
 
 
 class JobPatch(_Strict):
@@ -169,6 +185,7 @@ class JobPatch(_Strict):
     run_after: RunAfter | None = None
     timeout_seconds: TimeoutSeconds | None = None
     idempotency_key: KeyText | None = None
+    callback_url: CallbackUrl | None = None
 
 
 class JobBatchCreate(_Strict):
@@ -225,11 +242,21 @@ class JobOut(BaseModel):
         description="When the job first met a provider outage since it last completed "
         "(outages cost no attempt until PROVIDER_OUTAGE_MAX after it); null otherwise.",
     )
+    callback_url: str | None = Field(default=None, description=_CALLBACK_OUT)
+    traceparent: str | None = Field(default=None, description=_TRACEPARENT_OUT)
 
     @classmethod
     def of(cls, job: Job) -> Self:
         values = {name: getattr(job, name) for name in cls.model_fields}
+        _mask_callback(values)
         return cls.model_construct(**values)  # type: ignore[return-value]
+
+
+def _mask_callback(values: dict[str, Any]) -> None:
+    # A callback URL's query may hold the receiver's token: shown masked, like every
+    # caller-supplied URL (redact.redact_url).
+    if values.get("callback_url") is not None:
+        values["callback_url"] = redact_url(values["callback_url"])
 
 
 class CreatedJobOut(JobOut):
@@ -315,6 +342,8 @@ class JobSummaryOut(BaseModel):
         description="When the job first met a provider outage since it last completed "
         "(outages cost no attempt until PROVIDER_OUTAGE_MAX after it); null otherwise.",
     )
+    callback_url: str | None = Field(default=None, description=_CALLBACK_OUT)
+    traceparent: str | None = Field(default=None, description=_TRACEPARENT_OUT)
 
     @classmethod
     def of(cls, job: Job, include: frozenset[str]) -> Self:
@@ -325,6 +354,7 @@ class JobSummaryOut(BaseModel):
             for name in cls.model_fields
             if name not in PAYLOAD_COLUMNS or name in include
         }
+        _mask_callback(values)
         return cls.model_construct(**values)  # type: ignore[return-value]
 
 
@@ -591,3 +621,57 @@ class StatsOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: str
+
+
+class DeliveryAttemptOut(BaseModel):
+    """One attempt to deliver a webhook."""
+
+    attempt: int = Field(description="1 for the first attempt.")
+    at: datetime = Field(description="When the attempt started (its `webhook-timestamp`).")
+    http_status: int | None = Field(description="The receiver's status; null without one.")
+    error: str | None = Field(description="Why it failed (null when it was delivered).")
+    response: str | None = Field(
+        default=None, description="The start of the receiver's answer to a failed attempt."
+    )
+    duration_ms: int
+
+
+class DeliveryOut(BaseModel):
+    """One webhook event of a job and its delivery."""
+
+    webhook_id: str = Field(description="The `webhook-id` header: the same on every attempt.")
+    event_type: str = Field(description="`job.completed`, `job.failed` or `job.cancelled`.")
+    url: str = Field(description="Where it goes (query values masked).")
+    status: str = Field(
+        description="`pending` (being tried), `delivered` (2xx), `failed` (WEBHOOK_MAX_AGE "
+        "passed without a 2xx)."
+    )
+    payload: dict[str, Any] = Field(description="The body sent, as fixed at the state change.")
+    attempts: int = Field(description="Attempts made (`attempt_log` keeps the newest 50).")
+    created_at: datetime = Field(description="When the job changed state.")
+    next_attempt_at: datetime | None = Field(description="When a pending one is tried next.")
+    delivered_at: datetime | None
+    last_error: str | None
+    attempt_log: list[DeliveryAttemptOut] = Field(description="Oldest first.")
+
+    @classmethod
+    def of(cls, delivery: Delivery) -> DeliveryOut:
+        return cls(
+            webhook_id=webhook_id(delivery.id),
+            event_type=delivery.event_type,
+            url=redact_url(delivery.url),
+            status=delivery.status,
+            payload=delivery.payload,
+            attempts=delivery.attempts,
+            created_at=delivery.created_at,
+            next_attempt_at=delivery.next_attempt_at if delivery.status == "pending" else None,
+            delivered_at=delivery.delivered_at,
+            last_error=delivery.last_error,
+            attempt_log=[DeliveryAttemptOut.model_validate(a) for a in delivery.attempt_log],
+        )
+
+
+class DeliveriesOut(BaseModel):
+    """A job's webhook events, oldest first (a retried job that finishes again has more)."""
+
+    deliveries: list[DeliveryOut]

@@ -63,14 +63,16 @@ CASE WHEN outage_since IS NULL OR started_at > run_after + interval '2 minutes'
 -- what was sent and the columns' defaults (reading 1000 rows back would cost more
 -- than inserting them).
 INSERT INTO jobs (id, owner_service, owner_ref, task_type, model_profile, priority,
-                  input, max_attempts, run_after, idempotency_key, request_hash, timeout_seconds)
+                  input, max_attempts, run_after, idempotency_key, request_hash, timeout_seconds,
+                  callback_url, traceparent)
 SELECT id, owner_service, owner_ref, task_type, model_profile, priority,
        input, max_attempts, coalesce(run_after, now()), idempotency_key, request_hash,
-       timeout_seconds
+       timeout_seconds, callback_url, traceparent
   FROM jsonb_to_recordset(%(jobs)s::jsonb)
        AS t(id uuid, owner_service text, owner_ref text, task_type text, model_profile text,
             priority int, input jsonb, max_attempts int, run_after timestamptz,
-            idempotency_key text, request_hash text, timeout_seconds int)
+            idempotency_key text, request_hash text, timeout_seconds int, callback_url text,
+            traceparent text)
     ON CONFLICT (owner_service, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, run_after, created_at, updated_at;
 
@@ -123,7 +125,7 @@ SELECT id, owner_service, owner_ref, task_type, model_profile, status, priority,
        CASE WHEN %(with_errors)s THEN errors END AS errors,
        error_count, attempt, max_attempts, run_after, worker_id, lease_token,
        lease_expires_at, lease_seconds, timeout_seconds, idempotency_key, created_at,
-       updated_at, started_at, finished_at, outage_since
+       updated_at, started_at, finished_at, outage_since, callback_url, traceparent
   FROM jobs
  WHERE id = ANY(ARRAY(SELECT id FROM page))
  ORDER BY id DESC;
@@ -746,7 +748,8 @@ RETURNING j.id, j.status;
 -- Delete a batch of finished jobs older than their retention (database clock); never pending
 -- or running. Each status class is read oldest first from its own partial index, so a pass
 -- with nothing to delete touches a few index pages whatever the history holds. Rows another
--- statement holds are skipped (next round), so it never waits or deadlocks.
+-- statement holds are skipped (next round), so it never waits or deadlocks. The jobs'
+-- webhook deliveries go with them (webhook_deliveries_job_idx).
 WITH done AS (
     SELECT id FROM jobs
      WHERE status IN ('completed', 'cancelled')
@@ -761,11 +764,15 @@ WITH done AS (
      ORDER BY finished_at
      LIMIT %(batch)s
        FOR UPDATE SKIP LOCKED
+), removed AS (
+    DELETE FROM jobs
+     WHERE id IN (SELECT id FROM done UNION ALL SELECT id FROM failed)
+       AND status IN ('completed', 'cancelled', 'failed')
+    RETURNING id
+), deliveries AS (
+    DELETE FROM webhook_deliveries WHERE job_id IN (SELECT id FROM removed)
 )
-DELETE FROM jobs
- WHERE id IN (SELECT id FROM done UNION ALL SELECT id FROM failed)
-   AND status IN ('completed', 'cancelled', 'failed')
-RETURNING id;
+SELECT id FROM removed;
 
 -- name: job_counts_compact
 -- Fold the counter deltas written by the triggers into job_counts (one replica at a time).
@@ -1089,3 +1096,64 @@ DELETE FROM audio_blobs b
  USING old
  WHERE b.id = old.id
 RETURNING b.id, b.size;
+
+-- name: webhook_claim
+-- The next due pending webhook deliveries (oldest due first), taken for `lease` seconds:
+-- their next attempt moves past the attempt now being made, so a deliverer that dies
+-- mid-way leaves them due again after the lease, and a second deliverer during a
+-- hand-over skips them (rows another claim holds are skipped, never waited for).
+WITH due AS (
+    SELECT id FROM webhook_deliveries
+     WHERE status = 'pending' AND next_attempt_at <= now()
+     ORDER BY next_attempt_at
+     LIMIT %(batch)s
+       FOR UPDATE SKIP LOCKED
+)
+UPDATE webhook_deliveries d
+   SET next_attempt_at = now() + make_interval(secs => %(lease)s::float8)
+  FROM due
+ WHERE d.id = due.id
+RETURNING d.id, d.job_id, d.event_type, d.url, d.payload, d.traceparent, d.attempts,
+          d.created_at;
+
+-- name: webhook_record
+-- The outcomes of delivery attempts (one JSON array). A delivered event is done. A failed
+-- attempt is retried after its `delay` seconds, but no later than `max_age` seconds after
+-- the event; an attempt that fails at or past that age fails the event for good. Every
+-- attempt goes into the attempt log (the newest `attempts_kept`; `attempts` counts them
+-- all). Only pending rows change, so an outcome recorded twice counts once.
+WITH outcome AS (
+    SELECT *
+      FROM jsonb_to_recordset(%(outcomes)s::jsonb)
+           AS o(id uuid, ok boolean, at timestamptz, http_status int, error text,
+                response text, duration_ms int, delay float8)
+)
+UPDATE webhook_deliveries d
+   SET attempts = d.attempts + 1,
+       status = CASE WHEN o.ok THEN 'delivered'
+                     WHEN now() >= d.created_at + make_interval(secs => %(max_age)s::float8)
+                     THEN 'failed'
+                     ELSE 'pending' END,
+       delivered_at = CASE WHEN o.ok THEN now() END,
+       next_attempt_at = CASE WHEN o.ok THEN d.next_attempt_at
+                              ELSE least(now() + make_interval(secs => o.delay),
+                                         d.created_at
+                                         + make_interval(secs => %(max_age)s::float8)) END,
+       last_error = CASE WHEN o.ok THEN NULL ELSE o.error END,
+       attempt_log = (SELECT coalesce(jsonb_agg(h.e ORDER BY h.n), '[]'::jsonb)
+                        FROM jsonb_array_elements(d.attempt_log || jsonb_build_array(
+                                 jsonb_build_object('attempt', d.attempts + 1, 'at', o.at,
+                                                    'http_status', o.http_status,
+                                                    'error', o.error,
+                                                    'response', o.response,
+                                                    'duration_ms', o.duration_ms)))
+                             WITH ORDINALITY AS h(e, n)
+                       WHERE h.n > jsonb_array_length(d.attempt_log) + 1 - %(attempts_kept)s)
+  FROM outcome o
+ WHERE d.id = o.id
+   AND d.status = 'pending'
+RETURNING d.id, d.status, d.attempts;
+
+-- name: webhook_list
+-- A job's webhook deliveries with their attempt logs, oldest first.
+SELECT * FROM webhook_deliveries WHERE job_id = %(job_id)s ORDER BY created_at, id;
