@@ -20,13 +20,13 @@ test: $(STAMP)
 	$(UV) run pytest
 
 lint: $(STAMP)
-	$(UV) run ruff check src tests bench
-	$(UV) run ruff format --check src tests bench
+	$(UV) run ruff check src tests bench clients examples
+	$(UV) run ruff format --check src tests bench clients examples
 	$(UV) run mypy
 
 format: $(STAMP)
-	$(UV) run ruff check --fix src tests bench
-	$(UV) run ruff format src tests bench
+	$(UV) run ruff check --fix src tests bench clients examples
+	$(UV) run ruff format src tests bench clients examples
 
 bench: $(STAMP)
 	$(UV) run python -m bench.run_all

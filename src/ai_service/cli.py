@@ -1,4 +1,4 @@
-"""`ai-service` command line: api, worker, migrate, maintenance, sidecar, dev."""
+"""`ai-service` command line: api, worker, migrate, maintenance, sidecar, dev, jobs."""
 
 from __future__ import annotations
 
@@ -244,10 +244,22 @@ COMMANDS = {
 }
 
 
+def version() -> str:
+    """The installed package's version (its metadata)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("ai-service")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+        return "unknown"
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="ai-service", description="Job service for AI workloads. Configured by environment."
     )
+    parser.add_argument("--version", action="version", version=f"ai-service {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text)
@@ -255,7 +267,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     actions = maintenance.add_subparsers(dest="action", required=True)
     for name, help_text in MAINTENANCE_ACTIONS.items():
         actions.add_parser(name, help=help_text)
+    from ai_service import cli_jobs
+
+    cli_jobs.add_parser(sub)
     args = parser.parse_args(argv)
+    if args.command == "jobs":
+        # A client of the API: the service's own settings play no part.
+        raise SystemExit(cli_jobs.run(args))
     settings = _settings()
     if args.command in ("api", "worker", "migrate", "maintenance"):
         try:
