@@ -444,7 +444,12 @@ class Store:
             return errors.JobNotFound(job_id)
         if lease_token is not None and job.status in (JobStatus.RUNNING, JobStatus.PENDING):
             return errors.LeaseLost(job_id, job.status.value, action)
-        if job.status is JobStatus.RUNNING and action in ("complete", "fail", "heartbeat"):
+        if job.status is JobStatus.RUNNING and action in (
+            "complete",
+            "fail",
+            "heartbeat",
+            "release",
+        ):
             return errors.LeaseLost(job_id, job.status.value, action)
         if (
             action == "retry"
@@ -902,6 +907,13 @@ class Store:
         )
         self.announcer.announce({row["task_type"] for row in rows})
         return {row["id"] for row in rows}
+
+    async def release(self, job_id: UUID, lease_token: UUID) -> Job:
+        """Give one running job back to pending without spending its attempt (a worker
+        stopping before it could finish); `LeaseLost` when the token no longer holds it."""
+        if not await self.release_many([(job_id, lease_token)]):
+            raise await self._explain_miss(job_id, "release", lease_token)
+        return await self.get_job(job_id)
 
     async def retry(self, job_id: UUID) -> Job:
         """Manual retry of a failed or running job (`AttemptsExhausted` past the maximum)."""

@@ -122,6 +122,11 @@ async def exercise(
     assert job["id"] == a
     lease = {"lease_token": job["lease_token"]}
     await call("POST", f"{API}/jobs/{a}/heartbeat", f"{API}/jobs/{{id}}/heartbeat", json=lease)
+    await call("POST", f"{API}/jobs/{a}/release", f"{API}/jobs/{{id}}/release", json=lease)
+    claimed = await client.post(
+        f"{API}/jobs/claim", json={"worker_id": "w", "limit": 1}, headers=headers
+    )
+    lease = {"lease_token": claimed.json()["jobs"][0]["lease_token"]}
     await call(
         "POST",
         f"{API}/jobs/{a}/complete",
@@ -359,6 +364,7 @@ MATRIX: dict[tuple[str, str], tuple[int, set[str]]] = {
     ("POST", "/api/v1/jobs/{job_id}/complete"): (200, {"worker"}),
     ("POST", "/api/v1/jobs/{job_id}/fail"): (200, {"worker"}),
     ("POST", "/api/v1/jobs/{job_id}/heartbeat"): (200, {"worker"}),
+    ("POST", "/api/v1/jobs/{job_id}/release"): (200, {"worker"}),
     ("GET", "/api/v1/stats"): (200, {"worker", "reader"}),
     ("GET", "/api/v1/providers/status"): (200, {"worker", "reader"}),
     ("GET", "/api/v1/infra/status"): (200, {"worker", "reader"}),
@@ -530,6 +536,11 @@ async def _heartbeat(admin: Admin) -> Request:
     return f"{API}/jobs/{job_id}/heartbeat", {"lease_token": lease}
 
 
+async def _release(admin: Admin) -> Request:
+    job_id, lease = await admin.running()
+    return f"{API}/jobs/{job_id}/release", {"lease_token": lease}
+
+
 async def _plain(path: str) -> Request:
     return f"{API}{path}", None
 
@@ -564,6 +575,7 @@ REQUESTS: dict[tuple[str, str], Callable[[Admin], Awaitable[Request]]] = {
     ("POST", "/api/v1/jobs/{job_id}/complete"): _complete,
     ("POST", "/api/v1/jobs/{job_id}/fail"): _fail,
     ("POST", "/api/v1/jobs/{job_id}/heartbeat"): _heartbeat,
+    ("POST", "/api/v1/jobs/{job_id}/release"): _release,
     ("GET", "/api/v1/stats"): lambda admin: _plain("/stats"),
     ("GET", "/api/v1/providers/status"): lambda admin: _plain("/providers/status"),
     ("GET", "/api/v1/infra/status"): lambda admin: _plain("/infra/status"),

@@ -35,8 +35,9 @@ How it is wired, and why:
   request would end in 404 and the job schemas would go unchecked.
 - Valid (positive) batch cases get the five required job fields in their
   `defaults`, a rule JSON Schema cannot express.
-- Long polls (`wait_seconds`) are capped at 0.1 s so that the claim operation
-  runs in milliseconds; `test_api_longpoll.py` covers waiting itself.
+- Long polls and waits (`wait_seconds`, in a body or a query) are capped at 0.1 s
+  so that the claim and get operations run in milliseconds; `test_api_longpoll.py`
+  and `test_api_wait.py` cover waiting itself.
 - Fuzz dictionaries mix edge values (times near year 1 and 9999, offsets past
   PostgreSQL's range, NUL and other awkward text) into the generated data.
 - Hypothesis runs derandomized without an example database: the same cases on
@@ -415,11 +416,24 @@ def _steer(case: Case, api: LiveApi) -> None:
     # Half of the generated cursors become a real one: the next-page path too.
     if query is not None and api.cursor and isinstance(cursor, str) and len(cursor) % 2 == 0:
         query["cursor"] = api.cursor
-    if body is not None:
-        wait = body.get("wait_seconds")
+    for waits in (body, query):  # the claim's long poll and GET /jobs/{id}?wait_seconds=
+        if waits is None:
+            continue
+        wait = waits.get("wait_seconds")
         # Values over 30 are invalid and must still reach the API as they are.
         if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 < wait <= 30:
-            body["wait_seconds"] = min(wait, MAX_WAIT_SECONDS)
+            waits["wait_seconds"] = min(wait, MAX_WAIT_SECONDS)
+        elif isinstance(wait, str) and _short_enough(wait):
+            waits["wait_seconds"] = str(MAX_WAIT_SECONDS)
+
+
+def _short_enough(text: str) -> bool:
+    """A query value the API would read as a valid wait (0 < N <= 30)."""
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    return 0 < value <= 30
 
 
 # -- tests ----------------------------------------------------------------------------

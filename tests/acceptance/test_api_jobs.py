@@ -1231,3 +1231,40 @@ async def test_timeout_seconds_is_stored_validated_and_part_of_the_idempotent_re
         assert_envelope(response, 422)
         assert "timeout_seconds" in response.text
     assert (await create(api, owner_ref="none"))["timeout_seconds"] is None
+
+
+async def test_release_gives_a_running_job_back_without_spending_its_attempt(
+    api: httpx.AsyncClient,
+) -> None:
+    created = (await api.post("/api/v1/jobs", json=job_body(task_type="release-me"))).json()
+    claim = await api.post(
+        "/api/v1/jobs/claim", json={"worker_id": "stopping", "task_types": ["release-me"]}
+    )
+    [job] = claim.json()["jobs"]
+    assert job["attempt"] == 1
+    released = await api.post(
+        f"/api/v1/jobs/{created['id']}/release", json={"lease_token": job["lease_token"]}
+    )
+    assert released.status_code == 200, released.text
+    body = released.json()
+    assert (body["status"], body["attempt"], body["lease_expires_at"]) == ("pending", 0, None)
+    # The old token holds nothing any more: a second release (or a stale one) is a 409.
+    again = await api.post(
+        f"/api/v1/jobs/{created['id']}/release", json={"lease_token": job["lease_token"]}
+    )
+    assert again.status_code == 409
+    assert again.json()["error"] == "lease_lost"
+    # Claimed again at once, as its first attempt.
+    reclaim = await api.post(
+        "/api/v1/jobs/claim", json={"worker_id": "next", "task_types": ["release-me"]}
+    )
+    assert [(j["id"], j["attempt"]) for j in reclaim.json()["jobs"]] == [(created["id"], 1)]
+    wrong = await api.post(
+        f"/api/v1/jobs/{created['id']}/release",
+        json={"lease_token": "00000000-0000-4000-8000-000000000000"},
+    )
+    assert wrong.status_code == 409
+    assert wrong.json()["error"] == "lease_lost"
+    missing = await api.post(f"/api/v1/jobs/{created['id']}/release", json={})
+    assert missing.status_code == 422
+    assert "lease_token" in missing.text

@@ -155,6 +155,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/api/v1/jobs/{job_id}/complete"): Rule(_WORK),
     ("POST", "/api/v1/jobs/{job_id}/fail"): Rule(_WORK),
     ("POST", "/api/v1/jobs/{job_id}/heartbeat"): Rule(_WORK),
+    ("POST", "/api/v1/jobs/{job_id}/release"): Rule(_WORK),
     # Recordings for transcription jobs: uploaded by whoever may create the jobs (for
     # its own owner_service), read back by anyone who may read those jobs' inputs.
     ("POST", "/api/v1/audio"): Rule(_SUBMIT, 403),

@@ -418,6 +418,19 @@ async def heartbeat_job(
 
 
 @router.post(
+    "/jobs/{job_id}/release",
+    response_model=schemas.JobOut,
+    responses=responses(404, 409, body=True),
+    summary="Give a running job back to pending without spending its attempt (a worker "
+    "stopping before it could finish)",
+)
+async def release_job(
+    job_id: UUID, body: schemas.ReleaseRequest, store: StoreDep
+) -> schemas.JobOut:
+    return schemas.JobOut.of(await store.release(job_id, body.lease_token))
+
+
+@router.post(
     "/jobs/{job_id}/retry",
     response_model=schemas.JobOut,
     responses=responses(404, 409),

@@ -466,6 +466,10 @@ class HeartbeatRequest(_Strict):
     )
 
 
+class ReleaseRequest(_Strict):
+    lease_token: UUID
+
+
 class HeartbeatOut(BaseModel):
     id: UUID
     status: JobStatus

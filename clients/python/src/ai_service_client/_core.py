@@ -409,6 +409,17 @@ def heartbeat(
     )
 
 
+def release(job_id: str, lease_token: str) -> Call[models.Job]:
+    """`POST /jobs/{id}/release`: retried (a repeat finds the lease gone: 409 `lease_lost`)."""
+    return Call(
+        "POST",
+        f"{API}/jobs/{_job_id(job_id)}/release",
+        models.Job.from_json,
+        Retry.IDEMPOTENT,
+        json={"lease_token": lease_token},
+    )
+
+
 def complete(
     job_id: str, result: Mapping[str, Any], lease_token: str | None = None
 ) -> Call[models.Completed]:

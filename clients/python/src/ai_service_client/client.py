@@ -198,6 +198,10 @@ class Client:
         """Extend the lease; `LeaseLost` (409) means: stop, the job is no longer yours."""
         return self.send(_core.heartbeat(job_id, lease_token, extend_seconds))
 
+    def release(self, job_id: str, lease_token: str) -> models.Job:
+        """Give a claimed job back to pending without spending its attempt."""
+        return self.send(_core.release(job_id, lease_token))
+
     def complete(
         self, job_id: str, result: Mapping[str, Any], lease_token: str | None = None
     ) -> models.Completed:
@@ -458,6 +462,10 @@ class AsyncClient:
     ) -> models.Heartbeat:
         """Extend the lease; `LeaseLost` (409) means: stop, the job is no longer yours."""
         return await self.send(_core.heartbeat(job_id, lease_token, extend_seconds))
+
+    async def release(self, job_id: str, lease_token: str) -> models.Job:
+        """Give a claimed job back to pending without spending its attempt."""
+        return await self.send(_core.release(job_id, lease_token))
 
     async def complete(
         self, job_id: str, result: Mapping[str, Any], lease_token: str | None = None

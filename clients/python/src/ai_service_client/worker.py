@@ -17,9 +17,9 @@
 - 503s and connection errors: calls are retried by the client's policy, and
   the claim loop backs off and goes on.
 - `stop()` (SIGTERM/SIGINT under `run()`): no more claims; in-flight jobs get
-  `grace_period` seconds to finish; the rest are failed as `worker_shutdown`,
-  retryable, so the service runs them again (this spends the attempt, as
-  a lease running out would).
+  `grace_period` seconds to finish; the rest are given back
+  (`POST /jobs/{id}/release`): pending again at once, without spending the
+  attempt, for another worker to take.
 """
 
 from __future__ import annotations
@@ -309,13 +309,7 @@ class Worker:
         await asyncio.gather(*pending, return_exceptions=True)
         for job in unfinished:
             try:
-                await client.fail(
-                    job.id,
-                    category="worker_shutdown",
-                    message=f"worker {self.worker_id} stopped before the job finished",
-                    lease_token=job.lease_token,
-                    retryable=True,
-                )
+                await client.release(job.id, job.lease_token)
             except errors.AIServiceError as exc:
                 log.warning("could not give back job %s: %s", job.id, exc)
         log.info("gave back %d unfinished jobs", len(unfinished))
