@@ -285,6 +285,7 @@ class Settings:
     ai_service_token: str | None = None
     ai_service_tokens: tuple[ScopedToken, ...] = ()
     max_body_bytes: int = 10 * 1024 * 1024
+    ui_session_ttl: float = 12 * 3600.0  # lifetime of a dashboard login (`/ui`)
     db_pool_min: int = 2
     db_pool_max: int = 10
     log_level: str = "info"
@@ -513,6 +514,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "INFRA_STATUS_TOKEN": ("infra_status_token", _parse_optional),
     "PROVIDER_PROBE_TIMEOUT": ("provider_probe_timeout", parse_duration),
     "PROVIDER_STATUS_CACHE": ("provider_status_cache", parse_duration),
+    "UI_SESSION_TTL": ("ui_session_ttl", parse_duration),
     "SIDECAR_HTTP_HOST": ("sidecar_http_host", _parse_str),
     "SIDECAR_HTTP_PORT": ("sidecar_http_port", _parse_int),
     "SIDECAR_TOKEN": ("sidecar_token", _parse_optional),
@@ -558,6 +560,7 @@ def _validate(s: Settings) -> None:
         check(0 < port < 65536, name, f"must be a TCP port (1-65535), got {port}")
     check(1 <= s.http_workers <= 64, "http_workers", "must be between 1 and 64")
     check(s.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024")
+    check(60 <= s.ui_session_ttl <= 7 * 86400, "ui_session_ttl", "must be between 1m and 168h")
     check(1 <= s.db_pool_min <= s.db_pool_max, "db_pool_min", "must be >= 1 and <= DB_POOL_MAX")
     check(s.llm_timeout > 0, "llm_timeout", "must be positive")
     check(bool(s.llm_model), "llm_model", "must not be empty")

@@ -59,6 +59,7 @@ BULK_SAMPLE = 100  # ids a bulk action reports (it counts them all)
 CLAIM_ROUNDS = 4
 RESCUE_BATCH = 1000
 SCHEDULED_COUNT_CAP = 10_000  # stats count scheduled jobs up to this many
+BULK_COUNT_CAP = 100_000  # a bulk action's preview counts its jobs up to this many
 RECOUNT_LOCK_TIMEOUT = 10.0  # seconds a recount waits for its locks (a TRUNCATE in flight)
 # Stored audio is written and read in rows of this size: an upload, a download and a
 # worker's copy hold one chunk at a time, whatever the length of the recording.
@@ -944,6 +945,27 @@ class Store:
         """Cancel the pending and running jobs matching the filter."""
         return await self._by_filter("job_cancel_by_filter", "cancel", job_filter, sample)
 
+    async def count_by_filter(
+        self, action: str, job_filter: JobFilter, *, cap: int = BULK_COUNT_CAP
+    ) -> tuple[int, bool]:
+        """How many jobs a bulk `action` (retry, cancel) would change now: the matching
+        jobs in the statuses it applies to (as `_by_filter` picks them), counted up to
+        `cap`; the flag says there are more than `cap`."""
+        allowed = ALLOWED_FROM[action]
+        wanted = job_filter.statuses or BULK_DEFAULT_STATUSES[action]
+        statuses = sorted({s.value for s in wanted if s in allowed})
+        if not statuses:
+            return 0, False
+        params = _filter_params(job_filter) | {
+            "statuses": statuses,
+            "cap": cap,
+            "retryable": action == "retry",
+            "max_attempts_limit": MAX_ATTEMPTS,
+        }
+        [row] = await self._fetch("job_count_by_filter", params, prepare=False)
+        n = int(row["n"])
+        return min(n, cap), n > cap
+
     async def _by_filter(
         self, name: str, action: str, job_filter: JobFilter, sample: int
     ) -> BulkOutcome:
@@ -1137,6 +1159,15 @@ class Store:
             "recent": recent,
             "throughput": throughput,
         }
+
+    async def throughput_day(self) -> list[dict[str, Any]]:
+        """Jobs finished per UTC hour over the last 24 hours, oldest first (rows `hour`,
+        `completed`, `failed`), from the rollups."""
+        return await self._fetch("stats_throughput_day", {})
+
+    async def latest_failures(self, limit: int = 10) -> list[dict[str, Any]]:
+        """The newest failed jobs (id, task type, profile, owner, category, message)."""
+        return await self._fetch("job_failed_latest", {"limit": limit})
 
     # -- audio (kept apart from the job rows) ------------------------------------------
 

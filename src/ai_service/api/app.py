@@ -30,6 +30,7 @@ from ai_service.maintenance import Maintenance
 from ai_service.metrics import Metrics
 from ai_service.notifier import JobNotifier
 from ai_service.store import Store
+from ai_service.ui import routes as ui_routes
 from ai_service.worker.registry import metric_labels
 
 log = logging.getLogger("ai_service.api")
@@ -99,6 +100,8 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.state.notifier = None
     error_envelope.install(app, log)
     api_docs.install(app)
+    # The dashboard: outside /api/v1, it checks its own session cookie (see ai_service.ui).
+    ui_routes.install(app)
     app.include_router(probes)
     app.include_router(jobs_router)
     app.include_router(audio_router)

@@ -1008,6 +1008,61 @@ SELECT m.minute,
  GROUP BY m.minute
  ORDER BY m.minute;
 
+-- name: stats_throughput_day
+-- Jobs finished per UTC hour, the current hour and the 23 before it, oldest first (hours
+-- without any included): the whole hours from job_rollups_hourly, the current hour from
+-- job_rollups, plus the deltas not folded yet (as stats_recent reads them).
+WITH w AS (
+    SELECT date_trunc('hour', now(), 'UTC') - interval '23 hours' AS from_hour,
+           date_trunc('hour', now(), 'UTC') AS this_hour
+), finished AS (
+    SELECT r.hour, r.outcome, r.n
+      FROM job_rollups_hourly r, w
+     WHERE r.hour >= w.from_hour AND r.hour < w.this_hour
+  UNION ALL
+    SELECT w.this_hour, r.outcome, r.n FROM job_rollups r, w WHERE r.minute >= w.this_hour
+  UNION ALL
+    SELECT date_trunc('hour', d.minute, 'UTC'), d.outcome, d.n
+      FROM job_rollup_deltas d, w
+     WHERE d.minute >= w.from_hour
+)
+SELECT h.hour,
+       coalesce(sum(f.n) FILTER (WHERE f.outcome = 'completed'), 0)::bigint AS completed,
+       coalesce(sum(f.n) FILTER (WHERE f.outcome = 'failed'), 0)::bigint AS failed
+  FROM w
+ CROSS JOIN generate_series(w.from_hour, w.this_hour, interval '1 hour') AS h(hour)
+  LEFT JOIN finished f ON f.hour = h.hour
+ GROUP BY h.hour
+ ORDER BY h.hour;
+
+-- name: job_failed_latest
+-- The newest `limit` failed jobs (by id, from jobs_status_idx) with their messages.
+SELECT id, task_type, model_profile, owner_service, error_category, error_message,
+       finished_at
+  FROM jobs
+ WHERE status = 'failed'
+ ORDER BY id DESC
+ LIMIT %(limit)s;
+
+-- name: job_count_by_filter
+-- How many jobs match the filter in `statuses`, counting at most `cap` + 1 (the caller
+-- says "more than `cap`" then). Each status is read from jobs_status_idx as the bulk
+-- actions read it; `retryable` keeps only the jobs a manual retry may still change
+-- (job_retry_by_filter's attempt rule).
+SELECT count(*) AS n FROM (
+    SELECT 1
+      FROM unnest(/*job_statuses*/) AS s(status)
+     CROSS JOIN LATERAL (
+        SELECT id FROM jobs
+         WHERE status = s.status
+           AND /*job_filter*/
+           AND (NOT %(retryable)s::boolean
+                OR attempt < greatest(max_attempts, %(max_attempts_limit)s))
+         LIMIT %(cap)s + 1
+     ) AS c
+     LIMIT %(cap)s + 1
+) AS matching;
+
 -- name: jobs_notify
 -- Wake the listeners of these task types (payload: the task type).
 SELECT pg_notify('ai_service_jobs', t) FROM unnest(%(task_types)s::text[]) AS t;

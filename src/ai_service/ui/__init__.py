@@ -1,0 +1,1 @@
+"""The operator dashboard served by the API at `/ui` (see `ui.routes`)."""
