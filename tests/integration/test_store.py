@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -1691,3 +1692,71 @@ async def test_ping_raises_database_unavailable_when_nothing_listens() -> None:
             await down.ping()
     finally:
         await down.close()
+
+
+# -- dashboard reads -------------------------------------------------------------------
+
+
+async def test_count_by_filter_counts_what_the_bulk_action_would_change(store: Store) -> None:
+    await _one_of_each_status(store, "telephony")
+    await _one_of_each_status(store, "monitoring-pf")
+    mine = JobFilter(owner_service="telephony")
+    assert await store.count_by_filter("retry", mine) == (1, False)
+    assert await store.count_by_filter("cancel", mine) == (2, False)
+    running = JobFilter(owner_service="telephony", statuses=(JobStatus.RUNNING,))
+    assert await store.count_by_filter("retry", running) == (1, False)
+    completed = JobFilter(statuses=(JobStatus.COMPLETED,))
+    assert await store.count_by_filter("cancel", completed) == (0, False)
+    # The preview and the action agree.
+    assert (await store.cancel_by_filter(mine)).count == 2
+    assert await store.count_by_filter("cancel", mine) == (0, False)
+
+
+async def test_count_by_filter_stops_at_the_cap_and_says_more(store: Store) -> None:
+    for _ in range(3):
+        job = await create(store, owner_service="crm")
+        await store.fail(job.id, category="internal", message="x")
+    crm = JobFilter(owner_service="crm")
+    assert await store.count_by_filter("retry", crm, cap=2) == (2, True)
+    assert await store.count_by_filter("retry", crm, cap=3) == (3, False)
+
+
+async def test_count_by_filter_for_retry_leaves_out_jobs_without_an_attempt_left(
+    store: Store,
+) -> None:
+    job = await create(store, owner_service="crm")
+    await store.fail(job.id, category="internal", message="x")
+    await sql(store, "UPDATE jobs SET attempt = 100, max_attempts = 100 WHERE id = %s", [job.id])
+    assert await store.count_by_filter("retry", JobFilter(owner_service="crm")) == (0, False)
+    assert (await store.retry_by_filter(JobFilter(owner_service="crm"))).count == 0
+
+
+async def test_latest_failures_are_the_newest_failed_jobs_with_their_messages(
+    store: Store,
+) -> None:
+    ids = []
+    for n in range(3):
+        job = await create(store, owner_ref=f"r{n}")
+        await store.fail(job.id, category="timeout", message=f"slow {n}")
+        ids.append(job.id)
+    await create(store)  # pending: not a failure
+    rows = await store.latest_failures(2)
+    assert [row["id"] for row in rows] == [ids[2], ids[1]]
+    assert rows[0]["error_message"] == "slow 2"
+    assert rows[0]["error_category"] == "timeout"
+
+
+async def test_throughput_day_has_24_hours_with_this_hours_finished_jobs(store: Store) -> None:
+    await store.complete((await create(store)).id, {"ok": 1})
+    job = await create(store)
+    await store.fail(job.id, category="internal", message="x")
+    rows = await store.throughput_day()
+    assert len(rows) == 24
+    hours = [row["hour"] for row in rows]
+    assert hours == sorted(hours)
+    assert all(b - a == timedelta(hours=1) for a, b in itertools.pairwise(hours))
+    assert (rows[-1]["completed"], rows[-1]["failed"]) == (1, 1)
+    assert sum(row["completed"] + row["failed"] for row in rows[:-1]) == 0
+    # Folded into the rollups, the figures stay the same.
+    await store.compact_rollups()
+    assert (await store.throughput_day())[-1]["completed"] == 1

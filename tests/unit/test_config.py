@@ -195,6 +195,8 @@ def test_parse_duration_result_is_finite_for_plain_seconds() -> None:
         ("LLM_METRICS_URL", "vllm:8000/metrics"),
         ("LLM_METRICS_INTERVAL", "10ms"),
         ("LLM_FORWARD_PRIORITY", "sometimes"),
+        ("UI_SESSION_TTL", "10s"),
+        ("UI_SESSION_TTL", "30d"),
     ],
 )
 def test_invalid_value_raises_config_error_naming_the_variable(variable: str, raw: str) -> None:
