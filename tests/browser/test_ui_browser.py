@@ -164,6 +164,11 @@ async def test_login_refuses_a_wrong_token_and_accepts_the_admin_token(
     await dashboard.shot("login")
     await dashboard.login(ADMIN)
     await pw_expect(page.get_by_text("Signed in as admin")).to_be_visible()
+    # Keyboard: the first Tab reaches the skip link, Enter moves focus to the content.
+    await page.keyboard.press("Tab")
+    await pw_expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await pw_expect(page.locator("main")).to_be_focused()
     cookies = await page.context.cookies()
     [cookie] = [c for c in cookies if c["name"] == "ai_service_ui"]
     assert cookie["httpOnly"] is True
@@ -219,6 +224,10 @@ async def test_filter_the_job_list_and_open_a_job(dashboard: Dashboard) -> None:
     await pw_expect(rows.first).to_contain_text("failed")
     assert "status=failed" in page.url
     await dashboard.shot("jobs")
+    # A narrow window: the page itself never scrolls sideways, the table does.
+    await page.set_viewport_size(NARROW)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    await page.set_viewport_size(WIDE)
     await page.get_by_role("link", name=failed_id).click()
     await pw_expect(page.get_by_role("heading", name=f"Job {failed_id}")).to_be_visible()
     await pw_expect(page.locator("#job-status")).to_have_text("failed")

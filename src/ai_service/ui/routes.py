@@ -132,6 +132,7 @@ class UiState:
         )
         self.templates.filters["when"] = _when
         self.templates.filters["age"] = _age
+        self.templates.filters["iso_when"] = _iso_when
 
 
 def install(app: FastAPI) -> None:
@@ -233,6 +234,16 @@ def _client(request: Request) -> str:
 
 def _when(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _iso_when(value: object) -> str:
+    """An ISO timestamp of a JSON column (an error's `at`) shown like the others."""
+    if not isinstance(value, str):
+        return "-"
+    try:
+        return _when(datetime.fromisoformat(value))
+    except ValueError:
+        return value
 
 
 def _age(seconds: float | None) -> str:
