@@ -8,6 +8,7 @@ A template database is migrated once per session and cloned for each test.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -116,3 +117,19 @@ async def api(api_factory: ApiFactory) -> AsyncIterator[httpx.AsyncClient]:
     """A real API (auth off) on loopback and an HTTP client for it."""
     async with api_factory() as client:
         yield client
+
+
+@pytest.fixture
+async def restartable(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[embedded_db.EmbeddedPostgres]:
+    """A migrated PostgreSQL of the test's own, which it may stop and start (the
+    session's server must not be stopped)."""
+    data_dir = DATA_ROOT / f"test-pg-restartable-{os.getpid()}"
+    server = await asyncio.to_thread(embedded_db.ensure_running, data_dir, ["-c fsync=off"])
+    try:
+        await asyncio.to_thread(migrate.upgrade, server.url)
+        yield server
+    finally:
+        await asyncio.to_thread(server.stop, "immediate")
+        embedded_db.remove_data_dir(data_dir)

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import threading
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 
 import ai_service_client as sdk
-from ai_service import embedded_db, migrate
+from ai_service import embedded_db
 from ai_service.api.app import create_app
-from tests.conftest import DATA_ROOT
 from tests.helpers import make_settings, serve, wait_for
 from tests.stubs import closed_port_url
 
@@ -59,19 +56,6 @@ class CountingTransport(httpx.HTTPTransport):
 
     def count(self, method: str, path_start: str) -> list[int | None]:
         return [s for _, m, p, s in self.sent if m == method and p.startswith(path_start)]
-
-
-@pytest.fixture
-async def restartable() -> AsyncIterator[embedded_db.EmbeddedPostgres]:
-    """A PostgreSQL of this test's own (the session's must not be stopped)."""
-    data_dir = DATA_ROOT / f"test-pg-client-{os.getpid()}"
-    server = await asyncio.to_thread(embedded_db.ensure_running, data_dir, ["-c fsync=off"])
-    try:
-        await asyncio.to_thread(migrate.upgrade, server.url)
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop, "immediate")
-        embedded_db.remove_data_dir(data_dir)
 
 
 async def test_idempotent_calls_are_retried_through_a_database_restart_and_a_bare_create_is_not(

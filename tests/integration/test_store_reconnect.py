@@ -4,29 +4,11 @@ first requests succeed instead of failing on a dead connection."""
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
-from ai_service import db, embedded_db, errors, migrate
+from ai_service import db, embedded_db, errors
 from ai_service.store import Store
-
-DATA_ROOT = Path(__file__).resolve().parents[2] / ".data"
-
-
-@pytest.fixture
-async def restartable() -> AsyncIterator[embedded_db.EmbeddedPostgres]:
-    """A server of its own: the test restarts it."""
-    data_dir = DATA_ROOT / f"test-pg-reconnect-{os.getpid()}"
-    server = await asyncio.to_thread(embedded_db.ensure_running, data_dir, ["-c fsync=off"])
-    try:
-        await asyncio.to_thread(migrate.upgrade, server.url)
-        yield server
-    finally:
-        await asyncio.to_thread(server.stop, "immediate")
-        embedded_db.remove_data_dir(data_dir)
 
 
 async def _restart_under(store: Store, server: embedded_db.EmbeddedPostgres) -> None:
