@@ -287,3 +287,15 @@ async def test_with_auth_off_the_dashboard_opens_without_login_and_says_so(
     assert response.status_code == 200
     assert "Auth is off" in response.text
     assert (await api.get("/ui/login")).status_code == 303
+
+
+async def test_over_https_the_cookie_is_secure(database_url: str) -> None:
+    # The login reads no table: the app answers it without its lifespan (no pool).
+    app = create_app(make_settings(database_url, **TOKENS))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://dash.example") as client:
+        response = await client.post(
+            "/ui/login", data={"token": READER}, headers={"Origin": "https://dash.example"}
+        )
+    assert response.status_code == 303
+    assert "Secure" in response.headers["set-cookie"]

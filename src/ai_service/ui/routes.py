@@ -133,6 +133,8 @@ class UiState:
         self.templates.filters["when"] = _when
         self.templates.filters["age"] = _age
         self.templates.filters["iso_when"] = _iso_when
+        self.templates.globals["pct"] = _pct
+        self.templates.globals["ms"] = _ms
 
 
 def install(app: FastAPI) -> None:
@@ -244,6 +246,18 @@ def _iso_when(value: object) -> str:
         return _when(datetime.fromisoformat(value))
     except ValueError:
         return value
+
+
+def _pct(share: float | None) -> str:
+    """A share (0..1) as a percentage, "-" for none."""
+    return "-" if share is None else f"{100 * share:.1f} %"
+
+
+def _ms(millis: float | None) -> str:
+    """A duration in milliseconds in words: `850 ms`, `2.35 s`, "-" for none."""
+    if millis is None:
+        return "-"
+    return f"{millis:.0f} ms" if millis < 1000 else f"{millis / 1000:.2f} s"
 
 
 def _age(seconds: float | None) -> str:
