@@ -299,3 +299,17 @@ async def test_over_https_the_cookie_is_secure(database_url: str) -> None:
         )
     assert response.status_code == 303
     assert "Secure" in response.headers["set-cookie"]
+
+
+async def test_a_long_input_is_cut_on_the_job_page(api_factory: ApiFactory) -> None:
+    async with api_factory(**TOKENS) as client:
+        bearer = {"Authorization": f"Bearer {ADMIN}"}
+        text = "word " * 2000
+        created = await client.post(
+            f"{API}/jobs", json=job_body(input={"user": text}), headers=bearer
+        )
+        await login(client, READER)
+        page = await client.get(f"/ui/jobs/{created.json()['id']}")
+        assert page.status_code == 200
+        assert f"… {len(text)} characters in all (see the API)" in page.text
+        assert text not in page.text
