@@ -966,8 +966,12 @@ SELECT count(*) AS deleted FROM gone;
 WITH edges AS (
     SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference
       FROM transcription_attempts
-     WHERE ((finished_at >= %(edge1_from)s AND finished_at < %(edge1_to)s)
-            OR (finished_at >= %(edge2_from)s AND finished_at < %(edge2_to)s))
+     WHERE finished_at >= %(edge1_from)s AND finished_at < %(edge1_to)s
+       AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s)
+  UNION ALL
+    SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference
+      FROM transcription_attempts
+     WHERE finished_at >= %(edge2_from)s AND finished_at < %(edge2_to)s
        AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s)
   UNION ALL
     SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference

@@ -71,9 +71,10 @@ CREATE TABLE transcription_attempts (
 CREATE INDEX transcription_attempts_finished_idx ON transcription_attempts (finished_at)
     INCLUDE (owner_service, provider, model, status, duration_ms, audio_seconds, wer,
              is_reference);
--- The jobs whose providers disagree most: only jobs with something to compare.
+-- The jobs whose providers disagree most: only jobs with something to compare (their
+-- reference rows), read index-only.
 CREATE INDEX transcription_attempts_disagreement_idx ON transcription_attempts (finished_at)
-    INCLUDE (owner_service, disagreement) WHERE disagreement IS NOT NULL;
+    INCLUDE (owner_service, disagreement, job_id) WHERE disagreement IS NOT NULL;
 
 -- Attempts by UTC hour, owner_service, provider and model. `attempts` counts ok and
 -- error (a skipped provider made no attempt); the RTF sums cover ok attempts of audio
@@ -154,17 +155,18 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Row triggers whose WHEN is tested without calling any function: other task types
--- (and every claim, heartbeat or failure) pay nothing more.
+-- Row triggers whose WHEN is tested without calling any function: other task types,
+-- results without attempts (and every claim, heartbeat or failure) pay nothing more.
 CREATE TRIGGER jobs_transcription_report AFTER UPDATE OF status ON jobs
     FOR EACH ROW
     WHEN (NEW.status = 'completed' AND OLD.status IS DISTINCT FROM NEW.status
-          AND NEW.task_type IN ('{"', '".join(TASK_TYPES)}'))
+          AND NEW.task_type IN ('{"', '".join(TASK_TYPES)}') AND NEW.result ? 'attempts')
     EXECUTE FUNCTION jobs_transcription_report();
 -- Rows inserted already completed (imports, benchmarks) count when inserted.
 CREATE TRIGGER jobs_transcription_report_insert AFTER INSERT ON jobs
     FOR EACH ROW
-    WHEN (NEW.status = 'completed' AND NEW.task_type IN ('{"', '".join(TASK_TYPES)}'))
+    WHEN (NEW.status = 'completed' AND NEW.task_type IN ('{"', '".join(TASK_TYPES)}')
+          AND NEW.result ? 'attempts')
     EXECUTE FUNCTION jobs_transcription_report();
 
 -- TRUNCATE jobs takes the report's rows with it. The fold's lock first, so a fold in
