@@ -26,23 +26,22 @@ Cost bounds: the distance is computed with the bit-parallel algorithm of Myers
 hypothesis word on integers as wide as the reference (20,000 x 20,000 words in
 well under a second). Texts of more than `MAX_WORDS` words (after normalisation)
 on either side are not compared (`word_error_rate` returns None): an hour of speech
-is about 9,000 words. The alignment (`align`, for display) is exact (dynamic
-programming) while the part left after the common prefix and suffix holds at most
-`ALIGN_CELLS` word pairs; beyond that it is anchored on the longest common runs
-(`difflib`) and each gap aligned exactly when small enough, so its edit count may
-then exceed the distance slightly. The WER is always the exact distance.
+is about 9,000 words. The alignment (`align`, for display) is a minimal edit script
+from the same bit vectors, kept per hypothesis word (two integers as wide as the
+reference each) and walked back with popcounts: 10,000 x 10,000 words take about
+25 MB and a fraction of a second whatever the texts; longer texts (more than
+`ALIGN_MAX_WORDS` on either side) are not aligned (None).
 """
 
 from __future__ import annotations
 
-import difflib
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 MAX_WORDS = 20_000
-ALIGN_CELLS = 250_000
+ALIGN_MAX_WORDS = 10_000
 
 _APOSTROPHES = frozenset("'\u2019\u02bc\u2018`\u00b4")
 Op = Literal["equal", "substitute", "delete", "insert"]
@@ -138,13 +137,15 @@ class Run:
     hyp: tuple[str, ...]
 
 
-def align(reference: Sequence[str], hypothesis: Sequence[str]) -> list[Run]:
-    """The word alignment of `hypothesis` against `reference`, as runs (see `Run`).
+def align(reference: Sequence[str], hypothesis: Sequence[str]) -> list[Run] | None:
+    """The word alignment of `hypothesis` against `reference`, as runs (see `Run`), or
+    None when either side has more than `ALIGN_MAX_WORDS` words.
 
-    Equal runs are maximal; consecutive steps of one kind are merged into one run.
-    Exact (a minimal edit script) while the differing middle part is at most
-    `ALIGN_CELLS` word pairs; otherwise anchored on common runs (module doc).
+    A minimal edit script (its edits are `distance`); equal runs are maximal and
+    consecutive steps of one kind are merged into one run.
     """
+    if len(reference) > ALIGN_MAX_WORDS or len(hypothesis) > ALIGN_MAX_WORDS:
+        return None
     steps: list[tuple[Op, str | None, str | None]] = []
     _align_into(list(reference), list(hypothesis), steps)
     runs: list[Run] = []
@@ -176,57 +177,63 @@ def _align_into(a: list[str], b: list[str], out: list[tuple[Op, str | None, str 
     ):
         suffix += 1
     out.extend(("equal", w, w) for w in a[:prefix])
-    middle_a, middle_b = a[prefix : len(a) - suffix], b[prefix : len(b) - suffix]
-    if len(middle_a) * len(middle_b) <= ALIGN_CELLS:
-        _exact(middle_a, middle_b, out)
-    else:
-        _anchored(middle_a, middle_b, out)
+    _exact(a[prefix : len(a) - suffix], b[prefix : len(b) - suffix], out)
     out.extend(("equal", w, w) for w in a[len(a) - suffix :])
 
 
-def _anchored(a: list[str], b: list[str], out: list[tuple[Op, str | None, str | None]]) -> None:
-    """Large inputs: equal runs from difflib, the gaps between them aligned on their own."""
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    i = j = 0
-    for block in matcher.get_matching_blocks():
-        gap_a, gap_b = a[i : block.a], b[j : block.b]
-        if len(gap_a) * len(gap_b) <= ALIGN_CELLS:
-            _exact(gap_a, gap_b, out)
-        else:  # still too large: pair words up in order, the rest deleted or inserted
-            common = min(len(gap_a), len(gap_b))
-            out.extend(("substitute", x, y) for x, y in zip(gap_a, gap_b, strict=False))
-            out.extend(("delete", x, None) for x in gap_a[common:])
-            out.extend(("insert", None, y) for y in gap_b[common:])
-        out.extend(("equal", w, w) for w in a[block.a : block.a + block.size])
-        i, j = block.a + block.size, block.b + block.size
-
-
 def _exact(a: list[str], b: list[str], out: list[tuple[Op, str | None, str | None]]) -> None:
-    """A minimal edit script by dynamic programming with a backtrace (len(a) x len(b) cells).
+    """A minimal edit script: `distance`'s bit vectors kept per hypothesis word, then a
+    walk back from the last cell.
 
+    Column j's vectors give its cells: D[i][j] = j + (+1 deltas) - (-1 deltas) among
+    the first i rows, two popcounts. Memory: two len(a)-bit integers per word of `b`.
     Ties prefer a diagonal step (equal or substitute), then a deletion.
     """
-    n, m = len(a), len(b)
-    table = [list(range(m + 1))]
-    for i in range(1, n + 1):
-        above = table[-1]
-        row = [i] + [0] * m
-        word = a[i - 1]
-        for j in range(1, m + 1):
-            diagonal = above[j - 1] + (word != b[j - 1])
-            row[j] = min(diagonal, above[j] + 1, row[j - 1] + 1)
-        table.append(row)
+    m = len(a)
+    if not m or not b:
+        out.extend(("delete", x, None) for x in a)
+        out.extend(("insert", None, y) for y in b)
+        return
+    peq: dict[str, int] = {}
+    for i, word in enumerate(a):
+        peq[word] = peq.get(word, 0) | (1 << i)
+    mask = (1 << m) - 1
+    pv, mv = mask, 0  # column 0: D[i][0] = i
+    plus, minus = [pv], [mv]
+    for word in b:
+        eq = peq.get(word, 0)
+        xv = eq | mv
+        xh = (((eq & pv) + pv) ^ pv) | eq
+        ph = (mv | ~(xh | pv)) << 1 | 1
+        mh = (pv & xh) << 1
+        pv = (mh | ~(xv | ph)) & mask
+        mv = ph & xv & mask
+        plus.append(pv)
+        minus.append(mv)
+
+    def cell(i: int, j: int) -> int:
+        rows = (1 << i) - 1
+        return j + (plus[j] & rows).bit_count() - (minus[j] & rows).bit_count()
+
     steps: list[tuple[Op, str | None, str | None]] = []
-    i, j = n, m
+    i, j = m, len(b)
+    here = cell(i, j)
     while i or j:
-        if i and j and table[i][j] == table[i - 1][j - 1] + (a[i - 1] != b[j - 1]):
-            op: Op = "equal" if a[i - 1] == b[j - 1] else "substitute"
-            steps.append((op, a[i - 1], b[j - 1]))
-            i, j = i - 1, j - 1
-        elif i and table[i][j] == table[i - 1][j] + 1:
-            steps.append(("delete", a[i - 1], None))
-            i -= 1
-        else:
-            steps.append(("insert", None, b[j - 1]))
-            j -= 1
+        if i and j:
+            diagonal = cell(i - 1, j - 1)
+            if here == diagonal + (a[i - 1] != b[j - 1]):
+                steps.append(
+                    ("equal" if a[i - 1] == b[j - 1] else "substitute", a[i - 1], b[j - 1])
+                )
+                i, j, here = i - 1, j - 1, diagonal
+                continue
+        if i:
+            above = cell(i - 1, j)
+            if here == above + 1:
+                steps.append(("delete", a[i - 1], None))
+                i, here = i - 1, above
+                continue
+        steps.append(("insert", None, b[j - 1]))
+        j -= 1
+        here = cell(i, j)
     out.extend(reversed(steps))

@@ -193,20 +193,26 @@ def test_alignment_is_minimal_on_random_inputs() -> None:
         a = [rng.choice(vocabulary) for _ in range(rng.randint(0, 30))]
         b = [rng.choice(vocabulary) for _ in range(rng.randint(0, 30))]
         runs = wer.align(a, b)
+        assert runs is not None
         assert [w for r in runs for w in r.ref] == a
         assert [w for r in runs for w in r.hyp] == b
         assert wer.edits(runs) == wer.distance(a, b)
 
 
-def test_large_alignment_is_anchored_and_covers_both_texts(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Past ALIGN_CELLS the alignment anchors on common runs: both texts still
-    # read back in full, and here (one change per stretch) it is still minimal.
-    monkeypatch.setattr(wer, "ALIGN_CELLS", 100)
-    a = [f"w{i}" for i in range(60)]
-    b = [*a[:10], "x", *a[11:30], *a[31:50], "y", *a[50:]]
+def test_long_alignment_is_minimal_across_integer_word_sizes() -> None:
+    # 300 x 300 words: the bit vectors span many machine words.
+    a = [f"w{i}" for i in range(300)]
+    b = [*a[:10], "x", *a[11:150], *a[151:290], "y", *a[290:], "z"]
     runs = wer.align(a, b)
+    assert runs is not None
     assert [w for r in runs for w in r.ref] == a
     assert [w for r in runs for w in r.hyp] == b
-    assert wer.edits(runs) == wer.distance(a, b) == 3
+    # w10 -> x, w150 deleted, y inserted, z inserted
+    assert wer.edits(runs) == wer.distance(a, b) == 4
+
+
+def test_alignment_of_texts_over_the_cap_is_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(wer, "ALIGN_MAX_WORDS", 5)
+    assert wer.align(list("abcdef"), list("abc")) is None
+    assert wer.align(list("abc"), list("abcdef")) is None
+    assert wer.align(list("abcde"), list("abcde")) is not None

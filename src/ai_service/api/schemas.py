@@ -731,7 +731,7 @@ class ComparedAttemptOut(BaseModel):
     wer: float | None = Field(description="Against the reference's text; null for it.")
     alignment: list[AlignmentRunOut] | None = Field(
         description="The words against the reference's, for a diff view; null for the "
-        "reference and attempts without text."
+        "reference, failed attempts and texts of more than 10,000 words."
     )
 
 
