@@ -147,6 +147,9 @@ async def test_a_result_of_odd_shape_still_completes(store: Store) -> None:
         (3, 1, None, None),
     ]
     assert rows[0]["audio_seconds"] is None
+    # At most 32 attempts of one job are kept.
+    many = await completed(store, {"attempts": [attempt(f"p{n}") for n in range(40)]})
+    assert len(await rows_of(store, many)) == 32
     # A result without attempts at all.
     bare = await completed(store, {"text": "hi"})
     assert await rows_of(store, bare) == []
