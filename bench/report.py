@@ -169,12 +169,12 @@ async def main(jobs: int, calls: int) -> bool:
             # The statements on their own, with the plans.
             since, until = report_window(None, None, datetime.now(UTC))
             window = split_window(since, until)
-            params = {**window.params(), "owner_service": None}
+            params = {**window.params(), "owner": None}
             report_plan = await explain(store, "transcription_report", params)
             top_plan = await explain(
                 store,
                 "transcription_disagreements",
-                {"since": since, "until": until, "owner_service": None, "limit": 20},
+                {"since": since, "until": until, "owner": None, "limit": 20},
             )
             print(f"transcription_report plan:\n    {plan_summary(report_plan)}")
             print(f"transcription_disagreements plan:\n    {plan_summary(top_plan)}")

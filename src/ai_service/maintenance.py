@@ -6,8 +6,8 @@
   attempts into the hourly rollups behind `/api/v1/reports/transcription`;
 - retention: finished jobs past their age deleted in batches (with their
   transcription report rows), rollups older than 8 days (the transcription
-  report's hourly ones after 32 days), and stored audio unused for `AUDIO_RETENTION` that no
-  pending or running job names;
+  report's hourly ones after 32 days), and stored audio unused for
+  `AUDIO_RETENTION` that no pending or running job names;
 - webhooks: due completion webhooks delivered (`webhooks.delivery`), in the
   processes configured with `WEBHOOK_SECRET` only.
 

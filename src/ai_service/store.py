@@ -1085,7 +1085,7 @@ class Store:
     ) -> list[dict[str, Any]]:
         """The report's figures as rows (see the `transcription_report` query and
         `transcription_report.provider_figures`); `window` is `Window.params()`."""
-        params = {**window, "owner_service": owner_service}
+        params = {**window, "owner": owner_service}
         return await self._fetch("transcription_report", params, prepare=False)
 
     async def transcription_disagreements(
@@ -1093,10 +1093,8 @@ class Store:
     ) -> list[dict[str, Any]]:
         """The attempt rows of the `limit` jobs finished in [since, until) whose
         providers disagree most (`transcription_disagreements`)."""
-        params = {"since": since, "until": until, "owner_service": owner_service}
-        return await self._fetch(
-            "transcription_disagreements", params | {"limit": limit}, prepare=False
-        )
+        params = {"since": since, "until": until, "owner": owner_service, "limit": limit}
+        return await self._fetch("transcription_disagreements", params, prepare=False)
 
     async def transcription_bounds(self) -> list[float]:
         """The upper bounds (ms) of the report's duration buckets."""

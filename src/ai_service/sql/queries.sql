@@ -967,17 +967,17 @@ WITH edges AS (
     SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference
       FROM transcription_attempts
      WHERE finished_at >= %(edge1_from)s AND finished_at < %(edge1_to)s
-       AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s)
+       AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
   UNION ALL
     SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference
       FROM transcription_attempts
      WHERE finished_at >= %(edge2_from)s AND finished_at < %(edge2_to)s
-       AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s)
+       AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
   UNION ALL
     SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference
       FROM transcription_rollup_deltas
      WHERE hour >= %(hours_from)s AND hour < %(hours_to)s
-       AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s)
+       AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
 ), bucketed AS (
     SELECT e.*,
            CASE WHEN status = 'ok' AND duration_ms IS NOT NULL
@@ -988,7 +988,7 @@ SELECT provider, model, attempts, ok, skipped, reference, rtf_ms, rtf_audio, wer
        buckets, NULL::integer AS bucket, 0::bigint AS bucket_n
   FROM transcription_rollups
  WHERE hour >= %(hours_from)s AND hour < %(hours_to)s
-   AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s)
+   AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
 UNION ALL
 SELECT provider, model,
        count(*) FILTER (WHERE status IN ('ok', 'error')),
@@ -1021,7 +1021,7 @@ WITH top AS (
       FROM transcription_attempts
      WHERE disagreement IS NOT NULL
        AND finished_at >= %(since)s AND finished_at < %(until)s
-       AND (%(owner_service)s::text IS NULL OR owner_service = %(owner_service)s)
+       AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
      ORDER BY disagreement DESC, finished_at DESC, job_id
      LIMIT %(limit)s
 )

@@ -18,7 +18,8 @@ with `VOXTRAL_API=transcriptions` through `POST /v1/audio/transcriptions`
 `language`, `provider`, `model`, `warnings` come from the first provider that
 succeeded (its attempt is `selected` and does not repeat them); `attempts` has
 one entry per provider (`ok`, `error` or `skipped`), a WhisperX attempt lists
-every instance it tried in `instances`. WhisperX instances are chosen by load
+every instance it tried in `instances`, and every other successful attempt its
+`wer` against the selected one (`compare_attempts`). WhisperX instances are chosen by load
 (`providers.whisperx.InstancePicker`, one per process): fewest requests in
 flight from this worker, open breakers skipped, ties in turn.
 
