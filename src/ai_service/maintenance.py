@@ -2,10 +2,12 @@
 
 - rescuer: expired leases back to pending (or failed as `lease_expired`);
 - counter compaction: trigger-written deltas folded into `job_counts` and
-  into the finished-jobs rollups behind `/api/v1/stats`;
-- retention: finished jobs past their age deleted in batches, rollups
-  older than 8 days, and stored audio unused for `AUDIO_RETENTION` that no
-  pending or running job names;
+  into the finished-jobs rollups behind `/api/v1/stats`, and the transcription
+  attempts into the hourly rollups behind `/api/v1/reports/transcription`;
+- retention: finished jobs past their age deleted in batches (with their
+  transcription report rows), rollups older than 8 days (the transcription
+  report's hourly ones after 32 days), and stored audio unused for
+  `AUDIO_RETENTION` that no pending or running job names;
 - webhooks: due completion webhooks delivered (`webhooks.delivery`), in the
   processes configured with `WEBHOOK_SECRET` only.
 
@@ -110,9 +112,11 @@ class Maintenance:
                 return moved
 
     async def compact(self) -> None:
-        """One compaction pass: counters, then rollups (each its own statement and lock)."""
+        """One compaction pass: counters, rollups, then the transcription report's hourly
+        rollups (each its own statement and lock)."""
         await self.store.compact_counts()
         await self.store.compact_rollups()
+        await self.store.compact_transcription_rollups()
 
     async def prune(self) -> int:
         """One retention pass; returns how many jobs it deleted."""
@@ -121,6 +125,7 @@ class Maintenance:
             failed_seconds=self.settings.retention_failed,
         )
         await self.store.prune_rollups()
+        await self.store.prune_transcription_rollups()
         if deleted:
             log.info("retention deleted %d finished jobs", deleted)
         recordings, size = await self.store.prune_audio(self.settings.audio_retention)

@@ -22,6 +22,7 @@ from collections.abc import (
     Callable,
     Collection,
     Iterable,
+    Mapping,
     Sequence,
 )
 from dataclasses import dataclass, field, fields, replace
@@ -1064,6 +1065,41 @@ class Store:
         """Delete rollups past their retention (8 days); returns how many rows went."""
         rows = await self._fetch("job_rollups_prune", {})
         return int(rows[0]["deleted"])
+
+    # -- the transcription A/B report (rows written by the jobs_transcription_report
+    # trigger when a transcription job completes) ------------------------------------
+
+    async def compact_transcription_rollups(self) -> int:
+        """Fold the trigger-written attempt deltas into the hourly transcription rollups;
+        returns how many were folded (0 while another replica folds)."""
+        rows = await self._fetch("transcription_rollups_compact", {})
+        return int(rows[0]["folded"])
+
+    async def prune_transcription_rollups(self) -> int:
+        """Delete hourly transcription rollups past their retention (32 days)."""
+        rows = await self._fetch("transcription_rollups_prune", {})
+        return int(rows[0]["deleted"])
+
+    async def transcription_report_rows(
+        self, window: Mapping[str, datetime], owner_service: str | None
+    ) -> list[dict[str, Any]]:
+        """The report's figures as rows (see the `transcription_report` query and
+        `transcription_report.provider_figures`); `window` is `Window.params()`."""
+        params = {**window, "owner": owner_service}
+        return await self._fetch("transcription_report", params, prepare=False)
+
+    async def transcription_disagreements(
+        self, since: datetime, until: datetime, owner_service: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The attempt rows of the `limit` jobs finished in [since, until) whose
+        providers disagree most (`transcription_disagreements`)."""
+        params = {"since": since, "until": until, "owner": owner_service, "limit": limit}
+        return await self._fetch("transcription_disagreements", params, prepare=False)
+
+    async def transcription_bounds(self) -> list[float]:
+        """The upper bounds (ms) of the report's duration buckets."""
+        rows = await self._fetch("transcription_bounds", {})
+        return [float(b) for b in rows[0]["bounds"]]
 
     async def recount_counts(self, lock_timeout: float = RECOUNT_LOCK_TIMEOUT) -> Recount:
         """Set `job_counts` from the jobs table, exactly, while the service runs.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from uuid import UUID
 
 from pydantic import (
@@ -621,6 +621,129 @@ class StatsOut(BaseModel):
         description="Jobs finished per minute, the last 60 UTC minutes, oldest first."
     )
     generated_at: datetime = Field(description="The database clock when the stats were read.")
+
+
+# -- the transcription A/B report -------------------------------------------------
+
+REPORT_MAX_DAYS = 31
+
+
+class TranscriptionReportQuery(_Strict):
+    """The query of `GET /api/v1/reports/transcription`."""
+
+    since: Timestamp | None = Field(
+        default=None,
+        description="Start of the window (inclusive), ISO 8601 with a timezone; default: "
+        "24 h before `until`.",
+    )
+    until: Timestamp | None = Field(
+        default=None,
+        description="End of the window (exclusive), ISO 8601 with a timezone; default: now. "
+        f"At most {REPORT_MAX_DAYS} days after `since`.",
+    )
+    owner_service: ShortText | None = Field(
+        default=None, description="Only this caller's jobs (a submitter: its own, by default)."
+    )
+    limit: Limit = Field(default=20, description="How many disagreeing jobs to list.")
+
+
+class TranscriptionProviderOut(BaseModel):
+    """One provider and model over the window."""
+
+    provider: str
+    model: str
+    attempts: int = Field(description="Attempts made: ok and error (a skipped provider made none).")
+    ok: int
+    errors: int
+    skipped: int = Field(description="Times the provider was skipped (not configured, fallback).")
+    success_rate: float | None = Field(description="ok / attempts; null without attempts.")
+    duration_p50_ms: float | None = Field(
+        description="Median duration of the ok attempts, estimated from duration buckets "
+        "(bounds 100 ms x 1.25^k: within a quarter of the value)."
+    )
+    duration_p95_ms: float | None = Field(description="95th percentile, as the median.")
+    real_time_factor: float | None = Field(
+        description="Total duration of the ok attempts over the seconds of audio they "
+        "transcribed (a duration-weighted mean; below 1 is faster than real time)."
+    )
+    wer_mean: float | None = Field(
+        description="Mean word error rate of this provider's texts against their job's "
+        "reference (the first provider that succeeded); null when never compared."
+    )
+    wer_jobs: int = Field(description="How many jobs `wer_mean` averages over.")
+    reference_jobs: int = Field(description="How many jobs took this provider as reference.")
+
+
+class DisagreementAttemptOut(BaseModel):
+    """One provider's attempt in a disagreeing job."""
+
+    provider: str
+    model: str
+    status: str = Field(description="ok, error or skipped.")
+    reference: bool = Field(description="The job's reference (selected) attempt.")
+    wer: float | None = Field(description="Against the reference; null for it and failures.")
+
+
+class DisagreementOut(BaseModel):
+    """A job whose providers disagree, with every provider's WER."""
+
+    job_id: UUID
+    owner_service: str
+    owner_ref: str
+    finished_at: datetime
+    reference_provider: str | None
+    max_wer: float = Field(description="The largest WER of the job's attempts.")
+    providers: list[DisagreementAttemptOut] = Field(description="In the job's provider order.")
+
+
+class TranscriptionReportOut(BaseModel):
+    """The transcription A/B report over [since, until)."""
+
+    since: datetime
+    until: datetime
+    owner_service: str | None
+    reference_provider: str | None = Field(
+        description="The provider that was the jobs' reference most often in the window."
+    )
+    providers: list[TranscriptionProviderOut] = Field(description="By provider, then model.")
+    disagreements: list[DisagreementOut] = Field(
+        description="The jobs where providers disagree most: highest WER first."
+    )
+
+
+class AlignmentRunOut(BaseModel):
+    """A run of one kind of word alignment step (normalised words)."""
+
+    op: Literal["equal", "substitute", "delete", "insert"]
+    ref: list[str] = Field(description="Reference words (empty for an insertion).")
+    hyp: list[str] = Field(description="This provider's words (empty for a deletion).")
+
+
+class ComparedAttemptOut(BaseModel):
+    """One provider's attempt with its text and the alignment against the reference."""
+
+    provider: str
+    model: str | None
+    status: str
+    selected: bool = Field(description="The reference: the attempt the result comes from.")
+    duration_ms: float | None
+    text: str | None
+    wer: float | None = Field(description="Against the reference's text; null for it.")
+    alignment: list[AlignmentRunOut] | None = Field(
+        description="The words against the reference's, for a diff view; null for the "
+        "reference, failed attempts and texts of more than 10,000 words."
+    )
+
+
+class TranscriptionComparisonOut(BaseModel):
+    """A completed transcription job's texts side by side."""
+
+    job_id: UUID
+    owner_service: str
+    owner_ref: str
+    finished_at: datetime | None
+    reference_provider: str | None
+    attempts: list[ComparedAttemptOut] = Field(description="In the job's provider order.")
 
 
 class HealthOut(BaseModel):
