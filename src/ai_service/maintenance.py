@@ -4,8 +4,9 @@
 - counter compaction: trigger-written deltas folded into `job_counts` and
   into the finished-jobs rollups behind `/api/v1/stats`;
 - retention: finished jobs past their age deleted in batches, rollups
-  older than 8 days, and stored audio unused for `AUDIO_RETENTION` that no
-  pending or running job names;
+  older than 8 days, stored audio unused for `AUDIO_RETENTION` that no
+  pending or running job names, and the worker registry's rows not seen for
+  an hour (`WORKER_RETENTION`);
 - webhooks: due completion webhooks delivered (`webhooks.delivery`), in the
   processes configured with `WEBHOOK_SECRET` only.
 
@@ -46,6 +47,10 @@ SERVICE_KEYS = {
 }
 # Seconds between two rounds of the webhook deliverer: a new event waits at most this.
 WEBHOOK_INTERVAL = 1.0
+# Rows of the worker registry not seen for this long are deleted (stopped or gone
+# workers). Kept here, not imported from `worker.presence`: the API runs maintenance
+# too and must not import the worker.
+WORKER_RETENTION = 3600.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,9 @@ class Maintenance:
         recordings, size = await self.store.prune_audio(self.settings.audio_retention)
         if recordings:
             log.info("retention deleted %d stored recordings (%d bytes)", recordings, size)
+        workers = await self.store.prune_workers(WORKER_RETENTION)
+        if workers:
+            log.info("retention deleted %d workers not seen for %.0fs", workers, WORKER_RETENTION)
         self.pruned += deleted
         return deleted
 

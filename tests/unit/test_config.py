@@ -185,6 +185,8 @@ def test_parse_duration_result_is_finite_for_plain_seconds() -> None:
         ("WORKER_CLAIM_LIMIT", "101"),
         ("WORKER_CLAIM_LIMIT", "four"),
         ("WORKER_LEASE_TIMEOUT", "500ms"),
+        ("WORKER_REGISTRY_INTERVAL", "50ms"),
+        ("WORKER_REGISTRY_INTERVAL", "10m"),
         ("DATABASE_URL", "mysql://db/ai"),
         ("LLM_CONCURRENCY", "many"),
         ("LLM_CONCURRENCY", "-2"),

@@ -165,6 +165,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/v1/stats"): Rule(_OPS_READ),
     ("GET", "/api/v1/providers/status"): Rule(_OPS_READ),
     ("GET", "/api/v1/infra/status"): Rule(_OPS_READ),
+    ("GET", "/api/v1/workers"): Rule(_OPS_READ),
 }
 
 
