@@ -276,6 +276,11 @@ def test_worker_concurrency_defaults_to_the_claim_limit() -> None:
     assert settings.effective_worker_concurrency == 20
 
 
+def test_the_worker_registry_interval_defaults_to_five_seconds_and_reads_a_duration() -> None:
+    assert load_settings({}).worker_registry_interval == 5.0
+    assert load_settings({"WORKER_REGISTRY_INTERVAL": "500ms"}).worker_registry_interval == 0.5
+
+
 def test_llm_concurrency_takes_a_number_or_auto() -> None:
     assert load_settings({"LLM_CONCURRENCY": "16"}).llm_concurrency == 16
     auto = load_settings({"LLM_CONCURRENCY": " Auto "})
