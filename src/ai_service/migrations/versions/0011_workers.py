@@ -30,9 +30,10 @@ CREATE TABLE workers (
     -- bounded by the writer; the CHECK is the backstop against a runaway snapshot
     status     jsonb       NOT NULL DEFAULT '{}'
                CHECK (jsonb_typeof(status) = 'object' AND pg_column_size(status) <= 65536)
-);
--- Retention deletes by age; the list reads every row (a handful).
-CREATE INDEX workers_last_seen_idx ON workers (last_seen);
+) WITH (fillfactor = 50);
+-- No index but the key: the table holds a row per worker of the last hour, read whole
+-- by the list and by retention, and an index on last_seen (written every few seconds)
+-- would keep its updates from being HOT (free page space, the fillfactor, lets them be).
 """
 
 DOWNGRADE = r"""
