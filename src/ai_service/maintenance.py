@@ -4,11 +4,13 @@
 - counter compaction: trigger-written deltas folded into `job_counts` and
   into the finished-jobs rollups behind `/api/v1/stats`;
 - retention: finished jobs past their age deleted in batches, rollups
-  older than 8 days, stored audio unused for `AUDIO_RETENTION` that no
-  pending or running job names, and the worker registry's rows not seen for
-  an hour (`WORKER_RETENTION`);
+  older than 8 days, and stored audio unused for `AUDIO_RETENTION` that no
+  pending or running job names;
 - webhooks: due completion webhooks delivered (`webhooks.delivery`), in the
   processes configured with `WEBHOOK_SECRET` only.
+
+Retention also deletes the worker registry's rows not seen for an hour
+(`WORKER_RETENTION`; `worker.presence` writes them).
 
 Every API and worker process runs a `Maintenance`, but each service runs only
 in the process that leads it (`leader.Leadership`: an advisory lock per
