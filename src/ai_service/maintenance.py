@@ -11,6 +11,9 @@
 - webhooks: due completion webhooks delivered (`webhooks.delivery`), in the
   processes configured with `WEBHOOK_SECRET` only.
 
+Retention also deletes the worker registry's rows not seen for an hour
+(`WORKER_RETENTION`; `worker.presence` writes them).
+
 Every API and worker process runs a `Maintenance`, but each service runs only
 in the process that leads it (`leader.Leadership`: an advisory lock per
 service, re-elected when the leader dies). Services run in their own tasks,
@@ -48,6 +51,10 @@ SERVICE_KEYS = {
 }
 # Seconds between two rounds of the webhook deliverer: a new event waits at most this.
 WEBHOOK_INTERVAL = 1.0
+# Rows of the worker registry not seen for this long are deleted (stopped or gone
+# workers). Kept here, not imported from `worker.presence`: the API runs maintenance
+# too and must not import the worker.
+WORKER_RETENTION = 3600.0
 
 
 @dataclass(frozen=True)
@@ -131,6 +138,9 @@ class Maintenance:
         recordings, size = await self.store.prune_audio(self.settings.audio_retention)
         if recordings:
             log.info("retention deleted %d stored recordings (%d bytes)", recordings, size)
+        workers = await self.store.prune_workers(WORKER_RETENTION)
+        if workers:
+            log.info("retention deleted %d workers not seen for %.0fs", workers, WORKER_RETENTION)
         self.pruned += deleted
         return deleted
 

@@ -192,6 +192,47 @@ class Delivery:
 
 
 @dataclass(frozen=True)
+class WorkerEntry:
+    """What a worker writes into its row of the registry (`Store.upsert_worker`).
+
+    `status` is the bounded snapshot of `worker.presence.snapshot`: no secret in it.
+    """
+
+    worker_id: str
+    hostname: str
+    pid: int
+    version: str
+    started_at: datetime
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """One row of the registry as `GET /api/v1/workers` reads it.
+
+    `alive`: seen within the window asked for and not stopped; `seconds_since_seen`
+    and `now` by the database clock.
+    """
+
+    worker_id: str
+    hostname: str
+    pid: int
+    version: str
+    started_at: datetime
+    last_seen: datetime
+    stopped_at: datetime | None
+    status: dict[str, Any]
+    seconds_since_seen: float
+    alive: bool
+    now: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> WorkerRow:
+        names = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in row.items() if name in names})
+
+
+@dataclass(frozen=True)
 class DeliveryOutcome:
     """What one delivery attempt gave, for `Store.record_deliveries`.
 
@@ -1051,6 +1092,43 @@ class Store:
         """A job's webhook deliveries, oldest first."""
         rows = await self._fetch("webhook_list", {"job_id": job_id})
         return [Delivery.from_row(row) for row in rows]
+
+    # -- the worker registry (each worker writes its own row) --------------------------
+
+    async def upsert_worker(
+        self, entry: WorkerEntry, *, fresh: float, stopped: bool = False
+    ) -> bool:
+        """Write `entry` as its worker's row, seen now (`stopped`: marked stopped).
+
+        Returns True when the row belonged to another live process (seen within
+        `fresh` seconds, not stopped, another host, pid or start): two processes
+        share the worker id.
+        """
+        rows = await self._fetch(
+            "worker_upsert",
+            {
+                "worker_id": entry.worker_id,
+                "hostname": entry.hostname,
+                "pid": entry.pid,
+                "version": entry.version,
+                "started_at": entry.started_at,
+                "status": db.jsonb(entry.status),
+                "stopped": stopped,
+                "fresh": fresh,
+            },
+        )
+        return bool(rows and rows[0]["clash"])
+
+    async def list_workers(self, *, within: float, limit: int) -> list[WorkerRow]:
+        """Up to `limit` rows of the registry: live ones (seen within `within` seconds,
+        not stopped) first, then the most recently seen."""
+        rows = await self._fetch("worker_list", {"within": within, "limit": limit})
+        return [WorkerRow.from_row(row) for row in rows]
+
+    async def prune_workers(self, retention: float) -> int:
+        """Delete the rows of workers not seen for `retention` seconds; returns how many."""
+        rows = await self._fetch("worker_prune", {"retention": retention})
+        return int(rows[0]["deleted"])
 
     async def compact_counts(self) -> None:
         """Fold trigger-written counter deltas into `job_counts`."""

@@ -152,6 +152,7 @@ async def exercise(
     await call("GET", f"{API}/stats", f"{API}/stats")
     await call("GET", f"{API}/providers/status", f"{API}/providers/status")
     await call("GET", f"{API}/infra/status", f"{API}/infra/status")
+    await call("GET", f"{API}/workers", f"{API}/workers")
     uploaded = await call(
         "POST",
         f"{API}/audio",
@@ -418,6 +419,7 @@ MATRIX: dict[tuple[str, str], tuple[int, set[str]]] = {
     ("GET", "/api/v1/stats"): (200, {"worker", "reader"}),
     ("GET", "/api/v1/providers/status"): (200, {"worker", "reader"}),
     ("GET", "/api/v1/infra/status"): (200, {"worker", "reader"}),
+    ("GET", "/api/v1/workers"): (200, {"worker", "reader"}),
     ("POST", "/api/v1/audio"): (201, {"submitter"}),
     ("GET", "/api/v1/audio/{audio_id}"): (200, {"submitter", "worker", "reader"}),
     ("GET", "/api/v1/reports/transcription"): (200, {"submitter", "reader"}),
@@ -637,6 +639,7 @@ REQUESTS: dict[tuple[str, str], Callable[[Admin], Awaitable[Request]]] = {
     ("GET", "/api/v1/stats"): lambda admin: _plain("/stats"),
     ("GET", "/api/v1/providers/status"): lambda admin: _plain("/providers/status"),
     ("GET", "/api/v1/infra/status"): lambda admin: _plain("/infra/status"),
+    ("GET", "/api/v1/workers"): lambda admin: _plain("/workers"),
     ("POST", "/api/v1/audio"): _upload,
     ("GET", "/api/v1/audio/{audio_id}"): _download,
     ("GET", "/api/v1/reports/transcription"): lambda admin: _plain("/reports/transcription"),

@@ -164,6 +164,31 @@ def test_0006_counts_existing_jobs_per_owner_exactly_and_downgrades_back(
     }[("ops", "pending")] == 2
 
 
+def test_0011_creates_the_worker_registry_and_downgrades_back(empty_database: str) -> None:
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0011")
+    run(
+        empty_database,
+        "INSERT INTO workers (worker_id, hostname, pid, version, started_at)"
+        " VALUES ('w-1', 'node-a', 12, '0.1.0', now())",
+    )
+    [row] = rows(empty_database, "SELECT status, stopped_at, last_seen FROM workers")
+    assert row["status"] == {}
+    assert row["stopped_at"] is None
+    assert row["last_seen"] is not None
+    with pytest.raises(psycopg.errors.CheckViolation):
+        run(
+            empty_database,
+            "INSERT INTO workers (worker_id, hostname, pid, version, started_at)"
+            " VALUES ('', 'h', 1, 'v', now())",
+        )
+
+    command.downgrade(config, "-1")
+    assert rows(empty_database, "SELECT to_regclass('workers') AS t") == [{"t": None}]
+    migrate.upgrade(empty_database)  # and up again
+    assert rows(empty_database, "SELECT count(*) AS n FROM workers") == [{"n": 0}]
+
+
 def test_0009_adds_the_webhook_columns_to_existing_jobs_and_downgrades_back(
     empty_database: str,
 ) -> None:

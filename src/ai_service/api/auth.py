@@ -164,6 +164,7 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     # Queue-wide figures and infrastructure: not for submitters (they would
     # see other owners' load); their own jobs are in the list.
     ("GET", "/api/v1/stats"): Rule(_OPS_READ),
+    ("GET", "/api/v1/workers"): Rule(_OPS_READ),
     ("GET", "/api/v1/providers/status"): Rule(_OPS_READ),
     ("GET", "/api/v1/infra/status"): Rule(_OPS_READ),
     # The transcription A/B report: readers and admins see every owner; a submitter

@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
@@ -138,7 +139,7 @@ _TRACEPARENT_OUT = "The W3C `traceparent` the job was created with (its webhook 
 
 
 if TYPE_CHECKING:
-    from ai_service.store import AudioBlob, Delivery
+    from ai_service.store import AudioBlob, Delivery, WorkerRow
 
 
 class _Strict(BaseModel):
@@ -748,6 +749,136 @@ class TranscriptionComparisonOut(BaseModel):
 
 class HealthOut(BaseModel):
     status: str
+
+
+# -- the worker registry (`GET /api/v1/workers`) --------------------------------------
+
+
+class WorkerSlotsOut(BaseModel):
+    """A handler's slots on one worker."""
+
+    slots: int = Field(default=0, description="Slots configured for the handler.")
+    limit: int = Field(default=0, description="Current limit (adaptive or fixed).")
+    in_use: int = Field(default=0, description="Jobs holding a slot now.")
+
+
+class WorkerHandlerOut(BaseModel):
+    """One handler of a worker (enabled or not) and the jobs it takes."""
+
+    name: str
+    task_types: list[str] = Field(default_factory=list)
+    model_profiles: list[str] | None = Field(default=None, description="null: any model profile.")
+    enabled: bool = True
+    disabled_reason: str | None = None
+    slots: WorkerSlotsOut = Field(default_factory=WorkerSlotsOut)
+
+
+class WorkerBreakerOut(BaseModel):
+    """The circuit breaker of one provider endpoint, as the worker saw it last."""
+
+    provider: str = Field(description="Endpoint name: `llm`, `whisperx#2`, `qwen2-audio`, ...")
+    url: str = Field(description="The endpoint's URL with credentials removed.")
+    state: str = Field(description="`closed`, `open` or `half_open`.")
+    since: datetime | None = Field(default=None, description="When it entered that state.")
+    last_error: str | None = Field(default=None, description="The last failure, cleaned.")
+    consecutive_failures: int = 0
+
+
+class WorkerCountersOut(BaseModel):
+    """Attempts this worker finished since it started."""
+
+    processed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    discarded: int = 0
+    deferred: int = 0
+
+
+class _WorkerSnapshot(BaseModel):
+    """The `status` a worker stores in its row (`worker.presence.snapshot`), read leniently:
+    a row written by another release lacks fields or has more."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stopping: bool = False
+    concurrency: int = 0
+    in_flight: int = 0
+    handlers: list[WorkerHandlerOut] = Field(default_factory=list)
+    breakers: list[WorkerBreakerOut] = Field(default_factory=list)
+    counters: WorkerCountersOut = Field(default_factory=WorkerCountersOut)
+    last_claim_at: datetime | None = None
+
+
+class WorkerOut(BaseModel):
+    """One worker of the registry."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    version: str
+    started_at: datetime
+    last_seen: datetime = Field(description="Its last write (database clock).")
+    seconds_since_seen: float
+    alive: bool = Field(
+        description="Seen within `within` seconds and not stopped; false for `stopped` and "
+        "`unresponsive` workers (kept until retention deletes them, an hour after last seen)."
+    )
+    state: Literal["running", "stopping", "stopped", "unresponsive"] = Field(
+        description="`stopping`: shutting down, finishing its jobs; `stopped`: stopped "
+        "gracefully; `unresponsive`: not seen within `within` seconds (killed, crashed, "
+        "cut off from the database)."
+    )
+    stopped_at: datetime | None
+    concurrency: int = Field(description="Slots in all: jobs it may hold at once.")
+    in_flight: int = Field(description="Jobs it held at its last write.")
+    slots_in_use: int = Field(description="Slots in use at its last write, all handlers.")
+    handlers: list[WorkerHandlerOut]
+    breakers: list[WorkerBreakerOut]
+    counters: WorkerCountersOut
+    last_claim_at: datetime | None
+
+    @classmethod
+    def of(cls, row: WorkerRow) -> WorkerOut:
+        try:
+            snap = _WorkerSnapshot.model_validate(row.status)
+        except ValidationError:
+            snap = _WorkerSnapshot()  # unreadable: the row still shows who and when
+        if row.stopped_at is not None:
+            state: Literal["running", "stopping", "stopped", "unresponsive"] = "stopped"
+        elif not row.alive:
+            state = "unresponsive"
+        else:
+            state = "stopping" if snap.stopping else "running"
+        return cls(
+            worker_id=row.worker_id,
+            hostname=row.hostname,
+            pid=row.pid,
+            version=row.version,
+            started_at=row.started_at,
+            last_seen=row.last_seen,
+            seconds_since_seen=round(max(row.seconds_since_seen, 0.0), 3),
+            alive=row.alive,
+            state=state,
+            stopped_at=row.stopped_at,
+            concurrency=snap.concurrency,
+            in_flight=snap.in_flight,
+            slots_in_use=sum(h.slots.in_use for h in snap.handlers),
+            handlers=snap.handlers,
+            breakers=snap.breakers,
+            counters=snap.counters,
+            last_claim_at=snap.last_claim_at,
+        )
+
+
+class WorkersOut(BaseModel):
+    """The worker registry: live workers first, then stopped and unresponsive ones."""
+
+    within_seconds: float = Field(description="The window `alive` was judged by.")
+    alive: int = Field(description="How many workers are alive.")
+    truncated: bool = Field(description="More rows exist than the 1000 listed.")
+    generated_at: datetime = Field(description="The database clock when the rows were read.")
+    workers: list[WorkerOut]
 
 
 class DeliveryAttemptOut(BaseModel):

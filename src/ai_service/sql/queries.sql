@@ -1164,6 +1164,49 @@ SELECT now() AS now;
 -- Readiness probe: the server answers and accepts writes (not a standby).
 SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' AS ok;
 
+-- name: worker_upsert
+-- A worker's own row of the registry, written at start, every WORKER_REGISTRY_INTERVAL
+-- and at a graceful stop (`stopped`: stopped_at set). Last seen by the database clock.
+-- `clash`: the row was another live process's (another host, pid or start, seen within
+-- `fresh` seconds, not stopped), so two processes share this WORKER_ID.
+WITH previous AS (
+    SELECT hostname, pid, started_at, last_seen, stopped_at
+      FROM workers WHERE worker_id = %(worker_id)s
+)
+INSERT INTO workers AS w
+       (worker_id, hostname, pid, version, started_at, last_seen, stopped_at, status)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(version)s, %(started_at)s, now(),
+        CASE WHEN %(stopped)s::boolean THEN now() END, %(status)s)
+    ON CONFLICT (worker_id) DO UPDATE
+   SET hostname = excluded.hostname, pid = excluded.pid, version = excluded.version,
+       started_at = excluded.started_at, last_seen = excluded.last_seen,
+       stopped_at = excluded.stopped_at, status = excluded.status
+RETURNING coalesce((SELECT (p.hostname, p.pid, p.started_at)
+                               IS DISTINCT FROM (w.hostname, w.pid, w.started_at)
+                           AND p.stopped_at IS NULL
+                           AND p.last_seen > now() - make_interval(secs => %(fresh)s::float8)
+                      FROM previous p), false) AS clash;
+
+-- name: worker_list
+-- The registry (`GET /api/v1/workers`): live rows first (seen within `within` seconds,
+-- not stopped), then the newest; each with its age by the database clock.
+SELECT w.*, extract(epoch FROM now() - w.last_seen)::float8 AS seconds_since_seen,
+       (w.stopped_at IS NULL
+        AND w.last_seen > now() - make_interval(secs => %(within)s::float8)) AS alive,
+       now() AS now
+  FROM workers w
+ ORDER BY alive DESC, w.last_seen DESC, w.worker_id
+ LIMIT %(limit)s;
+
+-- name: worker_prune
+-- Retention: the rows of workers not seen for `retention` seconds (stopped or gone).
+WITH gone AS (
+    DELETE FROM workers
+     WHERE last_seen < now() - make_interval(secs => %(retention)s::float8)
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
 -- name: audio_begin
 -- A new upload (`POST /api/v1/audio`): the row exists before its bytes, which arrive as
 -- numbered chunks; size and sha256 stay NULL until audio_finish.
