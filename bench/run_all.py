@@ -21,6 +21,7 @@ from bench import (
     http_path,
     llm_saturation,
     pickup,
+    report,
     scale,
     scheduling,
     throughput,
@@ -62,6 +63,7 @@ async def main(quick: bool) -> None:
     await llm_saturation.main(1000 if quick else 3000, 64, 0.2)
     await scheduling.main(quick=quick)
     await audio_memory.main(10.0 if quick else 30.0)
+    await report.main(10_000 if quick else 100_000, 20)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from ai_service.notifier import JobNotifier
 from ai_service.store import Store
 from ai_service.worker.handler import HandlerContext
 from ai_service.worker.main import handler_specs, limiters, provider_client
+from ai_service.worker.presence import Presence
 from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
 from tests.helpers import make_settings
@@ -22,10 +23,13 @@ async def running_worker(database_url: str, **env: str) -> AsyncIterator[Runner]
     """An in-process runner with every built-in handler, its own store and notifier.
 
     The heartbeat interval is the runner's own (a third of `WORKER_LEASE_TIMEOUT`).
+    Its registry row (`worker.presence`) is written every 0.2 s unless the test
+    says otherwise, and marked stopped at the end.
     """
     env.setdefault("WORKER_POLL_INTERVAL", "0.2")
     env.setdefault("RETRY_BACKOFF_BASE", "0.05s")
     env.setdefault("RETRY_BACKOFF_MAX", "0.1s")
+    env.setdefault("WORKER_REGISTRY_INTERVAL", "0.2s")
     settings = make_settings(database_url, **env)
     # Like `ai_service.worker.main.serve`: the backoff of failed attempts is the store's.
     store = await Store.open(
@@ -50,10 +54,15 @@ async def running_worker(database_url: str, **env: str) -> AsyncIterator[Runner]
                 limiters=limiters(settings, http, specs),
             )
             runner.start()
+            presence = Presence(store, runner, settings)
+            presence.start()
             try:
                 yield runner
             finally:
-                await runner.shutdown()
+                try:
+                    await runner.shutdown()
+                finally:
+                    await presence.stop()
     finally:
         await notifier.stop()
         await store.close()

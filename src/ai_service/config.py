@@ -344,6 +344,7 @@ class Settings:
     worker_concurrency: int = 0  # 0 means "same as worker_claim_limit"
     worker_lease_timeout: float = 900.0
     worker_shutdown_timeout: float = 30.0
+    worker_registry_interval: float = 5.0  # how often a worker writes its registry row
     # Scheduling: cluster-wide running limits per model profile, fair-share weights
     model_profile_limits: tuple[tuple[str, int], ...] = ()
     owner_weights: tuple[tuple[str, int], ...] = ()
@@ -498,6 +499,7 @@ _VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_CONCURRENCY": ("worker_concurrency", _parse_int),
     "WORKER_LEASE_TIMEOUT": ("worker_lease_timeout", parse_duration),
     "WORKER_SHUTDOWN_TIMEOUT": ("worker_shutdown_timeout", parse_duration),
+    "WORKER_REGISTRY_INTERVAL": ("worker_registry_interval", parse_duration),
     "MODEL_PROFILE_LIMITS": ("model_profile_limits", _parse_weights),
     "OWNER_WEIGHTS": ("owner_weights", _parse_weights),
     "PROVIDER_OUTAGE_MAX": ("provider_outage_max", parse_duration),
@@ -648,6 +650,11 @@ def _validate(s: Settings) -> None:
         "TRANSCRIPTION_CONCURRENCY: raise it, or leave it unset (then it is their sum)",
     )
     check(s.worker_lease_timeout >= 1, "worker_lease_timeout", "must be at least 1s")
+    check(
+        0.1 <= s.worker_registry_interval <= 300,
+        "worker_registry_interval",
+        "must be between 100ms and 5m",
+    )
     check(0 <= s.breaker_failures <= 1000, "breaker_failures", "must be between 0 and 1000")
     check(s.breaker_probe_interval >= 0.05, "breaker_probe_interval", "must be at least 50ms")
     check(

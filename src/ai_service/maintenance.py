@@ -2,12 +2,17 @@
 
 - rescuer: expired leases back to pending (or failed as `lease_expired`);
 - counter compaction: trigger-written deltas folded into `job_counts` and
-  into the finished-jobs rollups behind `/api/v1/stats`;
-- retention: finished jobs past their age deleted in batches, rollups
-  older than 8 days, and stored audio unused for `AUDIO_RETENTION` that no
-  pending or running job names;
+  into the finished-jobs rollups behind `/api/v1/stats`, and the transcription
+  attempts into the hourly rollups behind `/api/v1/reports/transcription`;
+- retention: finished jobs past their age deleted in batches (with their
+  transcription report rows), rollups older than 8 days (the transcription
+  report's hourly ones after 32 days), and stored audio unused for
+  `AUDIO_RETENTION` that no pending or running job names;
 - webhooks: due completion webhooks delivered (`webhooks.delivery`), in the
   processes configured with `WEBHOOK_SECRET` only.
+
+Retention also deletes the worker registry's rows not seen for an hour
+(`WORKER_RETENTION`; `worker.presence` writes them).
 
 Every API and worker process runs a `Maintenance`, but each service runs only
 in the process that leads it (`leader.Leadership`: an advisory lock per
@@ -46,6 +51,10 @@ SERVICE_KEYS = {
 }
 # Seconds between two rounds of the webhook deliverer: a new event waits at most this.
 WEBHOOK_INTERVAL = 1.0
+# Rows of the worker registry not seen for this long are deleted (stopped or gone
+# workers). Kept here, not imported from `worker.presence`: the API runs maintenance
+# too and must not import the worker.
+WORKER_RETENTION = 3600.0
 
 
 @dataclass(frozen=True)
@@ -110,9 +119,11 @@ class Maintenance:
                 return moved
 
     async def compact(self) -> None:
-        """One compaction pass: counters, then rollups (each its own statement and lock)."""
+        """One compaction pass: counters, rollups, then the transcription report's hourly
+        rollups (each its own statement and lock)."""
         await self.store.compact_counts()
         await self.store.compact_rollups()
+        await self.store.compact_transcription_rollups()
 
     async def prune(self) -> int:
         """One retention pass; returns how many jobs it deleted."""
@@ -121,11 +132,15 @@ class Maintenance:
             failed_seconds=self.settings.retention_failed,
         )
         await self.store.prune_rollups()
+        await self.store.prune_transcription_rollups()
         if deleted:
             log.info("retention deleted %d finished jobs", deleted)
         recordings, size = await self.store.prune_audio(self.settings.audio_retention)
         if recordings:
             log.info("retention deleted %d stored recordings (%d bytes)", recordings, size)
+        workers = await self.store.prune_workers(WORKER_RETENTION)
+        if workers:
+            log.info("retention deleted %d workers not seen for %.0fs", workers, WORKER_RETENTION)
         self.pruned += deleted
         return deleted
 

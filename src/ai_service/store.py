@@ -22,6 +22,7 @@ from collections.abc import (
     Callable,
     Collection,
     Iterable,
+    Mapping,
     Sequence,
 )
 from dataclasses import dataclass, field, fields, replace
@@ -187,6 +188,47 @@ class Delivery:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Delivery:
+        names = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in row.items() if name in names})
+
+
+@dataclass(frozen=True)
+class WorkerEntry:
+    """What a worker writes into its row of the registry (`Store.upsert_worker`).
+
+    `status` is the bounded snapshot of `worker.presence.snapshot`: no secret in it.
+    """
+
+    worker_id: str
+    hostname: str
+    pid: int
+    version: str
+    started_at: datetime
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    """One row of the registry as `GET /api/v1/workers` reads it.
+
+    `alive`: seen within the window asked for and not stopped; `seconds_since_seen`
+    and `now` by the database clock.
+    """
+
+    worker_id: str
+    hostname: str
+    pid: int
+    version: str
+    started_at: datetime
+    last_seen: datetime
+    stopped_at: datetime | None
+    status: dict[str, Any]
+    seconds_since_seen: float
+    alive: bool
+    now: datetime
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> WorkerRow:
         names = {f.name for f in fields(cls)}
         return cls(**{name: value for name, value in row.items() if name in names})
 
@@ -1073,6 +1115,43 @@ class Store:
         rows = await self._fetch("webhook_list", {"job_id": job_id})
         return [Delivery.from_row(row) for row in rows]
 
+    # -- the worker registry (each worker writes its own row) --------------------------
+
+    async def upsert_worker(
+        self, entry: WorkerEntry, *, fresh: float, stopped: bool = False
+    ) -> bool:
+        """Write `entry` as its worker's row, seen now (`stopped`: marked stopped).
+
+        Returns True when the row belonged to another live process (seen within
+        `fresh` seconds, not stopped, another host, pid or start): two processes
+        share the worker id.
+        """
+        rows = await self._fetch(
+            "worker_upsert",
+            {
+                "worker_id": entry.worker_id,
+                "hostname": entry.hostname,
+                "pid": entry.pid,
+                "version": entry.version,
+                "started_at": entry.started_at,
+                "status": db.jsonb(entry.status),
+                "stopped": stopped,
+                "fresh": fresh,
+            },
+        )
+        return bool(rows and rows[0]["clash"])
+
+    async def list_workers(self, *, within: float, limit: int) -> list[WorkerRow]:
+        """Up to `limit` rows of the registry: live ones (seen within `within` seconds,
+        not stopped) first, then the most recently seen."""
+        rows = await self._fetch("worker_list", {"within": within, "limit": limit})
+        return [WorkerRow.from_row(row) for row in rows]
+
+    async def prune_workers(self, retention: float) -> int:
+        """Delete the rows of workers not seen for `retention` seconds; returns how many."""
+        rows = await self._fetch("worker_prune", {"retention": retention})
+        return int(rows[0]["deleted"])
+
     async def compact_counts(self) -> None:
         """Fold trigger-written counter deltas into `job_counts`."""
         await self._fetch("job_counts_compact", {})
@@ -1086,6 +1165,41 @@ class Store:
         """Delete rollups past their retention (8 days); returns how many rows went."""
         rows = await self._fetch("job_rollups_prune", {})
         return int(rows[0]["deleted"])
+
+    # -- the transcription A/B report (rows written by the jobs_transcription_report
+    # trigger when a transcription job completes) ------------------------------------
+
+    async def compact_transcription_rollups(self) -> int:
+        """Fold the trigger-written attempt deltas into the hourly transcription rollups;
+        returns how many were folded (0 while another replica folds)."""
+        rows = await self._fetch("transcription_rollups_compact", {})
+        return int(rows[0]["folded"])
+
+    async def prune_transcription_rollups(self) -> int:
+        """Delete hourly transcription rollups past their retention (32 days)."""
+        rows = await self._fetch("transcription_rollups_prune", {})
+        return int(rows[0]["deleted"])
+
+    async def transcription_report_rows(
+        self, window: Mapping[str, datetime], owner_service: str | None
+    ) -> list[dict[str, Any]]:
+        """The report's figures as rows (see the `transcription_report` query and
+        `transcription_report.provider_figures`); `window` is `Window.params()`."""
+        params = {**window, "owner": owner_service}
+        return await self._fetch("transcription_report", params, prepare=False)
+
+    async def transcription_disagreements(
+        self, since: datetime, until: datetime, owner_service: str | None, limit: int
+    ) -> list[dict[str, Any]]:
+        """The attempt rows of the `limit` jobs finished in [since, until) whose
+        providers disagree most (`transcription_disagreements`)."""
+        params = {"since": since, "until": until, "owner": owner_service, "limit": limit}
+        return await self._fetch("transcription_disagreements", params, prepare=False)
+
+    async def transcription_bounds(self) -> list[float]:
+        """The upper bounds (ms) of the report's duration buckets."""
+        rows = await self._fetch("transcription_bounds", {})
+        return [float(b) for b in rows[0]["bounds"]]
 
     async def recount_counts(self, lock_timeout: float = RECOUNT_LOCK_TIMEOUT) -> Recount:
         """Set `job_counts` from the jobs table, exactly, while the service runs.

@@ -152,6 +152,7 @@ async def exercise(
     await call("GET", f"{API}/stats", f"{API}/stats")
     await call("GET", f"{API}/providers/status", f"{API}/providers/status")
     await call("GET", f"{API}/infra/status", f"{API}/infra/status")
+    await call("GET", f"{API}/workers", f"{API}/workers")
     uploaded = await call(
         "POST",
         f"{API}/audio",
@@ -162,7 +163,57 @@ async def exercise(
     )
     audio_id = uploaded.json()["audio_id"]
     await call("GET", f"{API}/audio/{audio_id}", f"{API}/audio/{{id}}")
+    transcribed = await transcription_done(client, headers)
+    await call("GET", f"{API}/reports/transcription", f"{API}/reports/transcription")
+    await call(
+        "GET",
+        f"{API}/reports/transcription/jobs/{transcribed}",
+        f"{API}/reports/transcription/jobs/{{id}}",
+    )
     return out
+
+
+# A compare-mode transcription result: whisperx selected, qwen compared to it.
+TRANSCRIPTION_RESULT = {
+    "text": "добрый день",
+    "provider": "whisperx",
+    "audio_duration": 2.0,
+    "attempts": [
+        {"provider": "whisperx", "model": "large-v3", "status": "ok", "selected": True,
+         "duration_ms": 400},
+        {"provider": "qwen2-audio", "model": "qwen", "status": "ok", "selected": False,
+         "duration_ms": 900, "text": "добрый вечер", "wer": 0.5},
+    ],
+}  # fmt: skip
+
+
+async def transcription_done(
+    client: httpx.AsyncClient, headers: dict[str, str], owner: str = "telephony"
+) -> str:
+    """A completed transcription job of `owner` (its own model profile): its id."""
+    profile = f"p-{uuid.uuid4().hex[:12]}"
+    body = job_body(
+        owner_service=owner,
+        task_type="transcription",
+        model_profile=profile,
+        input={"audio_url": "https://recordings.example/1.wav"},
+    )
+    created = await client.post(f"{API}/jobs", json=body, headers=headers)
+    assert created.status_code == 201, created.text
+    claimed = await client.post(
+        f"{API}/jobs/claim",
+        json={"worker_id": "w", "model_profiles": [profile], "limit": 1},
+        headers=headers,
+    )
+    [job] = claimed.json()["jobs"]
+    done = await client.post(
+        f"{API}/jobs/{job['id']}/complete",
+        json={"lease_token": job["lease_token"], "result": TRANSCRIPTION_RESULT},
+        headers=headers,
+    )
+    assert done.status_code == 200, done.text
+    job_id: str = job["id"]
+    return job_id
 
 
 def assert_all_succeeded(answers: dict[tuple[str, str], httpx.Response]) -> None:
@@ -368,8 +419,11 @@ MATRIX: dict[tuple[str, str], tuple[int, set[str]]] = {
     ("GET", "/api/v1/stats"): (200, {"worker", "reader"}),
     ("GET", "/api/v1/providers/status"): (200, {"worker", "reader"}),
     ("GET", "/api/v1/infra/status"): (200, {"worker", "reader"}),
+    ("GET", "/api/v1/workers"): (200, {"worker", "reader"}),
     ("POST", "/api/v1/audio"): (201, {"submitter"}),
     ("GET", "/api/v1/audio/{audio_id}"): (200, {"submitter", "worker", "reader"}),
+    ("GET", "/api/v1/reports/transcription"): (200, {"submitter", "reader"}),
+    ("GET", "/api/v1/reports/transcription/jobs/{job_id}"): (200, {"submitter", "reader"}),
 }
 # Routes where a submitter naming another owner_service gets 403 (body or query).
 OWNER_FORBIDDEN_ROUTES = {
@@ -379,6 +433,7 @@ OWNER_FORBIDDEN_ROUTES = {
     ("POST", "/api/v1/jobs/retry"),
     ("POST", "/api/v1/jobs/cancel"),
     ("POST", "/api/v1/audio"),
+    ("GET", "/api/v1/reports/transcription"),
 }
 
 
@@ -553,6 +608,11 @@ async def _download(admin: Admin) -> Request:
     return f"{API}/audio/{await admin.audio()}", None
 
 
+async def _comparison(admin: Admin) -> Request:
+    job_id = await transcription_done(admin.client, bearer(ADMIN))
+    return f"{API}/reports/transcription/jobs/{job_id}", None
+
+
 def sent(headers: dict[str, str], body: dict[str, Any] | bytes | None) -> dict[str, Any]:
     """`client.request` arguments for a JSON body, or for raw audio (the upload)."""
     if isinstance(body, bytes):
@@ -579,8 +639,11 @@ REQUESTS: dict[tuple[str, str], Callable[[Admin], Awaitable[Request]]] = {
     ("GET", "/api/v1/stats"): lambda admin: _plain("/stats"),
     ("GET", "/api/v1/providers/status"): lambda admin: _plain("/providers/status"),
     ("GET", "/api/v1/infra/status"): lambda admin: _plain("/infra/status"),
+    ("GET", "/api/v1/workers"): lambda admin: _plain("/workers"),
     ("POST", "/api/v1/audio"): _upload,
     ("GET", "/api/v1/audio/{audio_id}"): _download,
+    ("GET", "/api/v1/reports/transcription"): lambda admin: _plain("/reports/transcription"),
+    ("GET", "/api/v1/reports/transcription/jobs/{job_id}"): _comparison,
 }
 
 
@@ -758,6 +821,23 @@ async def test_a_submitter_acts_only_for_its_own_owner_service(api_factory: ApiF
         refused = await call("POST", "/jobs", json=job)
         assert refused.status_code == 422
         assert refused.json()["details"]["field"] == "input.audio_id"
+
+        # The transcription report: its own owner_service only (another one: 403), and
+        # another owner's job compared is "not found".
+        ours_transcribed = await transcription_done(client, bearer(ADMIN), OWNER)
+        theirs_transcribed = await transcription_done(client, bearer(ADMIN), OTHER_OWNER)
+        own_report = await call("GET", "/reports/transcription")
+        assert own_report.status_code == 200
+        assert own_report.json()["owner_service"] == OWNER
+        assert {d["owner_service"] for d in own_report.json()["disagreements"]} == {OWNER}
+        assert ours_transcribed in {d["job_id"] for d in own_report.json()["disagreements"]}
+        foreign = await call("GET", "/reports/transcription", params={"owner_service": "crm"})
+        assert foreign.status_code == 403
+        assert foreign.json()["message"].startswith("owner_service: ")
+        assert (await call("GET", f"/reports/transcription/jobs/{ours_transcribed}")).is_success
+        hidden = await call("GET", f"/reports/transcription/jobs/{theirs_transcribed}")
+        assert hidden.status_code == 404
+        assert hidden.json()["error"] == "job_not_found"
 
         # The other submitter sees its job and not ours.
         crm = bearer(OTHER_SUBMITTER)

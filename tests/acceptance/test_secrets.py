@@ -237,11 +237,17 @@ async def exercise(
             "/api/v1/infra/status",
             "/api/v1/jobs?limit=50",
             "/api/v1/stats",
+            "/api/v1/workers",
             "/metrics",
             "/readyz",
             "/openapi.json",
         ):
             texts[f"api {path}"] = (await api.get(path)).text
+        # The worker's registry row: its breakers' URLs are every provider's (with their
+        # credentials, removed) and their errors quote the echoes.
+        listed = (await api.get("/api/v1/workers")).json()["workers"]
+        assert [w["state"] for w in listed] == ["running"], listed
+        assert {b["provider"] for b in listed[0]["breakers"]} >= {"llm", "whisperx#1"}
         texts["api wrong token"] = (
             await api.get("/api/v1/jobs", headers={"Authorization": "Bearer wrong"})
         ).text

@@ -866,3 +866,18 @@ async def test_transcribe_task_type_alias_runs_the_same(
 
     assert result["provider"] == "whisperx"
     assert "transcribe" in transcription.spec(settings).task_types
+
+
+def test_compare_attempts_sets_wer_on_the_other_successful_attempts() -> None:
+    reference = {"provider": "whisperx", "status": "ok", "text": "Алло, добрый день!"}
+    attempts = [
+        reference,
+        # ref: алло добрый день ; hyp: алло добрый вечер -> 1 substitution / 3
+        {"provider": "qwen2-audio", "status": "ok", "text": "алло добрый вечер"},
+        {"provider": "voxtral-small", "status": "error", "text": None},
+        {"provider": "voxtral-small", "status": "skipped", "text": None},
+    ]
+    transcription.compare_attempts(attempts, reference)
+    assert [a.get("wer") for a in attempts] == [None, 0.3333, None, None]
+    assert "wer" not in reference
+    assert "wer" not in attempts[2]

@@ -319,6 +319,7 @@ async def test_sigterm_stops_claiming_and_lets_in_flight_jobs_finish(
         ) as worker:
             jobs = [await create(store, f"g{i}") for i in range(3)]
             await wait_until(lambda: stub.in_flight == 3, what="three provider calls")
+            pid = worker.proc.pid
             worker.proc.send_signal(signal.SIGTERM)
             # /readyz turns 503 while the in-flight jobs finish (about a second).
             for _ in range(100):
@@ -342,6 +343,14 @@ async def test_sigterm_stops_claiming_and_lets_in_flight_jobs_finish(
     assert untouched.status is JobStatus.PENDING
     assert untouched.attempt == 0
     assert stub.requests_received == 3
+    # Its registry row was marked stopped as it went (`GET /api/v1/workers`).
+    async with store.pool.connection() as conn:
+        cur = await conn.execute("SELECT pid, stopped_at, status FROM workers")
+        [row] = await cur.fetchall()
+    assert row["pid"] == pid
+    assert row["stopped_at"] is not None
+    assert row["status"]["stopping"] is True
+    assert row["status"]["counters"]["completed"] == 3
 
 
 async def test_sigterm_past_the_shutdown_timeout_returns_jobs_to_pending_uncounted(

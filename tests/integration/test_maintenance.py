@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
@@ -16,8 +16,8 @@ import pytest
 
 from ai_service.config import ENV_NAMES
 from ai_service.jobs import Job, JobStatus
-from ai_service.maintenance import Maintenance
-from ai_service.store import Store
+from ai_service.maintenance import WORKER_RETENTION, Maintenance
+from ai_service.store import Store, WorkerEntry
 from tests.helpers import free_port, make_settings, new_job
 
 BACKOFF_BASE = 20.0
@@ -367,6 +367,23 @@ async def test_compaction_service_folds_rollups_and_retention_drops_old_ones(
         assert await sql(store, "SELECT n FROM job_rollups_hourly") == [{"n": 1}]
     finally:
         await m.stop()
+
+
+async def test_retention_deletes_the_rows_of_workers_not_seen_for_an_hour(
+    store: Store, database_url: str
+) -> None:
+    for worker_id in ("gone", "here"):
+        await store.upsert_worker(
+            WorkerEntry(worker_id, "host", 1, "0.1.0", datetime.now(UTC), {}), fresh=15
+        )
+    await sql(
+        store,
+        "UPDATE workers SET last_seen = now() - make_interval(secs => %s) WHERE worker_id = 'gone'",
+        [WORKER_RETENTION + 5],
+    )
+    m = maintenance(store, database_url)
+    await m.prune()
+    assert await sql(store, "SELECT worker_id FROM workers") == [{"worker_id": "here"}]
 
 
 # -- ai-service maintenance recount ----------------------------------------------------

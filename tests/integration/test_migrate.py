@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from ai_service import migrate
+from ai_service.worker.registry import TRANSCRIPTION_TASK_TYPES
 from tests.helpers import url_for_database
 
 
@@ -162,6 +164,31 @@ def test_0006_counts_existing_jobs_per_owner_exactly_and_downgrades_back(
     }[("ops", "pending")] == 2
 
 
+def test_0011_creates_the_worker_registry_and_downgrades_back(empty_database: str) -> None:
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0011")
+    run(
+        empty_database,
+        "INSERT INTO workers (worker_id, hostname, pid, version, started_at)"
+        " VALUES ('w-1', 'node-a', 12, '0.1.0', now())",
+    )
+    [row] = rows(empty_database, "SELECT status, stopped_at, last_seen FROM workers")
+    assert row["status"] == {}
+    assert row["stopped_at"] is None
+    assert row["last_seen"] is not None
+    with pytest.raises(psycopg.errors.CheckViolation):
+        run(
+            empty_database,
+            "INSERT INTO workers (worker_id, hostname, pid, version, started_at)"
+            " VALUES ('', 'h', 1, 'v', now())",
+        )
+
+    command.downgrade(config, "-1")
+    assert rows(empty_database, "SELECT to_regclass('workers') AS t") == [{"t": None}]
+    migrate.upgrade(empty_database)  # and up again
+    assert rows(empty_database, "SELECT count(*) AS n FROM workers") == [{"n": 0}]
+
+
 def test_0009_adds_the_webhook_columns_to_existing_jobs_and_downgrades_back(
     empty_database: str,
 ) -> None:
@@ -203,4 +230,54 @@ def test_0009_adds_the_webhook_columns_to_existing_jobs_and_downgrades_back(
     }
     assert not columns & {"callback_url", "traceparent"}
     assert rows(empty_database, "SELECT to_regclass('webhook_deliveries') AS t") == [{"t": None}]
+    migrate.upgrade(empty_database)  # and up again
+
+
+def test_0010_reports_transcriptions_completed_from_then_on_and_downgrades_back(
+    empty_database: str,
+) -> None:
+    migration = importlib.import_module("ai_service.migrations.versions.0010_transcription_report")
+    # The task types frozen in the migration are the handler's.
+    assert set(migration.TASK_TYPES) == TRANSCRIPTION_TASK_TYPES
+    config = migrate.alembic_config(empty_database)
+    command.upgrade(config, "0009")
+    insert = (
+        "INSERT INTO jobs (owner_service, owner_ref, task_type, model_profile, input, status)"
+        " VALUES ('telephony', 'r', 'transcription', 'p', '{}', 'pending') RETURNING id"
+    )
+    [old] = rows(empty_database, insert)
+    command.upgrade(config, "0010")
+    result = {
+        "audio_duration": 4.0,
+        "attempts": [
+            {"provider": "whisperx", "model": "m", "status": "ok", "selected": True},
+            {"provider": "voxtral-small", "model": "v", "status": "ok", "wer": 0.25},
+        ],
+    }
+    # A job queued before the upgrade is reported when it completes.
+    run(
+        empty_database,
+        "UPDATE jobs SET status = 'completed', result = %s, finished_at = now() WHERE id = %s",
+        [Jsonb(result), old["id"]],
+    )
+    reported = rows(
+        empty_database,
+        "SELECT provider, wer, disagreement FROM transcription_attempts ORDER BY position",
+    )
+    assert reported == [
+        {"provider": "whisperx", "wer": None, "disagreement": 0.25},
+        {"provider": "voxtral-small", "wer": 0.25, "disagreement": None},
+    ]
+
+    command.downgrade(config, "0009")
+    for table in ("transcription_attempts", "transcription_rollups", "transcription_rollup_deltas"):
+        assert rows(empty_database, f"SELECT to_regclass('{table}') AS t") == [{"t": None}]
+    # Completions and TRUNCATE still work without the report's triggers.
+    [again] = rows(empty_database, insert)
+    run(
+        empty_database,
+        "UPDATE jobs SET status = 'completed', result = %s, finished_at = now() WHERE id = %s",
+        [Jsonb(result), again["id"]],
+    )
+    run(empty_database, "TRUNCATE jobs")
     migrate.upgrade(empty_database)  # and up again

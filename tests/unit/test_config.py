@@ -185,6 +185,8 @@ def test_parse_duration_result_is_finite_for_plain_seconds() -> None:
         ("WORKER_CLAIM_LIMIT", "101"),
         ("WORKER_CLAIM_LIMIT", "four"),
         ("WORKER_LEASE_TIMEOUT", "500ms"),
+        ("WORKER_REGISTRY_INTERVAL", "50ms"),
+        ("WORKER_REGISTRY_INTERVAL", "10m"),
         ("DATABASE_URL", "mysql://db/ai"),
         ("LLM_CONCURRENCY", "many"),
         ("LLM_CONCURRENCY", "-2"),
@@ -274,6 +276,11 @@ def test_worker_concurrency_defaults_to_the_claim_limit() -> None:
     assert load_settings({"WORKER_CLAIM_LIMIT": "7"}).effective_worker_concurrency == 7
     settings = load_settings({"WORKER_CLAIM_LIMIT": "7", "WORKER_CONCURRENCY": "20"})
     assert settings.effective_worker_concurrency == 20
+
+
+def test_the_worker_registry_interval_defaults_to_five_seconds_and_reads_a_duration() -> None:
+    assert load_settings({}).worker_registry_interval == 5.0
+    assert load_settings({"WORKER_REGISTRY_INTERVAL": "500ms"}).worker_registry_interval == 0.5
 
 
 def test_llm_concurrency_takes_a_number_or_auto() -> None:

@@ -23,6 +23,8 @@ from ai_service.api.routes_audio import router as audio_router
 from ai_service.api.routes_infra import router as infra_router
 from ai_service.api.routes_jobs import router as jobs_router
 from ai_service.api.routes_ops import probes, stats_router
+from ai_service.api.routes_reports import router as reports_router
+from ai_service.api.routes_workers import router as workers_router
 from ai_service.api.waits import JobWaits
 from ai_service.claim_policy import ClaimPolicy
 from ai_service.config import Settings
@@ -107,6 +109,8 @@ def create_app(settings: Settings, *, run_maintenance: bool = True) -> FastAPI:
     app.include_router(audio_router)
     app.include_router(stats_router)
     app.include_router(infra_router)
+    app.include_router(reports_router)
+    app.include_router(workers_router)
     # One pure-ASGI pass at the edge (see `api.middleware`): HEAD, metrics, URL
     # limit, access log, auth, JSON body, body limit, then the lean endpoints.
     policy = auth.RoutePolicy.for_app(app)

@@ -137,6 +137,7 @@ _A, _S, _W, _R = Role.ADMIN, Role.SUBMITTER, Role.WORKER, Role.READER
 _SUBMIT = frozenset({_A, _S})
 _WORK = frozenset({_A, _W})
 _OPS_READ = frozenset({_A, _W, _R})
+_REPORT_READ = frozenset({_A, _S, _R})
 
 # Every /api/v1 route, keyed by method and path template as the routes declare
 # them. `RoutePolicy.for_app` refuses to build an app with a route missing here.
@@ -163,8 +164,13 @@ ROUTE_RULES: dict[tuple[str, str], Rule] = {
     # Queue-wide figures and infrastructure: not for submitters (they would
     # see other owners' load); their own jobs are in the list.
     ("GET", "/api/v1/stats"): Rule(_OPS_READ),
+    ("GET", "/api/v1/workers"): Rule(_OPS_READ),
     ("GET", "/api/v1/providers/status"): Rule(_OPS_READ),
     ("GET", "/api/v1/infra/status"): Rule(_OPS_READ),
+    # The transcription A/B report: readers and admins see every owner; a submitter
+    # its own owner_service only, like the job list. Workers have no use for it.
+    ("GET", "/api/v1/reports/transcription"): Rule(_REPORT_READ, 403),
+    ("GET", "/api/v1/reports/transcription/jobs/{job_id}"): Rule(_REPORT_READ, 404),
 }
 
 

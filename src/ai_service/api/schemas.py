@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 from uuid import UUID
 
 from pydantic import (
@@ -16,6 +16,7 @@ from pydantic import (
     Field,
     StrictBool,
     StringConstraints,
+    ValidationError,
     model_validator,
 )
 
@@ -138,7 +139,7 @@ _TRACEPARENT_OUT = "The W3C `traceparent` the job was created with (its webhook 
 
 
 if TYPE_CHECKING:
-    from ai_service.store import AudioBlob, Delivery
+    from ai_service.store import AudioBlob, Delivery, WorkerRow
 
 
 class _Strict(BaseModel):
@@ -623,8 +624,261 @@ class StatsOut(BaseModel):
     generated_at: datetime = Field(description="The database clock when the stats were read.")
 
 
+# -- the transcription A/B report -------------------------------------------------
+
+REPORT_MAX_DAYS = 31
+
+
+class TranscriptionReportQuery(_Strict):
+    """The query of `GET /api/v1/reports/transcription`."""
+
+    since: Timestamp | None = Field(
+        default=None,
+        description="Start of the window (inclusive), ISO 8601 with a timezone; default: "
+        "24 h before `until`.",
+    )
+    until: Timestamp | None = Field(
+        default=None,
+        description="End of the window (exclusive), ISO 8601 with a timezone; default: now. "
+        f"At most {REPORT_MAX_DAYS} days after `since`.",
+    )
+    owner_service: ShortText | None = Field(
+        default=None, description="Only this caller's jobs (a submitter: its own, by default)."
+    )
+    limit: Limit = Field(default=20, description="How many disagreeing jobs to list.")
+
+
+class TranscriptionProviderOut(BaseModel):
+    """One provider and model over the window."""
+
+    provider: str
+    model: str
+    attempts: int = Field(description="Attempts made: ok and error (a skipped provider made none).")
+    ok: int
+    errors: int
+    skipped: int = Field(description="Times the provider was skipped (not configured, fallback).")
+    success_rate: float | None = Field(description="ok / attempts; null without attempts.")
+    duration_p50_ms: float | None = Field(
+        description="Median duration of the ok attempts, estimated from duration buckets "
+        "(bounds 100 ms x 1.25^k: within a quarter of the value)."
+    )
+    duration_p95_ms: float | None = Field(description="95th percentile, as the median.")
+    real_time_factor: float | None = Field(
+        description="Total duration of the ok attempts over the seconds of audio they "
+        "transcribed (a duration-weighted mean; below 1 is faster than real time)."
+    )
+    wer_mean: float | None = Field(
+        description="Mean word error rate of this provider's texts against their job's "
+        "reference (the first provider that succeeded); null when never compared."
+    )
+    wer_jobs: int = Field(description="How many jobs `wer_mean` averages over.")
+    reference_jobs: int = Field(description="How many jobs took this provider as reference.")
+
+
+class DisagreementAttemptOut(BaseModel):
+    """One provider's attempt in a disagreeing job."""
+
+    provider: str
+    model: str
+    status: str = Field(description="ok, error or skipped.")
+    reference: bool = Field(description="The job's reference (selected) attempt.")
+    wer: float | None = Field(description="Against the reference; null for it and failures.")
+
+
+class DisagreementOut(BaseModel):
+    """A job whose providers disagree, with every provider's WER."""
+
+    job_id: UUID
+    owner_service: str
+    owner_ref: str
+    finished_at: datetime
+    reference_provider: str | None
+    max_wer: float = Field(description="The largest WER of the job's attempts.")
+    providers: list[DisagreementAttemptOut] = Field(description="In the job's provider order.")
+
+
+class TranscriptionReportOut(BaseModel):
+    """The transcription A/B report over [since, until)."""
+
+    since: datetime
+    until: datetime
+    owner_service: str | None
+    reference_provider: str | None = Field(
+        description="The provider that was the jobs' reference most often in the window."
+    )
+    providers: list[TranscriptionProviderOut] = Field(description="By provider, then model.")
+    disagreements: list[DisagreementOut] = Field(
+        description="The jobs where providers disagree most: highest WER first."
+    )
+
+
+class AlignmentRunOut(BaseModel):
+    """A run of one kind of word alignment step (normalised words)."""
+
+    op: Literal["equal", "substitute", "delete", "insert"]
+    ref: list[str] = Field(description="Reference words (empty for an insertion).")
+    hyp: list[str] = Field(description="This provider's words (empty for a deletion).")
+
+
+class ComparedAttemptOut(BaseModel):
+    """One provider's attempt with its text and the alignment against the reference."""
+
+    provider: str
+    model: str | None
+    status: str
+    selected: bool = Field(description="The reference: the attempt the result comes from.")
+    duration_ms: float | None
+    text: str | None
+    wer: float | None = Field(description="Against the reference's text; null for it.")
+    alignment: list[AlignmentRunOut] | None = Field(
+        description="The words against the reference's, for a diff view; null for the "
+        "reference, failed attempts and texts of more than 10,000 words."
+    )
+
+
+class TranscriptionComparisonOut(BaseModel):
+    """A completed transcription job's texts side by side."""
+
+    job_id: UUID
+    owner_service: str
+    owner_ref: str
+    finished_at: datetime | None
+    reference_provider: str | None
+    attempts: list[ComparedAttemptOut] = Field(description="In the job's provider order.")
+
+
 class HealthOut(BaseModel):
     status: str
+
+
+# -- the worker registry (`GET /api/v1/workers`) --------------------------------------
+
+
+class WorkerSlotsOut(BaseModel):
+    """A handler's slots on one worker."""
+
+    slots: int = Field(default=0, description="Slots configured for the handler.")
+    limit: int = Field(default=0, description="Current limit (adaptive or fixed).")
+    in_use: int = Field(default=0, description="Jobs holding a slot now.")
+
+
+class WorkerHandlerOut(BaseModel):
+    """One handler of a worker (enabled or not) and the jobs it takes."""
+
+    name: str
+    task_types: list[str] = Field(default_factory=list)
+    model_profiles: list[str] | None = Field(default=None, description="null: any model profile.")
+    enabled: bool = True
+    disabled_reason: str | None = None
+    slots: WorkerSlotsOut = Field(default_factory=WorkerSlotsOut)
+
+
+class WorkerBreakerOut(BaseModel):
+    """The circuit breaker of one provider endpoint, as the worker saw it last."""
+
+    provider: str = Field(description="Endpoint name: `llm`, `whisperx#2`, `qwen2-audio`, ...")
+    url: str = Field(description="The endpoint's URL with credentials removed.")
+    state: str = Field(description="`closed`, `open` or `half_open`.")
+    since: datetime | None = Field(default=None, description="When it entered that state.")
+    last_error: str | None = Field(default=None, description="The last failure, cleaned.")
+    consecutive_failures: int = 0
+
+
+class WorkerCountersOut(BaseModel):
+    """Attempts this worker finished since it started."""
+
+    processed: int = 0
+    completed: int = 0
+    failed: int = 0
+    retried: int = 0
+    discarded: int = 0
+    deferred: int = 0
+
+
+class _WorkerSnapshot(BaseModel):
+    """The `status` a worker stores in its row (`worker.presence.snapshot`), read leniently:
+    a row written by another release lacks fields or has more."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    stopping: bool = False
+    concurrency: int = 0
+    in_flight: int = 0
+    handlers: list[WorkerHandlerOut] = Field(default_factory=list)
+    breakers: list[WorkerBreakerOut] = Field(default_factory=list)
+    counters: WorkerCountersOut = Field(default_factory=WorkerCountersOut)
+    last_claim_at: datetime | None = None
+
+
+class WorkerOut(BaseModel):
+    """One worker of the registry."""
+
+    worker_id: str
+    hostname: str
+    pid: int
+    version: str
+    started_at: datetime
+    last_seen: datetime = Field(description="Its last write (database clock).")
+    seconds_since_seen: float
+    alive: bool = Field(
+        description="Seen within `within` seconds and not stopped; false for `stopped` and "
+        "`unresponsive` workers (kept until retention deletes them, an hour after last seen)."
+    )
+    state: Literal["running", "stopping", "stopped", "unresponsive"] = Field(
+        description="`stopping`: shutting down, finishing its jobs; `stopped`: stopped "
+        "gracefully; `unresponsive`: not seen within `within` seconds (killed, crashed, "
+        "cut off from the database)."
+    )
+    stopped_at: datetime | None
+    concurrency: int = Field(description="Slots in all: jobs it may hold at once.")
+    in_flight: int = Field(description="Jobs it held at its last write.")
+    slots_in_use: int = Field(description="Slots in use at its last write, all handlers.")
+    handlers: list[WorkerHandlerOut]
+    breakers: list[WorkerBreakerOut]
+    counters: WorkerCountersOut
+    last_claim_at: datetime | None
+
+    @classmethod
+    def of(cls, row: WorkerRow) -> WorkerOut:
+        try:
+            snap = _WorkerSnapshot.model_validate(row.status)
+        except ValidationError:
+            snap = _WorkerSnapshot()  # unreadable: the row still shows who and when
+        if row.stopped_at is not None:
+            state: Literal["running", "stopping", "stopped", "unresponsive"] = "stopped"
+        elif not row.alive:
+            state = "unresponsive"
+        else:
+            state = "stopping" if snap.stopping else "running"
+        return cls(
+            worker_id=row.worker_id,
+            hostname=row.hostname,
+            pid=row.pid,
+            version=row.version,
+            started_at=row.started_at,
+            last_seen=row.last_seen,
+            seconds_since_seen=round(max(row.seconds_since_seen, 0.0), 3),
+            alive=row.alive,
+            state=state,
+            stopped_at=row.stopped_at,
+            concurrency=snap.concurrency,
+            in_flight=snap.in_flight,
+            slots_in_use=sum(h.slots.in_use for h in snap.handlers),
+            handlers=snap.handlers,
+            breakers=snap.breakers,
+            counters=snap.counters,
+            last_claim_at=snap.last_claim_at,
+        )
+
+
+class WorkersOut(BaseModel):
+    """The worker registry: live workers first, then stopped and unresponsive ones."""
+
+    within_seconds: float = Field(description="The window `alive` was judged by.")
+    alive: int = Field(description="How many workers are alive.")
+    truncated: bool = Field(description="More rows exist than the 1000 listed.")
+    generated_at: datetime = Field(description="The database clock when the rows were read.")
+    workers: list[WorkerOut]
 
 
 class DeliveryAttemptOut(BaseModel):

@@ -749,7 +749,8 @@ RETURNING j.id, j.status;
 -- or running. Each status class is read oldest first from its own partial index, so a pass
 -- with nothing to delete touches a few index pages whatever the history holds. Rows another
 -- statement holds are skipped (next round), so it never waits or deadlocks. The jobs'
--- webhook deliveries go with them (webhook_deliveries_job_idx).
+-- webhook deliveries go with them (webhook_deliveries_job_idx), and their transcription
+-- attempts (the A/B report's rows, by primary key).
 WITH done AS (
     SELECT id FROM jobs
      WHERE status IN ('completed', 'cancelled')
@@ -771,6 +772,8 @@ WITH done AS (
     RETURNING id
 ), deliveries AS (
     DELETE FROM webhook_deliveries WHERE job_id IN (SELECT id FROM removed)
+), transcriptions AS (
+    DELETE FROM transcription_attempts WHERE job_id IN (SELECT id FROM removed)
 )
 SELECT id FROM removed;
 
@@ -895,6 +898,139 @@ WITH minutes AS (
     DELETE FROM job_rollups_hourly WHERE hour < now() - job_rollups_keep() RETURNING 1
 )
 SELECT (SELECT count(*) FROM minutes) + (SELECT count(*) FROM hours) AS deleted;
+
+-- name: transcription_rollups_compact
+-- Fold the attempt deltas written by the jobs_transcription_report trigger into the
+-- hourly transcription rollups (one replica at a time: a lock of its own). Returns how
+-- many deltas it folded.
+WITH gate AS (
+    SELECT pg_try_advisory_xact_lock(1095324520) AS ok
+), moved AS (
+    DELETE FROM transcription_rollup_deltas WHERE (SELECT ok FROM gate) RETURNING *
+), by_bucket AS (
+    SELECT hour, owner_service, provider, model,
+           CASE WHEN status = 'ok' AND duration_ms IS NOT NULL
+                THEN width_bucket(duration_ms, transcription_duration_bounds()) END AS b,
+           count(*) FILTER (WHERE status IN ('ok', 'error')) AS attempts,
+           count(*) FILTER (WHERE status = 'ok') AS ok,
+           count(*) FILTER (WHERE status = 'skipped') AS skipped,
+           count(*) FILTER (WHERE is_reference) AS reference,
+           coalesce(sum(duration_ms) FILTER (WHERE status = 'ok' AND audio_seconds > 0), 0)
+               AS rtf_ms,
+           coalesce(sum(audio_seconds) FILTER (WHERE status = 'ok' AND audio_seconds > 0
+                                                 AND duration_ms IS NOT NULL), 0) AS rtf_audio,
+           coalesce(sum(wer), 0) AS wer_sum,
+           count(wer) AS wer_n
+      FROM moved
+     GROUP BY 1, 2, 3, 4, 5
+), folded AS (
+    INSERT INTO transcription_rollups AS r
+           (hour, owner_service, provider, model, attempts, ok, skipped, reference, rtf_ms,
+            rtf_audio, wer_sum, wer_n, buckets)
+    SELECT hour, owner_service, provider, model, sum(attempts), sum(ok), sum(skipped),
+           sum(reference), sum(rtf_ms), sum(rtf_audio), sum(wer_sum), sum(wer_n),
+           transcription_buckets(array_agg(b) FILTER (WHERE b IS NOT NULL),
+                                 array_agg(ok) FILTER (WHERE b IS NOT NULL))
+      FROM by_bucket
+     GROUP BY 1, 2, 3, 4
+     ORDER BY 1, 2, 3, 4
+        ON CONFLICT (hour, owner_service, provider, model)
+        DO UPDATE SET attempts = r.attempts + excluded.attempts,
+                      ok = r.ok + excluded.ok,
+                      skipped = r.skipped + excluded.skipped,
+                      reference = r.reference + excluded.reference,
+                      rtf_ms = r.rtf_ms + excluded.rtf_ms,
+                      rtf_audio = r.rtf_audio + excluded.rtf_audio,
+                      wer_sum = r.wer_sum + excluded.wer_sum,
+                      wer_n = r.wer_n + excluded.wer_n,
+                      buckets = job_buckets_add(r.buckets, excluded.buckets)
+)
+SELECT count(*) AS folded FROM moved;
+
+-- name: transcription_rollups_prune
+-- Delete hourly transcription rollups older than their retention (database clock).
+WITH gone AS (
+    DELETE FROM transcription_rollups WHERE hour < now() - transcription_rollups_keep()
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
+
+-- name: transcription_report
+-- The A/B report's figures per provider and model over a window: the whole UTC hours
+-- [hours_from, hours_to) from the hourly rollups plus the deltas not folded yet (one
+-- snapshot: a fold running meanwhile moves nothing in or out), and the partial hours at
+-- the edges, [edge1_from, edge1_to) and [edge2_from, edge2_to), from the attempt rows
+-- (transcription_attempts_finished_idx). The rollups answer with their bucket array;
+-- the other rows come grouped by duration bucket (`bucket`, `bucket_n`); the caller
+-- adds them up. Planned with its values (never prepared): the owner filter folds away.
+WITH edges AS (
+    SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference
+      FROM transcription_attempts
+     WHERE finished_at >= %(edge1_from)s AND finished_at < %(edge1_to)s
+       AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
+  UNION ALL
+    SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference
+      FROM transcription_attempts
+     WHERE finished_at >= %(edge2_from)s AND finished_at < %(edge2_to)s
+       AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
+  UNION ALL
+    SELECT provider, model, status, duration_ms, audio_seconds, wer, is_reference
+      FROM transcription_rollup_deltas
+     WHERE hour >= %(hours_from)s AND hour < %(hours_to)s
+       AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
+), bucketed AS (
+    SELECT e.*,
+           CASE WHEN status = 'ok' AND duration_ms IS NOT NULL
+                THEN width_bucket(duration_ms, transcription_duration_bounds()) END AS b
+      FROM edges e
+)
+SELECT provider, model, attempts, ok, skipped, reference, rtf_ms, rtf_audio, wer_sum, wer_n,
+       buckets, NULL::integer AS bucket, 0::bigint AS bucket_n
+  FROM transcription_rollups
+ WHERE hour >= %(hours_from)s AND hour < %(hours_to)s
+   AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
+UNION ALL
+SELECT provider, model,
+       count(*) FILTER (WHERE status IN ('ok', 'error')),
+       count(*) FILTER (WHERE status = 'ok'),
+       count(*) FILTER (WHERE status = 'skipped'),
+       count(*) FILTER (WHERE is_reference),
+       coalesce(sum(duration_ms) FILTER (WHERE status = 'ok' AND audio_seconds > 0), 0),
+       coalesce(sum(audio_seconds) FILTER (WHERE status = 'ok' AND audio_seconds > 0
+                                             AND duration_ms IS NOT NULL), 0),
+       coalesce(sum(wer), 0),
+       count(wer),
+       NULL::bigint[],
+       b,
+       count(*) FILTER (WHERE b IS NOT NULL)
+  FROM bucketed
+ GROUP BY provider, model, b;
+
+-- name: transcription_bounds
+-- The upper bounds (ms) of the transcription duration buckets.
+SELECT transcription_duration_bounds() AS bounds;
+
+-- name: transcription_disagreements
+-- The `limit` jobs finished in [since, until) whose providers disagree most (the largest
+-- word error rate against the job's reference), each with all its attempts in provider
+-- order: the reference rows with a disagreement are read by finish time from their own
+-- partial index (transcription_attempts_disagreement_idx), the top ones kept, then
+-- their attempts by primary key and the jobs' owner_ref by id.
+WITH top AS (
+    SELECT job_id, finished_at, disagreement
+      FROM transcription_attempts
+     WHERE disagreement IS NOT NULL
+       AND finished_at >= %(since)s AND finished_at < %(until)s
+       AND (%(owner)s::text IS NULL OR owner_service = %(owner)s)
+     ORDER BY disagreement DESC, finished_at DESC, job_id
+     LIMIT %(limit)s
+)
+SELECT t.job_id, t.finished_at, t.disagreement, j.owner_service, j.owner_ref,
+       a.position, a.provider, a.model, a.status, a.wer, a.is_reference
+  FROM top t
+  JOIN jobs j ON j.id = t.job_id
+  JOIN transcription_attempts a ON a.job_id = t.job_id
+ ORDER BY t.disagreement DESC, t.finished_at DESC, t.job_id, a.position;
 
 -- name: stats_counts
 -- Exact job counts by status, task type, model profile and (failed) error category
@@ -1082,6 +1218,49 @@ SELECT now() AS now;
 -- name: db_ping
 -- Readiness probe: the server answers and accepts writes (not a standby).
 SELECT NOT pg_is_in_recovery() AND current_setting('transaction_read_only') = 'off' AS ok;
+
+-- name: worker_upsert
+-- A worker's own row of the registry, written at start, every WORKER_REGISTRY_INTERVAL
+-- and at a graceful stop (`stopped`: stopped_at set). Last seen by the database clock.
+-- `clash`: the row was another live process's (another host, pid or start, seen within
+-- `fresh` seconds, not stopped), so two processes share this WORKER_ID.
+WITH previous AS (
+    SELECT hostname, pid, started_at, last_seen, stopped_at
+      FROM workers WHERE worker_id = %(worker_id)s
+)
+INSERT INTO workers AS w
+       (worker_id, hostname, pid, version, started_at, last_seen, stopped_at, status)
+VALUES (%(worker_id)s, %(hostname)s, %(pid)s, %(version)s, %(started_at)s, now(),
+        CASE WHEN %(stopped)s::boolean THEN now() END, %(status)s)
+    ON CONFLICT (worker_id) DO UPDATE
+   SET hostname = excluded.hostname, pid = excluded.pid, version = excluded.version,
+       started_at = excluded.started_at, last_seen = excluded.last_seen,
+       stopped_at = excluded.stopped_at, status = excluded.status
+RETURNING coalesce((SELECT (p.hostname, p.pid, p.started_at)
+                               IS DISTINCT FROM (w.hostname, w.pid, w.started_at)
+                           AND p.stopped_at IS NULL
+                           AND p.last_seen > now() - make_interval(secs => %(fresh)s::float8)
+                      FROM previous p), false) AS clash;
+
+-- name: worker_list
+-- The registry (`GET /api/v1/workers`): live rows first (seen within `within` seconds,
+-- not stopped), then the newest; each with its age by the database clock.
+SELECT w.*, extract(epoch FROM now() - w.last_seen)::float8 AS seconds_since_seen,
+       (w.stopped_at IS NULL
+        AND w.last_seen > now() - make_interval(secs => %(within)s::float8)) AS alive,
+       now() AS now
+  FROM workers w
+ ORDER BY alive DESC, w.last_seen DESC, w.worker_id
+ LIMIT %(limit)s;
+
+-- name: worker_prune
+-- Retention: the rows of workers not seen for `retention` seconds (stopped or gone).
+WITH gone AS (
+    DELETE FROM workers
+     WHERE last_seen < now() - make_interval(secs => %(retention)s::float8)
+    RETURNING 1
+)
+SELECT count(*) AS deleted FROM gone;
 
 -- name: audio_begin
 -- A new upload (`POST /api/v1/audio`): the row exists before its bytes, which arrive as

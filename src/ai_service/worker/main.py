@@ -22,6 +22,7 @@ from ai_service.notifier import JobNotifier
 from ai_service.store import Store
 from ai_service.worker import adaptive, llm, noop, slots, transcription
 from ai_service.worker.handler import HandlerContext, HandlerSpec
+from ai_service.worker.presence import Presence
 from ai_service.worker.registry import metric_labels
 from ai_service.worker.runner import Runner
 from ai_service.worker.status import create_status_app
@@ -124,12 +125,17 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             notifier.start()
             maintenance.start()
             runner.start()
+            # The registry row (`GET /api/v1/workers`): written until the end of the
+            # shutdown (it shows `stopping` meanwhile), then marked stopped.
+            presence = Presence(store, runner, settings)
+            presence.start()
             log.info("worker %s started (concurrency %d)", settings.worker_id, concurrency)
             await stop.wait()
             log.info("worker %s stopping", settings.worker_id)
             try:
                 await runner.shutdown()
             finally:
+                await presence.stop()
                 server.should_exit = True
                 await server_task
     finally:

@@ -18,7 +18,8 @@ with `VOXTRAL_API=transcriptions` through `POST /v1/audio/transcriptions`
 `language`, `provider`, `model`, `warnings` come from the first provider that
 succeeded (its attempt is `selected` and does not repeat them); `attempts` has
 one entry per provider (`ok`, `error` or `skipped`), a WhisperX attempt lists
-every instance it tried in `instances`. WhisperX instances are chosen by load
+every instance it tried in `instances`, and every other successful attempt its
+`wer` against the selected one (`compare_attempts`). WhisperX instances are chosen by load
 (`providers.whisperx.InstancePicker`, one per process): fewest requests in
 flight from this worker, open breakers skipped, ties in turn.
 
@@ -58,7 +59,7 @@ from uuid import UUID
 
 import httpx
 
-from ai_service import audio_input, errors, outbound
+from ai_service import audio_input, errors, outbound, wer
 from ai_service.config import TRANSCRIPTION_PROVIDER_NAMES, Settings
 from ai_service.errors import JobFailure
 from ai_service.jobs import ErrorCategory, Job
@@ -381,6 +382,8 @@ async def _handle(job: Job, ctx: HandlerContext, scratch: Path) -> dict[str, Any
 
     for attempt in attempts:
         attempt["selected"] = attempt is winner
+    # Off the event loop: two 20,000-word texts take a few hundred milliseconds.
+    await asyncio.to_thread(compare_attempts, attempts, winner)
     # The selected attempt's transcript is the result's: not stored twice.
     text, segments, warnings = (winner.pop(k) for k in ("text", "segments", "warnings"))
     detected = winner.get("language")
@@ -402,6 +405,19 @@ async def _handle(job: Job, ctx: HandlerContext, scratch: Path) -> dict[str, Any
         result["channel_speakers"] = [c.speaker for c in channels]
     result["attempts"] = attempts
     return result
+
+
+def compare_attempts(attempts: list[dict[str, Any]], reference: dict[str, Any]) -> None:
+    """Set `wer` on every other successful attempt: its word error rate against the
+    `reference` attempt's text (`ai_service.wer`; None when a text is too long to compare).
+
+    The reference is the selected attempt (the first provider that succeeded); the
+    A/B report (`GET /api/v1/reports/transcription`) reads these numbers.
+    """
+    words = wer.normalise(reference.get("text") or "")
+    for attempt in attempts:
+        if attempt is not reference and attempt["status"] == "ok":
+            attempt["wer"] = wer.rate(words, wer.normalise(attempt.get("text") or ""))
 
 
 async def _decode_in_thread(
