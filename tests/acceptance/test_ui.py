@@ -313,3 +313,27 @@ async def test_a_long_input_is_cut_on_the_job_page(api_factory: ApiFactory) -> N
         assert page.status_code == 200
         assert f"… {len(text)} characters in all (see the API)" in page.text
         assert text not in page.text
+
+
+async def test_report_pages_name_a_bad_query_and_refuse_a_job_of_another_type(
+    api_factory: ApiFactory,
+) -> None:
+    async with api_factory(**TOKENS) as client:
+        job_id = await failed_job(client)  # an llm_chat job
+        await login(client, READER)
+        empty = await client.get("/ui/reports/transcription")
+        assert empty.status_code == 200
+        assert "No transcription attempts in this window." in empty.text
+        bad = await client.get("/ui/reports/transcription", params={"since": "monday"})
+        assert bad.status_code == 400
+        assert "Invalid query: since" in bad.text
+        backwards = await client.get(
+            "/ui/reports/transcription",
+            params={"since": "2026-01-02T00:00:00Z", "until": "2026-01-01T00:00:00Z"},
+        )
+        assert backwards.status_code == 400
+        assert "the window must end after it starts" in backwards.text
+        other = await client.get(f"/ui/reports/transcription/jobs/{job_id}")
+        assert other.status_code == 422  # as the API answers it
+        assert "not a transcription job" in other.text
+        assert (await client.get("/ui/workers")).status_code == 200

@@ -9,6 +9,7 @@ uncaught script error.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import uuid
@@ -22,10 +23,15 @@ import pytest
 from playwright.async_api import Browser, ConsoleMessage, Page, Request, Route, async_playwright
 from playwright.async_api import expect as pw_expect
 
+from ai_service.store import Store
 from tests.acceptance.test_infra_status import SIDECAR_TOKEN, running_sidecar
 from tests.conftest import ApiFactory
 from tests.helpers import job_body
+from tests.stubs import sine_wav
+from tests.stubs.openai_server import OpenAIStub, RecordedRequest
 from tests.stubs.vllm_metrics_server import VllmStub
+from tests.stubs.whisperx_server import WhisperXStub
+from tests.workers import running_worker, wait_until_finished
 
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -35,6 +41,8 @@ READER = f"reader-{uuid.uuid4().hex}"
 TOKENS = {"AI_SERVICE_TOKEN": ADMIN, "AI_SERVICE_TOKENS": f"{READER}:reader"}
 WIDE = {"width": 1280, "height": 900}
 NARROW = {"width": 400, "height": 900}
+QWEN_MODEL = "Qwen/Qwen2-Audio-7B-Instruct"
+VOXTRAL_MODEL = "mistralai/Voxtral-Small-24B-2507"
 
 
 @dataclass
@@ -358,3 +366,73 @@ async def test_providers_and_ai_server_telemetry_with_sparklines_on_a_narrow_win
                 guard.check()
             finally:
                 await context.close()
+
+
+def reply(text: str) -> Any:
+    def answer(request: RecordedRequest) -> str:
+        return text
+
+    return answer
+
+
+async def test_the_ab_report_of_three_providers_and_a_side_by_side_diff(
+    dashboard: Dashboard, store: Store, database_url: str
+) -> None:
+    page = dashboard.page
+    audio = base64.b64encode(sine_wav(5.0)).decode()
+    await dashboard.login(READER)
+    # A real worker compares WhisperX (the reference), Qwen2-Audio (the same words
+    # but for case and punctuation) and Voxtral (one word replaced, one added).
+    with (
+        WhisperXStub("wx", segment_seconds=10.0) as whisperx,
+        OpenAIStub(models=[QWEN_MODEL], reply=reply("SEGMENT 0, from wx!")) as qwen,
+        OpenAIStub(models=[VOXTRAL_MODEL], reply=reply("segment zero from the wx")) as voxtral,
+    ):
+        async with running_worker(
+            database_url,
+            WORKER_ID="gpu-box-1",
+            TRANSCRIPTION_PROVIDERS="whisperx,qwen2-audio,voxtral-small",
+            TRANSCRIPTION_MODE="compare",
+            WHISPERX_URL=whisperx.base_url,
+            QWEN_AUDIO_BASE_URL=qwen.base_url,
+            VOXTRAL_BASE_URL=voxtral.base_url,
+        ):
+            ids = [
+                await dashboard.create(
+                    task_type="transcription",
+                    model_profile="whisperx",
+                    owner_ref=f"beeline/call-{n}",
+                    input={"audio_base64": audio, "audio_format": "wav", "language": "ru"},
+                )
+                for n in (1, 2)
+            ]
+            await wait_until_finished(store, ids, timeout=60)
+            # The live worker list, while it runs.
+            await page.get_by_role("link", name="Workers").click()
+            row = page.get_by_role("row", name=re.compile("gpu-box-1"))
+            await pw_expect(row).to_contain_text("running")
+            await pw_expect(row).to_contain_text("transcription")
+            await dashboard.shot("workers")
+    await page.get_by_role("link", name="Transcription report").click()
+    providers = page.locator("#report-providers tbody tr")
+    await pw_expect(providers).to_have_count(3)
+    await pw_expect(page.get_by_role("row", name=re.compile("^whisperx"))).to_contain_text(
+        "100.0 %"
+    )
+    voxtral_row = page.get_by_role("row", name=re.compile("^voxtral-small"))
+    await pw_expect(voxtral_row).to_contain_text("50.0 % (2)")
+    await pw_expect(page.get_by_role("row", name=re.compile("^qwen2-audio"))).to_contain_text(
+        "0.0 % (2)"
+    )
+    await pw_expect(page.locator("#report-disagreements tbody tr")).to_have_count(2)
+    await dashboard.shot("report")
+    await page.get_by_role("link", name="Compare texts of beeline/call-1").click()
+    await pw_expect(page.get_by_role("heading", name="voxtral-small")).to_be_visible()
+    diff = page.locator(".transcript").nth(2).locator("p.diff")
+    # Readable without colour: the markers are text.
+    await pw_expect(diff).to_contain_text("[~ [\u22120] [+zero] ~]")
+    await pw_expect(diff).to_contain_text("[+the]")
+    await pw_expect(diff.locator("ins")).to_have_count(2)
+    await pw_expect(diff.locator("del")).to_have_count(1)
+    await pw_expect(diff.locator("mark")).to_have_count(1)
+    await dashboard.shot("report-diff")

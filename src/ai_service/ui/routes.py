@@ -29,7 +29,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
 from ai_service import errors
-from ai_service.api import routes_infra, schemas
+from ai_service.api import routes_infra, routes_reports, routes_workers, schemas
 from ai_service.api.auth import Authenticator
 from ai_service.api.routes_ops import build_stats
 from ai_service.error_envelope import status_for
@@ -585,3 +585,75 @@ async def status_data(request: Request) -> Response:
     except errors.AIServiceError as exc:
         body["infra"] = {"configured": True, "error": exc.message}
     return _secure(JSONResponse(body))
+
+
+# -- workers ----------------------------------------------------------------------
+
+
+async def _workers(request: Request) -> dict[str, Any]:
+    workers = await routes_workers.list_workers(_store(request), routes_workers.DEFAULT_WITHIN)
+    return {"workers": workers}
+
+
+@router.get("/workers")
+async def workers_page(request: Request) -> Response:
+    session = _session(request)
+    return _page(request, session, "workers.html", **await _workers(request))
+
+
+@router.get("/data/workers")
+async def workers_fragment(request: Request) -> Response:
+    """The worker table, for the page's auto-refresh."""
+    session = _session(request)
+    return _page(request, session, "workers_live.html", **await _workers(request))
+
+
+# -- the transcription A/B report ----------------------------------------------------
+
+REPORT_FIELDS = ("since", "until", "owner_service")
+
+
+@router.get("/reports/transcription")
+async def report_page(request: Request) -> Response:
+    session = _session(request)
+    params = _query(request)
+    values = {
+        name: params[name][0].strip()
+        for name in REPORT_FIELDS
+        if params.get(name) and params[name][0].strip()
+    }
+    problem: str | None = None
+    report: schemas.TranscriptionReportOut | None = None
+    try:
+        query = schemas.TranscriptionReportQuery.model_validate(values)
+        since, until = routes_reports.report_window(query.since, query.until, datetime.now(UTC))
+        report = await routes_reports.transcription_report(
+            _store(request), since=since, until=until, owner_service=query.owner_service
+        )
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        problem = f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    except errors.InvalidRequest as exc:
+        problem = exc.message
+    return _page(
+        request,
+        session,
+        "report.html",
+        400 if problem else 200,
+        report=report,
+        values=values,
+        problem=problem,
+    )
+
+
+@router.get("/reports/transcription/jobs/{job_id}")
+async def comparison_page(request: Request, job_id: str) -> Response:
+    session = _session(request)
+    try:
+        job = await _store(request).get_job(_job_id(job_id))
+        view = await routes_reports.transcription_comparison(job)
+    except errors.JobNotFound:
+        raise Refused(404, "No such job.") from None
+    except errors.AIServiceError as exc:
+        raise Refused(status_for(exc), exc.message) from None
+    return _page(request, session, "comparison.html", view=view)
