@@ -11,7 +11,6 @@ $(STAMP): pyproject.toml uv.lock
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 \
 		|| python3 -m pip install --quiet --disable-pip-version-check uv
 	$(UV) sync --locked --all-groups
-	@$(MAKE) --no-print-directory chromium
 	@touch $(STAMP)
 
 # The browser tests (tests/browser) drive Debian's chromium through Playwright;
@@ -30,7 +29,7 @@ chromium:
 run: $(STAMP)
 	$(UV) run ai-service dev
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(UV) run pytest
 
 lint: $(STAMP)

@@ -1,7 +1,9 @@
 """The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright).
 
 Each test logs in through the form, does what an operator does, and saves a
-screenshot to docs/screenshots/<name>.png (the README shows them). Every page of
+screenshot, `<name>.png`, to `.data/screenshots/` (not tracked, so a test run leaves
+the checkout unchanged); with `UPDATE_SCREENSHOTS=1` to `docs/screenshots/`, the
+files the README shows. Every page of
 every test runs offline: a request for anything outside the app's origin is
 aborted and fails the test, as do a failed request, a console error and an
 uncaught script error.
@@ -34,7 +36,12 @@ from tests.stubs.whisperx_server import WhisperXStub
 from tests.workers import running_worker, wait_until_finished
 
 CHROMIUM = Path("/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+_ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = (
+    _ROOT / "docs" / "screenshots"
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1"
+    else _ROOT / ".data" / "screenshots"
+)
 API = "/api/v1"
 ADMIN = f"admin-{uuid.uuid4().hex}"
 READER = f"reader-{uuid.uuid4().hex}"
