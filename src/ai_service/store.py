@@ -1274,6 +1274,11 @@ class Store:
             "throughput": throughput,
         }
 
+    async def stats_breakdown(self) -> list[dict[str, Any]]:
+        """Per (task_type, model_profile): `scheduled` (pending jobs due later, the
+        first SCHEDULED_COUNT_CAP + 1 counted) and `failed_1h` (from the rollups)."""
+        return await self._fetch("stats_breakdown", {"cap": SCHEDULED_COUNT_CAP})
+
     async def throughput_day(self) -> list[dict[str, Any]]:
         """Jobs finished per UTC hour over the last 24 hours, oldest first (rows `hour`,
         `completed`, `failed`), from the rollups."""

@@ -337,3 +337,29 @@ async def test_report_pages_name_a_bad_query_and_refuse_a_job_of_another_type(
         assert other.status_code == 422  # as the API answers it
         assert "not a transcription job" in other.text
         assert (await client.get("/ui/workers")).status_code == 200
+
+
+async def test_the_overview_splits_each_task_type_into_runnable_scheduled_running_and_failed(
+    api: httpx.AsyncClient,
+) -> None:
+    later = "2999-01-01T00:00:00Z"
+    for ref, extra in (("r1", {}), ("r2", {}), ("s1", {"run_after": later})):
+        body = job_body(task_type="ov-type", owner_ref=ref, **extra)
+        assert (await api.post(f"{API}/jobs", json=body)).status_code == 201
+    failing = job_body(task_type="ov-fail", model_profile="ov-profile", max_attempts=1)
+    assert (await api.post(f"{API}/jobs", json=failing)).status_code == 201
+    claim = await api.post(f"{API}/jobs/claim", json={"worker_id": "w", "task_types": ["ov-fail"]})
+    [job] = claim.json()["jobs"]
+    failed = await api.post(
+        f"{API}/jobs/{job['id']}/fail",
+        json={"category": "invalid_input", "message": "no", "lease_token": job["lease_token"]},
+    )
+    assert failed.json()["status"] == "failed"
+    page = (await api.get("/ui")).text
+    # Two runnable and one scheduled for later; one failure in the last hour.
+    assert 'data-runnable="ov-type">2<' in page
+    row = re.search(r'data-runnable="ov-type">2</td><td>(\d+)</td><td>(\d+)</td>', page)
+    assert row is not None
+    assert row.groups() == ("1", "0")
+    assert 'data-failed-1h="ov-fail">1<' in page
+    assert 'data-failed-1h="ov-profile">1<' in page

@@ -1066,6 +1066,32 @@ SELECT now() AS now,
        (SELECT min(run_after) FROM jobs
          WHERE status = 'pending' AND run_after > now()) AS next_scheduled;
 
+-- name: stats_breakdown
+-- Per task type and model profile: pending jobs scheduled for later (the first `cap` + 1
+-- of them, from jobs_pending_run_after_idx) and jobs failed in the current UTC minute
+-- and the 59 before it (the minute rollups and the deltas not folded yet).
+WITH scheduled AS (
+    SELECT task_type, model_profile, count(*) AS n
+      FROM (SELECT task_type, model_profile FROM jobs
+             WHERE status = 'pending' AND run_after > now()
+             LIMIT %(cap)s + 1) AS s
+     GROUP BY task_type, model_profile
+), failed AS (
+    SELECT task_type, model_profile, sum(n) AS n
+      FROM (SELECT task_type, model_profile, n FROM job_rollups
+             WHERE outcome = 'failed'
+               AND minute >= date_trunc('minute', now(), 'UTC') - interval '59 minutes'
+            UNION ALL
+            SELECT task_type, model_profile, n FROM job_rollup_deltas
+             WHERE outcome = 'failed'
+               AND minute >= date_trunc('minute', now(), 'UTC') - interval '59 minutes') AS f
+     GROUP BY task_type, model_profile
+)
+SELECT task_type, model_profile,
+       coalesce(s.n, 0)::bigint AS scheduled,
+       coalesce(f.n, 0)::bigint AS failed_1h
+  FROM scheduled s FULL JOIN failed f USING (task_type, model_profile);
+
 -- name: stats_recent
 -- Jobs finished in the last 24 h (the current UTC minute and the 1,439 before it) by
 -- task type: completed and failed counts, and the completed ones' run-duration bucket

@@ -333,6 +333,13 @@ async def _overview(request: Request) -> dict[str, Any]:
     stats = build_stats(await store.stats(), store.policy.profile_limits)
     day = await store.throughput_day()
     failures = await store.latest_failures(LATEST_FAILURES)
+    # Scheduled-for-later and failed-in-the-last-hour, summed per task type and per profile.
+    breakdown: dict[str, dict[str, dict[str, int]]] = {"task_type": {}, "model_profile": {}}
+    for row in await store.stats_breakdown():
+        for key, by_name in breakdown.items():
+            sums = by_name.setdefault(row[key], {"scheduled": 0, "failed_1h": 0})
+            sums["scheduled"] += row["scheduled"]
+            sums["failed_1h"] += row["failed_1h"]
     minutes = [
         charts.Point(p.minute.strftime("%H:%M"), p.completed, p.failed) for p in stats.throughput_1h
     ]
@@ -349,6 +356,7 @@ async def _overview(request: Request) -> dict[str, Any]:
         "minutes": minutes,
         "hours": hours,
         "failures": failures,
+        "breakdown": breakdown,
         "statuses": [s.value for s in JobStatus],
     }
 
