@@ -34,15 +34,10 @@ LIST_COLUMNS = (
     ("ATTEMPT", "attempt"),
     ("CREATED (UTC)", "created_at"),
 )
-_FILTERS = (
-    "owner_service",
-    "owner_ref",
-    "task_type",
-    "model_profile",
-    "worker_id",
-    "error_category",
-    "created_after",
-    "created_before",
+# The client's list filters given as one text option each (`--status` repeats; the
+# page size and payloads are options of their own).
+_FILTERS = tuple(
+    name for name in JobFilters.__annotations__ if name not in ("status", "include", "limit")
 )
 
 

@@ -57,16 +57,8 @@ LOGIN_FAILURES = 10
 LOGIN_WINDOW = 60.0
 PAGE_SIZE = 50
 LATEST_FAILURES = 10
-FILTER_NAMES = (
-    "owner_service",
-    "owner_ref",
-    "task_type",
-    "model_profile",
-    "worker_id",
-    "error_category",
-    "created_after",
-    "created_before",
-)
+# The job filter's single-valued fields (`status` may repeat: read apart).
+FILTER_NAMES = tuple(name for name in schemas.FilterFields.model_fields if name != "status")
 NOTICES = {
     "retried": "Retried: the job is pending again.",
     "cancelled": "Cancelled.",
